@@ -1,0 +1,158 @@
+//! `zonectl run`: boot one zone in the foreground, console on stdout.
+//!
+//! Exit status: the status the zone powered off with (the exit status of its
+//! command), 0 after a guest reset, and for failures: 101 kernel panic,
+//! 102 triple fault or vCPU failure, 124 timeout, 1 when the zone could not
+//! be started (the message says why).
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use super::format::{OutputFormat, print_json};
+use crate::devices::ConsoleSink;
+use crate::vmm::{ExitReason, Zone, ZoneConfig, read_artifact};
+
+/// The default zone kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+/// Arguments of `zonectl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The zone kernel: an ELF vmlinux with a PVH note.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// The initramfs (cpio).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u64,
+    /// Stop the zone after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Also write the console to this file.
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// KVM device.
+    #[arg(long, default_value = crate::vstate::kvm::KVM_PATH)]
+    pub kvm: PathBuf,
+    /// Output format of the final result (json: the console goes to stderr).
+    #[arg(long, short, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// The zone's command, run by zone-guest (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Writes every byte to two writers.
+struct Tee(Box<dyn Write + Send>, Option<BufWriter<File>>);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(buf)?;
+        if let Some(f) = &mut self.1 {
+            f.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()?;
+        if let Some(f) = &mut self.1 {
+            f.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Appends the zone's command to the kernel command line, after `--`, quoting
+/// arguments with spaces (zone-guest reads it back from /proc/cmdline).
+pub fn cmdline_with_command(cmdline: &str, command: &[String]) -> anyhow::Result<String> {
+    if command.is_empty() {
+        return Ok(cmdline.to_owned());
+    }
+    let mut out = format!("{cmdline} --");
+    for arg in command {
+        if arg.contains('"') || arg.chars().any(|c| c.is_control()) {
+            anyhow::bail!("the zone command argument {arg:?} contains a double quote or control character, which the kernel command line cannot carry");
+        }
+        if arg.is_empty() || arg.contains(char::is_whitespace) {
+            out.push_str(&format!(" \"{arg}\""));
+        } else {
+            out.push(' ');
+            out.push_str(arg);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `zonectl run`.
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let kernel = read_artifact("kernel", &args.kernel)?;
+    let initrd = args.initrd.as_deref().map(|p| read_artifact("initramfs", p)).transpose()?;
+    let mut config = ZoneConfig::new(kernel, initrd, cmdline_with_command(&args.cmdline, &args.command)?);
+    config.vcpus = args.vcpus;
+    config.memory_mib = args.memory;
+    config.kvm_path = args.kvm.clone();
+
+    let term: Box<dyn Write + Send> = match args.output {
+        OutputFormat::Table => Box::new(BufWriter::new(io::stdout())),
+        OutputFormat::Json => Box::new(BufWriter::new(io::stderr())),
+    };
+    let log = match &args.console_log {
+        Some(p) => Some(BufWriter::new(File::create(p).map_err(|e| {
+            anyhow::anyhow!("cannot create the console log {}: {e}; check the directory exists and is writable", p.display())
+        })?)),
+        None => None,
+    };
+    let zone = Zone::create(&config, ConsoleSink::new(Box::new(Tee(term, log))))?;
+    let outcome = zone.run(args.timeout.map(Duration::from_secs))?;
+    let code = match &outcome.reason {
+        ExitReason::PowerOff { status } => i32::from(*status),
+        ExitReason::Reset => 0,
+        ExitReason::Panic { .. } => 101,
+        ExitReason::TripleFault | ExitReason::Halted | ExitReason::VcpuError { .. } => 102,
+        ExitReason::Timeout => 124,
+    };
+    match args.output {
+        OutputFormat::Json => {
+            #[derive(serde::Serialize)]
+            struct Report<'a> {
+                #[serde(flatten)]
+                outcome: &'a crate::vmm::Outcome,
+                total_ms: u128,
+                exit_code: i32,
+            }
+            print_json(&Report { outcome: &outcome, total_ms: started.elapsed().as_millis(), exit_code: code })?;
+        }
+        OutputFormat::Table => eprintln!(
+            "zonectl: zone {} after {} ms",
+            outcome.reason.describe(),
+            outcome.run_time_ms
+        ),
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_is_appended_after_double_dash() {
+        let c = cmdline_with_command("console=ttyS0", &["/bin/sh".into(), "-c".into(), "echo hi".into()]).unwrap();
+        assert_eq!(c, "console=ttyS0 -- /bin/sh -c \"echo hi\"");
+        assert_eq!(cmdline_with_command("x", &[]).unwrap(), "x");
+        assert!(cmdline_with_command("x", &["a\"b".into()]).is_err());
+    }
+}

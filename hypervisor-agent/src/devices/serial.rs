@@ -1,0 +1,191 @@
+//! The zone console: an 8250 UART (vm-superio) on COM1 whose output goes to a
+//! per-zone sink (a log file, the terminal of `zonectl run`), never to the
+//! VMM's own log stream.
+//!
+//! The sink also watches the console for the kernel's panic line: the zone
+//! kernel runs with `panic=-1`, so a panic shows up as a reset right after
+//! `Kernel panic - not syncing: …`, and the VMM reports it as a panic.
+
+use std::fmt;
+use std::io::{self, Write};
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// First port of COM1.
+pub const COM1_BASE: u16 = 0x3f8;
+/// Last port of COM1.
+pub const COM1_LAST: u16 = 0x3ff;
+/// Legacy IRQ (IOAPIC pin / GSI) of COM1.
+pub const COM1_IRQ: u32 = 4;
+
+/// The kernel's panic banner.
+const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+/// Longest console line kept for panic detection.
+const MAX_LINE: usize = 512;
+
+/// Raises the UART's interrupt by signalling an irqfd.
+#[derive(Debug)]
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where console bytes go, with panic detection.
+pub struct ConsoleSink {
+    out: Box<dyn Write + Send>,
+    line: Vec<u8>,
+    panic: Option<String>,
+    broken: bool,
+}
+
+impl fmt::Debug for ConsoleSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsoleSink").field("panic", &self.panic).finish_non_exhaustive()
+    }
+}
+
+impl ConsoleSink {
+    /// A sink writing to `out` (buffer it: the UART writes one byte at a time).
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self { out, line: Vec::with_capacity(128), panic: None, broken: false }
+    }
+
+    /// The first kernel panic line seen on the console, if any.
+    pub fn panic_message(&self) -> Option<String> {
+        self.panic.clone()
+    }
+
+    fn scan(&mut self, byte: u8) {
+        if byte == b'\n' {
+            if self.panic.is_none() && self.line.windows(PANIC_MARKER.len()).any(|w| w == PANIC_MARKER) {
+                let text = String::from_utf8_lossy(&self.line);
+                self.panic = Some(text.trim().to_owned());
+            }
+            self.line.clear();
+        } else if self.line.len() < MAX_LINE {
+            self.line.push(byte);
+        }
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            self.scan(b);
+        }
+        // A closed reader (e.g. `zonectl run | head`) must not stop the zone:
+        // the bytes are dropped, the guest carries on.
+        if !self.broken && self.out.write_all(buf).is_err() {
+            self.broken = true;
+        }
+        if buf.contains(&b'\n') && !self.broken && self.out.flush().is_err() {
+            self.broken = true;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.broken {
+            let _ = self.out.flush();
+        }
+        Ok(())
+    }
+}
+
+/// The UART model plus its sink.
+#[derive(Debug)]
+pub struct SerialDevice {
+    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleSink>,
+}
+
+impl SerialDevice {
+    /// A UART raising `irq` and writing to `sink`.
+    pub fn new(irq: EventFd, sink: ConsoleSink) -> Self {
+        Self { uart: Serial::new(IrqTrigger(irq), sink) }
+    }
+
+    /// Register write at `offset` (0..=7).
+    pub fn write(&mut self, offset: u8, value: u8) {
+        // The only error is a failed interrupt trigger; the byte was handled.
+        let _ = self.uart.write(offset, value);
+    }
+
+    /// Register read at `offset` (0..=7).
+    pub fn read(&mut self, offset: u8) -> u8 {
+        self.uart.read(offset)
+    }
+
+    /// Input from the user's terminal into the guest (best effort; bytes
+    /// beyond the FIFO's free space are dropped).
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(input).unwrap_or(0)
+    }
+
+    /// The panic line seen so far.
+    pub fn panic_message(&self) -> Option<String> {
+        self.uart.writer().panic_message()
+    }
+
+    /// Flushes the sink.
+    pub fn flush(&mut self) {
+        let _ = self.uart.writer_mut().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bytes_written_to_thr_reach_the_sink_and_panics_are_seen() {
+        let out = Shared::default();
+        let mut dev = SerialDevice::new(EventFd::new(0).unwrap(), ConsoleSink::new(Box::new(out.clone())));
+        for b in b"hello\n[    1.0] Kernel panic - not syncing: Attempted to kill init!\nmore" {
+            dev.write(0, *b);
+        }
+        assert!(out.0.lock().unwrap().starts_with(b"hello\n"));
+        let msg = dev.panic_message().unwrap();
+        assert!(msg.contains("Attempted to kill init"), "{msg}");
+    }
+
+    #[test]
+    fn long_lines_are_bounded() {
+        let mut sink = ConsoleSink::new(Box::new(io::sink()));
+        sink.write_all(&vec![b'x'; 10 * MAX_LINE]).unwrap();
+        assert_eq!(sink.line.len(), MAX_LINE);
+    }
+
+    #[test]
+    fn a_broken_output_does_not_fail_the_guest() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let mut sink = ConsoleSink::new(Box::new(Broken));
+        assert_eq!(sink.write(b"abc\n").unwrap(), 4);
+    }
+}

@@ -1,0 +1,214 @@
+//! The VMM: one zone, from its boot artifacts to its outcome.
+//!
+//! [`Zone::create`] validates the configuration, opens KVM, allocates guest
+//! memory, loads the kernel, initramfs and command line, and creates the
+//! vCPUs; [`Zone::run`] runs them, one thread each, until the guest powers
+//! off, resets, panics, triple-faults or the optional deadline passes.
+//! The library is what `zonectl run` drives in the foreground and what the
+//! daemon's per-zone VMM process drives.
+
+mod config;
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+pub use config::{ConfigError, ZoneConfig, read_artifact};
+
+use crate::boot::{self, BootError};
+use crate::devices::serial::COM1_IRQ;
+use crate::devices::{ConsoleSink, Devices, SerialDevice};
+use crate::vstate::kvm::{self, KvmError};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// How a zone ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The guest powered off through the zone power port, reporting `status`
+    /// (the exit status of the zone's command).
+    PowerOff {
+        /// Status byte written by the guest.
+        status: u8,
+    },
+    /// The guest reset the machine (i8042 reset line, `reboot=k`). Zones are
+    /// not rebooted: a reset ends them.
+    Reset,
+    /// The guest kernel panicked (its panic line, then a reset).
+    Panic {
+        /// The kernel's panic line.
+        message: String,
+    },
+    /// A vCPU triple-faulted (`KVM_EXIT_SHUTDOWN`).
+    TripleFault,
+    /// A vCPU halted with interrupts off (only seen without a kernel to wake it).
+    Halted,
+    /// The deadline given to [`Zone::run`] passed first.
+    Timeout,
+    /// KVM could not run a vCPU.
+    VcpuError {
+        /// vCPU index.
+        vcpu: u8,
+        /// What KVM reported.
+        detail: String,
+    },
+}
+
+impl ExitReason {
+    /// One line for humans.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::PowerOff { status } => format!("powered off (status {status})"),
+            Self::Reset => "reset by the guest".into(),
+            Self::Panic { message } => format!("guest kernel panic: {message}"),
+            Self::TripleFault => "triple fault (vCPU shut down)".into(),
+            Self::Halted => "vCPU halted".into(),
+            Self::Timeout => "timed out".into(),
+            Self::VcpuError { vcpu, detail } => format!("vCPU {vcpu} failed: {detail}"),
+        }
+    }
+}
+
+/// Any reason a zone could not be created or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM is unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// The VM could not be created.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Boot artifacts could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A vCPU could not be created.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The host refused an operation the VMM needs.
+    #[error("{op} failed: {source}")]
+    Host {
+        /// The operation.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A zone ready to run.
+#[derive(Debug)]
+pub struct Zone {
+    vm: Vm,
+    vcpus: Vec<Vcpu>,
+    devices: Arc<Devices>,
+}
+
+/// The result of running a zone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// Why it ended.
+    #[serde(flatten)]
+    pub reason: ExitReason,
+    /// Wall time from the first vCPU entry to the end.
+    pub run_time_ms: u128,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+impl Zone {
+    /// Builds the zone described by `config`, with its console going to `console`.
+    pub fn create(config: &ZoneConfig, console: ConsoleSink) -> Result<Self, VmmError> {
+        config.validate()?;
+        let kvm = kvm::open(&config.kvm_path)?;
+        let max_vcpus = kvm.get_max_vcpus();
+        if usize::from(config.vcpus) > max_vcpus {
+            return Err(ConfigError::TooManyVcpus { requested: config.vcpus, max: max_vcpus.min(255) as u8 }.into());
+        }
+        let vm = Vm::new(&kvm, config.memory_bytes())?;
+        let entry = boot::load(&vm.memory, vm.mem_size, config.vcpus, &config.kernel, config.initrd.as_deref(), &config.cmdline)?;
+
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host { op: "eventfd", source })?;
+        vm.fd
+            .register_irqfd(&irq, COM1_IRQ)
+            .map_err(|e| VmmError::Host { op: "KVM_IRQFD", source: std::io::Error::from_raw_os_error(e.errno()) })?;
+        let devices = Arc::new(Devices::new(SerialDevice::new(irq, console)));
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| KvmError::Ioctl { op: "GET_SUPPORTED_CPUID", source: e })?;
+        let vcpus = (0..config.vcpus)
+            .map(|i| Vcpu::new(&vm.fd, &supported, i, config.vcpus, entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { vm, vcpus, devices })
+    }
+
+    /// Runs the zone until it ends or `deadline` passes.
+    pub fn run(self, deadline: Option<Duration>) -> Result<Outcome, VmmError> {
+        register_signal_handler(SIGRTMIN(), kick_handler)
+            .map_err(|e| VmmError::Host { op: "installing the vCPU kick signal handler", source: e.into() })?;
+        let (tx, rx) = mpsc::channel();
+        let started = Instant::now();
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for vcpu in self.vcpus {
+            let devices = Arc::clone(&self.devices);
+            let tx = tx.clone();
+            let name = format!("vcpu{}", vcpu.index);
+            let handle = thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    let outcome = vcpu.run(devices);
+                    let _ = tx.send(outcome);
+                })
+                .map_err(|source| VmmError::Host { op: "spawning a vCPU thread", source })?;
+            threads.push(handle);
+        }
+        drop(tx);
+
+        let wait = |rx: &mpsc::Receiver<Option<ExitReason>>| -> ExitReason {
+            loop {
+                let next = match deadline {
+                    Some(d) => match rx.recv_timeout(d.saturating_sub(started.elapsed())) {
+                        Ok(v) => v,
+                        Err(mpsc::RecvTimeoutError::Timeout) => return ExitReason::Timeout,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    },
+                    None => rx.recv().ok().flatten(),
+                };
+                match next {
+                    Some(reason) => return reason,
+                    // A vCPU that left without an outcome (only when stopping) or all gone.
+                    None if rx.try_recv().is_err() && threads.iter().all(|t| t.is_finished()) => {
+                        return ExitReason::VcpuError { vcpu: 0, detail: "all vCPUs stopped without an outcome".into() };
+                    }
+                    None => continue,
+                }
+            }
+        };
+        let mut reason = wait(&rx);
+        let run_time_ms = started.elapsed().as_millis();
+
+        self.devices.request_stop();
+        for t in threads {
+            while !t.is_finished() {
+                let _ = t.kill(SIGRTMIN());
+                thread::sleep(Duration::from_millis(1));
+            }
+            let _ = t.join();
+        }
+        // A panic line can arrive on the console just before a triple fault or timeout.
+        if let (ExitReason::Reset | ExitReason::TripleFault, Some(message)) = (&reason, self.devices.finish()) {
+            reason = ExitReason::Panic { message };
+        }
+        drop(self.vm);
+        Ok(Outcome { reason, run_time_ms })
+    }
+}
