@@ -32,3 +32,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(cmd) => image::run(cmd),
     }
 }
+
+/// The whole `zonectl` program: logging to stderr, parse, run, exit.
+pub fn main() -> ! {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ZONECTL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("zonectl: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

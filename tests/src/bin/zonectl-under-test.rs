@@ -1,0 +1,6 @@
+//! The `zonectl` program, built inside the test crate so integration tests can
+//! spawn it as a child process (`CARGO_BIN_EXE_zonectl-under-test`).
+
+fn main() {
+    hypervisor_agent::cli::main()
+}
