@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the product's static release binaries (glibc static-pie) into
+# target/x86_64-unknown-linux-gnu/release/: zonectl, zone-guest and the zone-bench probe.
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+need cargo "rustup (https://rustup.rs)"
+need gcc build-essential
+
+cd "$ZONE_ROOT"
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+  cargo build --release --locked --target "$ZONE_TARGET" -p hypervisor-agent -p zone-guest -p zone-tests --bins >&2
+for b in zonectl zone-guest zone-bench; do
+  file -L "$ZONE_BIN_DIR/$b" | grep -q 'static' || die "$ZONE_BIN_DIR/$b is not statically linked"
+done
+# The stub guest of the VMM tests, for the benchmark (assembled by tests/build.rs).
+stub="$(find "$ZONE_ROOT/target/$ZONE_TARGET/release/build" -path '*/zone-tests-*/out/stub.elf' -printf '%T@ %p\n' \
+  | sort -rn | head -n 1 | cut -d' ' -f2-)"
+[ -f "$stub" ] || die "the stub guest was not assembled (tests/build.rs)"
+cp "$stub" "$ZONE_BIN_DIR/stub.elf"
+echo "$ZONE_BIN_DIR"

@@ -1,0 +1,95 @@
+#!/bin/sh
+# /init of the test host's base initramfs (busybox sh; installed by build.sh).
+#
+# 1. mounts the pseudo file systems;
+# 2. insmods the host modules (KVM) listed in /lib/modules/host/load-order and
+#    checks that /dev/kvm exists;
+# 3. runs /run-script.sh (supplied per run by run.sh in a second cpio) with its
+#    stdout+stderr on the results channel /dev/ttyS1, framed by
+#    "TESTHOST-BEGIN" and "TESTHOST-END rc=<exit code>", then powers off;
+# 4. without /run-script.sh, starts an interactive shell on the console.
+#
+# The kernel console stays on ttyS0.
+
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+export TERM="${TERM:-linux}"
+umask 022
+cd /
+
+RESULTS=/dev/ttyS1
+CONSOLE=/dev/console
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null || true
+ip link set lo up 2>/dev/null || true
+hostname testhost 2>/dev/null || true
+
+# Error lines go to the console and, once it is known, to the results channel
+# too (run.sh forwards every TESTHOST-ERROR line to its stderr).
+errors=""
+err() {
+	echo "TESTHOST-ERROR $*" >"$CONSOLE"
+	errors="${errors}TESTHOST-ERROR $*
+"
+}
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+echo "testhost: init started at uptime $(uptime_s)s, kernel $(uname -r)" >"$CONSOLE"
+
+# Host modules, in dependency order (computed by build.sh from modinfo).
+if [ -f /lib/modules/host/load-order ]; then
+	while read -r m; do
+		[ -n "$m" ] || continue
+		out=$(insmod "/lib/modules/host/$m" 2>&1) ||
+			err "insmod $m failed: $out"
+	done </lib/modules/host/load-order
+fi
+if [ ! -c /dev/kvm ]; then
+	err "/dev/kvm missing after loading the KVM modules (no SVM in the test host CPU? see dmesg)"
+fi
+[ -c /dev/tpmrm0 ] || err "/dev/tpmrm0 missing (no tpm-crb device or swtpm not connected?)"
+
+poweroff_now() {
+	sync
+	poweroff -f
+	# Only reached if the power-off request failed.
+	echo o >/proc/sysrq-trigger 2>/dev/null
+	while :; do sleep 3600; done
+}
+
+if [ -f /run-script.sh ]; then
+	if [ ! -c "$RESULTS" ]; then
+		err "$RESULTS missing: results go to the console instead"
+		RESULTS=$CONSOLE
+	fi
+	# Raw mode: no \n -> \r\n translation, no echo.
+	stty -F "$RESULTS" raw -echo 2>/dev/null || true
+	exec 3>"$RESULTS"
+	printf '%s' "$errors" >&3
+	echo "testhost: running /run-script.sh at uptime $(uptime_s)s" >"$CONSOLE"
+	echo "TESTHOST-BEGIN" >&3
+	[ -x /run-script.sh ] || chmod 0755 /run-script.sh
+	(cd / && exec /run-script.sh) </dev/null >&3 2>&3
+	rc=$?
+	echo "TESTHOST-END rc=$rc" >&3
+	exec 3>&-
+	# busybox stty applies settings with TCSADRAIN: this waits until the
+	# UART has sent everything before we power off.
+	stty -F "$RESULTS" raw -echo 2>/dev/null || true
+	echo "testhost: /run-script.sh exited rc=$rc at uptime $(uptime_s)s; powering off" >"$CONSOLE"
+	poweroff_now
+fi
+
+echo "testhost: no /run-script.sh; interactive shell on the console ('poweroff -f' to quit)" >"$CONSOLE"
+setsid cttyhack sh -l
+poweroff_now

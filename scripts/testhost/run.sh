@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# Run a script inside the test host (QEMU TCG with emulated AMD SVM: real
+# /dev/kvm via kvm_amd, real /dev/tpmrm0 via tpm-crb + swtpm). See README.md.
+#
+#   run.sh SCRIPT [PAYLOAD_DIR...]      run SCRIPT as /run-script.sh; each
+#                                       PAYLOAD_DIR's contents appear at /
+#   run.sh --interactive [PAYLOAD_DIR...]   shell on the test host console
+#                                       (Ctrl-A X quits QEMU)
+#
+# stdout: what the script wrote (stdout+stderr) between the framing lines.
+# stderr: progress, timings, and on failure the tail of the console log.
+# Exit code: the script's, or 124 on timeout, or 125 when the framing is
+# missing (the test host never started the script or died during it).
+#
+# Environment:
+#   TESTHOST_TIMEOUT   seconds for the whole QEMU run (default 600)
+#   TESTHOST_MEM_MB    test host memory (default 3072)
+#   TESTHOST_SMP       test host vCPUs (default 2)
+#   TESTHOST_CPU       QEMU -cpu (default EPYC,+svm minus what TCG lacks)
+#   TESTHOST_APPEND    extra kernel command line arguments
+#   TESTHOST_KEEP=1    keep the run directory (logs, initrd) and print its path
+#   TESTHOST_CONSOLE=1 copy the test host console log to stderr afterwards
+#   ZONE_CACHE_DIR, TESTHOST_*: passed on to build.sh
+set -euo pipefail
+
+SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+TIMEOUT=${TESTHOST_TIMEOUT:-600}
+MEM_MB=${TESTHOST_MEM_MB:-3072}
+SMP=${TESTHOST_SMP:-2}
+# EPYC with SVM, minus the features TCG cannot emulate (QEMU would drop them
+# anyway, with a warning each).
+CPU=${TESTHOST_CPU:-EPYC,+svm,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,-topoext,-nrip-save,-xsavec}
+RC_TIMEOUT=124
+RC_NOFRAME=125
+
+log() { printf 'testhost: %s\n' "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 2
+}
+need() { # need COMMAND APT_PACKAGE
+	command -v "$1" >/dev/null 2>&1 || die "'$1' not found: install it with 'apt-get install $2'"
+}
+usage() {
+	sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}" >&2
+	exit 2
+}
+
+interactive=0
+case ${1:-} in
+-h | --help | "") usage ;;
+--interactive) interactive=1 && shift ;;
+esac
+script=""
+if ((!interactive)); then
+	script=$1
+	shift
+	[[ -f $script ]] || die "script $script not found"
+fi
+for p in "$@"; do
+	[[ -d $p ]] || die "payload $p is not a directory"
+done
+[[ $TIMEOUT =~ ^[0-9]+$ ]] || die "TESTHOST_TIMEOUT must be a number of seconds"
+
+need qemu-system-x86_64 qemu-system-x86
+need swtpm swtpm
+need cpio cpio
+need flock util-linux
+
+cache=$("$SELF_DIR/build.sh" | tail -n 1)
+[[ -f $cache/base.cpio && -f $cache/vmlinuz ]] || die "build.sh did not produce $cache/{base.cpio,vmlinuz}"
+
+run=$(mktemp -d "${TMPDIR:-/tmp}/testhost.XXXXXX")
+[[ $run != *,* ]] || die "run directory $run contains a comma (QEMU option syntax); set TMPDIR"
+qpid=""
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+	local rc=$?
+	if [[ -n $qpid ]] && kill -0 "$qpid" 2>/dev/null; then
+		kill "$qpid" 2>/dev/null || true
+	fi
+	if [[ -f $run/swtpm.pid ]]; then
+		kill "$(<"$run/swtpm.pid")" 2>/dev/null || true
+	fi
+	if [[ ${TESTHOST_KEEP:-0} == 1 ]]; then
+		log "kept run directory $run"
+	else
+		rm -rf "$run"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+now_us() { echo "${EPOCHREALTIME/./}"; }
+secs() { # secs MICROSECONDS -> "S.SS"
+	printf '%d.%02d' $(($1 / 1000000)) $((($1 % 1000000) / 10000))
+}
+
+# --- initrd: base.cpio + payload archives + the run script archive -------------------
+# Concatenated newc archives are unpacked in order; later files replace earlier ones.
+append_cpio() { # append_cpio DIR
+	(cd "$1" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+		cpio --quiet -o -H newc -R 0:0) >>"$run/initrd"
+}
+{
+	flock -s 9
+	cp "$cache/vmlinuz" "$run/vmlinuz"
+	cp "$cache/base.cpio" "$run/initrd"
+} 9<"$cache/.lock"
+for p in "$@"; do
+	append_cpio "$p"
+done
+if ((!interactive)); then
+	mkdir "$run/runroot"
+	cp "$script" "$run/runroot/run-script.sh"
+	chmod 0755 "$run/runroot/run-script.sh"
+	append_cpio "$run/runroot"
+fi
+
+# --- swtpm ----------------------------------------------------------------------
+mkdir "$run/tpm"
+swtpm socket --tpm2 --tpmstate "dir=$run/tpm" \
+	--ctrl "type=unixio,path=$run/swtpm.sock" \
+	--flags startup-clear --pid "file=$run/swtpm.pid" \
+	--log "file=$run/swtpm.log" --daemon ||
+	die "swtpm failed to start (see $run/swtpm.log)"
+for _ in $(seq 100); do
+	[[ -S $run/swtpm.sock ]] && break
+	sleep 0.05
+done
+[[ -S $run/swtpm.sock ]] || die "swtpm did not create its socket"
+
+# --- QEMU -----------------------------------------------------------------------
+append="console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off ${TESTHOST_APPEND:-}"
+qemu=(qemu-system-x86_64
+	-M q35 -accel "tcg,thread=multi" -cpu "$CPU" -smp "$SMP" -m "$MEM_MB"
+	-nodefaults -no-reboot -display none
+	-kernel "$run/vmlinuz" -initrd "$run/initrd" -append "$append"
+	-chardev "socket,id=chrtpm,path=$run/swtpm.sock"
+	-tpmdev "emulator,id=tpm0,chardev=chrtpm" -device "tpm-crb,tpmdev=tpm0")
+
+if ((interactive)); then
+	log "interactive test host (Ctrl-A X quits; results channel in $run/results.log)"
+	"${qemu[@]}" -serial mon:stdio -serial "file:$run/results.log" || true
+	exit 0
+fi
+
+qemu+=(-serial "file:$run/console.log" -serial "file:$run/results.log" -monitor none)
+: >"$run/results.log"
+t0=$(now_us)
+"${qemu[@]}" </dev/null >"$run/qemu.log" 2>&1 &
+qpid=$!
+deadline=$((t0 + TIMEOUT * 1000000))
+t_begin="" timed_out=0
+while kill -0 "$qpid" 2>/dev/null; do
+	if [[ -z $t_begin ]] && grep -q '^TESTHOST-BEGIN' "$run/results.log"; then
+		t_begin=$(now_us)
+	fi
+	if (($(now_us) > deadline)); then
+		timed_out=1
+		kill "$qpid" 2>/dev/null || true
+		for _ in $(seq 50); do
+			kill -0 "$qpid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -9 "$qpid" 2>/dev/null || true
+		break
+	fi
+	sleep 0.1
+done
+qemu_rc=0
+wait "$qpid" || qemu_rc=$?
+qpid=""
+t_end=$(now_us)
+if [[ -z $t_begin ]] && grep -q '^TESTHOST-BEGIN' "$run/results.log"; then
+	t_begin=$t_end # the script finished within the last poll interval
+fi
+if [[ -f $run/swtpm.pid ]]; then
+	kill "$(<"$run/swtpm.pid")" 2>/dev/null || true
+fi
+
+# --- results --------------------------------------------------------------------
+# body -> $run/body; prints the rc from the END line, "none" without END,
+# "nobegin" without BEGIN. The END line may follow output without a newline.
+script_rc=$(awk -v body="$run/body" '
+	{ sub(/\r$/, "") }
+	!begun { if ($0 == "TESTHOST-BEGIN") begun = 1; next }
+	match($0, /TESTHOST-END rc=[0-9]+$/) {
+		if (RSTART > 1) print substr($0, 1, RSTART - 1) > body
+		rc = substr($0, RSTART + 16); found = 1; exit
+	}
+	{ print > body }
+	END { if (!begun) print "nobegin"; else if (!found) print "none"; else print rc }
+' "$run/results.log")
+[[ -f $run/body ]] && cat "$run/body"
+
+grep -h '^TESTHOST-ERROR' "$run/results.log" "$run/console.log" 2>/dev/null | sort -u >&2 || true
+if [[ ${TESTHOST_CONSOLE:-0} == 1 ]]; then
+	log "---- console log ----"
+	cat "$run/console.log" >&2
+	log "---- end of console log ----"
+fi
+
+boot="n/a" scr="n/a"
+if [[ -n $t_begin ]]; then
+	boot="$(secs $((t_begin - t0)))s"
+	scr="$(secs $((t_end - t_begin)))s"
+fi
+log "boot->script $boot, script $scr, total $(secs $((t_end - t0)))s wall (qemu rc=$qemu_rc)"
+
+fail_tail() {
+	log "---- last lines of the test host console ($run/console.log) ----"
+	tail -n 40 "$run/console.log" >&2 || true
+	if [[ -s $run/qemu.log ]]; then
+		log "---- QEMU stderr ----"
+		grep -v "TCG doesn't support requested feature" "$run/qemu.log" | tail -n 20 >&2 || true
+	fi
+}
+if ((timed_out)); then
+	log "ERROR: timed out after ${TIMEOUT}s (TESTHOST_TIMEOUT)"
+	fail_tail
+	exit "$RC_TIMEOUT"
+fi
+case $script_rc in
+nobegin)
+	log "ERROR: the test host never started /run-script.sh (no TESTHOST-BEGIN; kernel panic or QEMU failure?)"
+	fail_tail
+	exit "$RC_NOFRAME"
+	;;
+none)
+	log "ERROR: the test host stopped during /run-script.sh (no TESTHOST-END; kernel panic or power-off by the script?)"
+	fail_tail
+	exit "$RC_NOFRAME"
+	;;
+esac
+exit "$script_rc"

@@ -1,0 +1,91 @@
+//! Running scripts inside the test host: a QEMU TCG VM with emulated AMD SVM
+//! (real KVM through `kvm_amd`) and a swtpm-backed `tpm-crb` TPM, booted by
+//! `scripts/testhost/run.sh`.
+//!
+//! The payload (`$ZONE_TESTHOST_PAYLOAD`, default
+//! `$ZONE_CACHE_DIR/payload`, prepared by `scripts/testhost/payload.sh`) is
+//! copied into the test host's root: `/opt/zone/bin/` (static zonectl,
+//! zone-guest, zone-bench), `/opt/zone/kernel/vmlinux`, `/opt/zone/images/`.
+//! A missing payload or QEMU makes the caller fail loudly: these tests are
+//! never skipped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Inside the test host: the zone kernel.
+pub const KERNEL: &str = "/opt/zone/kernel/vmlinux";
+/// Inside the test host: the base image.
+pub const BASE_IMAGE: &str = "/opt/zone/images/base.cpio";
+/// Inside the test host: the shell image.
+pub const SHELL_IMAGE: &str = "/opt/zone/images/shell.cpio";
+/// Inside the test host: zonectl.
+pub const ZONECTL: &str = "/opt/zone/bin/zonectl";
+
+/// The result of one test-host run.
+#[derive(Debug)]
+pub struct HostRun {
+    /// What the script printed (stdout and stderr, in order).
+    pub output: String,
+    /// The script's exit status (124: timeout; 125: the host never ran it).
+    pub rc: i32,
+    /// run.sh's own diagnostics (boot timings, console tail on failure).
+    pub diagnostics: String,
+}
+
+impl HostRun {
+    /// The value printed by the script on a line `KEY=value`.
+    pub fn value(&self, key: &str) -> Option<&str> {
+        let prefix = format!("{key}=");
+        self.output.lines().rev().find_map(|l| l.strip_prefix(&prefix))
+    }
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// The payload directory, checked to be complete.
+pub fn payload_dir() -> PathBuf {
+    let dir = std::env::var_os("ZONE_TESTHOST_PAYLOAD").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("ZONE_CACHE_DIR").map(PathBuf::from).unwrap_or("/var/cache/zone-attestor".into());
+        cache.join("payload")
+    });
+    for f in ["opt/zone/bin/zonectl", "opt/zone/bin/zone-guest", "opt/zone/kernel/vmlinux", "opt/zone/images/base.cpio"] {
+        assert!(
+            dir.join(f).is_file(),
+            "test-host payload incomplete: {} is missing. Run scripts/test.sh (or scripts/testhost/payload.sh) to build it; \
+             test-host tests never skip",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// Boots the test host, runs `script` (a busybox `sh` script) in it and
+/// returns its output. Panics, with the test host's diagnostics, if QEMU is
+/// missing or the host could not run the script.
+pub fn run(script: &str) -> HostRun {
+    let payload = payload_dir();
+    let mut file = tempfile::Builder::new().prefix("testhost-script").suffix(".sh").tempfile().expect("temp script");
+    writeln!(file, "set -u\nexport PATH=/opt/zone/bin:$PATH\n{script}").expect("write script");
+    let out = Command::new(repo_root().join("scripts/testhost/run.sh"))
+        .arg(file.path())
+        .arg(&payload)
+        .output()
+        .expect("cannot start scripts/testhost/run.sh");
+    let run = HostRun {
+        output: String::from_utf8_lossy(&out.stdout).into_owned(),
+        rc: out.status.code().unwrap_or(-1),
+        diagnostics: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        run.rc != 125 && run.rc != 124 && run.rc != 2,
+        "the test host did not run the script (rc {}):\n{}\n--- output ---\n{}",
+        run.rc,
+        run.diagnostics,
+        run.output
+    );
+    run
+}
