@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 "$ZONE_ROOT/scripts/setup.sh"
 payload="$("$ZONE_ROOT/scripts/testhost/payload.sh" | tail -n 1)"
-cmdline="console=ttyS0 reboot=k panic=-1 zone.oneshot"
+cmdline="console=ttyS0 reboot=k panic=-1 quiet zone.oneshot"
 
 hardware_kvm() {
   [ -c /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo

@@ -126,7 +126,8 @@ verify_config() {
 # XEN_ELFNOTE_PHYS32_ENTRY (0x12).
 verify_pvh_note() {
 	local vmlinux=$1
-	if ! readelf -n -W "$vmlinux" | awk '$1 == "Xen" && $3 ~ /^0x0*12$/ { found = 1 } END { exit !found }'; then
+	# binutils prints the type as "Unknown note type: (0x00000012)".
+	if ! readelf -n -W "$vmlinux" | awk '$1 == "Xen" && /\(0x0*12\)|PHYS32_ENTRY/ { found = 1 } END { exit !found }'; then
 		die "$vmlinux has no PVH note (Xen, XEN_ELFNOTE_PHYS32_ENTRY); is CONFIG_PVH set?"
 	fi
 	log "PVH note present (Xen XEN_ELFNOTE_PHYS32_ENTRY)"

@@ -11,35 +11,36 @@ use zone_tests::testhost::{self, BASE_IMAGE, KERNEL, SHELL_IMAGE, ZONECTL};
 fn zones_boot_to_zone_guest_in_the_test_host() {
     let run = testhost::run(&format!(
         r#"
+Q="console=ttyS0 reboot=k panic=-1 quiet"
 echo "kvm=$(test -c /dev/kvm && echo yes || echo no)"
 echo "tpmrm=$(test -c /dev/tpmrm0 && echo yes || echo no)"
 
 # 1. The default zone: base image, no command, powers off once ready.
 {ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 \
-    --cmdline "console=ttyS0 reboot=k panic=-1 zone.oneshot" --console-log /tmp/base.log > /tmp/base.out 2>&1
+    --cmdline "console=ttyS0 reboot=k panic=-1 quiet zone.oneshot" --console-log /tmp/base.log > /tmp/base.out 2>&1
 echo "base_rc=$?"
 echo "base_ready=$(grep -c '^ZONE-GUEST-READY uptime_ms=[0-9]*' /tmp/base.log)"
 echo "base_exit=$(grep -o 'ZONE-GUEST-EXIT status=[0-9]*' /tmp/base.log)"
 
 # 2. A command in the shell image: its output and exit status come back.
-{ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 \
+{ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" \
     -- /bin/sh -c 'echo "hello from $(uname -s) zone"; exit 3' > /tmp/cmd.out 2>&1
 echo "cmd_rc=$?"
 echo "cmd_hello=$(grep -c 'hello from Linux zone' /tmp/cmd.out)"
 
 # 3. Two vCPUs: the zone kernel brings both up (MP table).
-{ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --vcpus 2 --memory 256 --timeout 300 \
+{ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --vcpus 2 --memory 256 --timeout 300 --cmdline "$Q" \
     -- /bin/nproc > /tmp/smp.out 2>&1
 echo "smp_rc=$?"
 echo "smp_nproc=$(grep -x '[0-9]*' /tmp/smp.out | tail -n 1)"
 
 # 4. A command that does not exist: zone-guest reports 127.
-{ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 -- /no/such/cmd > /tmp/missing.out 2>&1
+{ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" -- /no/such/cmd > /tmp/missing.out 2>&1
 echo "missing_rc=$?"
 
 # 5. init is killed -> the kernel panics -> the VMM reports a panic.
 {ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 \
-    --cmdline "console=ttyS0 reboot=k panic=-1 init=/bin/false" -o json > /tmp/panic.json 2>/dev/null
+    --cmdline "$Q init=/bin/false" -o json > /tmp/panic.json 2>/dev/null
 echo "panic_rc=$?"
 echo "panic_reason=$(grep -o '"reason": "[a-z_]*"' /tmp/panic.json)"
 "#
@@ -66,7 +67,7 @@ fn qemu_microvm_boots_the_same_kernel_and_image() {
 qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=off -accel kvm -cpu host -m 128 \
     -nodefaults -no-user-config -display none -monitor none -serial stdio -no-reboot \
     -device isa-debug-exit,iobase=0x501,iosize=1 \
-    -kernel {KERNEL} -initrd {BASE_IMAGE} -append "console=ttyS0 reboot=k panic=-1 zone.oneshot" > /tmp/qemu.out 2>&1
+    -kernel {KERNEL} -initrd {BASE_IMAGE} -append "console=ttyS0 reboot=k panic=-1 quiet zone.oneshot" > /tmp/qemu.out 2>&1
 # isa-debug-exit makes QEMU exit with (status << 1) | 1: zone-guest powers off with 0.
 echo "qemu_rc=$?"
 echo "qemu_ready=$(grep -c '^ZONE-GUEST-READY uptime_ms=' /tmp/qemu.out)"
