@@ -173,27 +173,22 @@ impl Zone {
         }
         drop(tx);
 
-        let wait = |rx: &mpsc::Receiver<Option<ExitReason>>| -> ExitReason {
-            loop {
-                let next = match deadline {
-                    Some(d) => match rx.recv_timeout(d.saturating_sub(started.elapsed())) {
-                        Ok(v) => v,
-                        Err(mpsc::RecvTimeoutError::Timeout) => return ExitReason::Timeout,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
-                    },
-                    None => rx.recv().ok().flatten(),
-                };
-                match next {
-                    Some(reason) => return reason,
-                    // A vCPU that left without an outcome (only when stopping) or all gone.
-                    None if rx.try_recv().is_err() && threads.iter().all(|t| t.is_finished()) => {
-                        return ExitReason::VcpuError { vcpu: 0, detail: "all vCPUs stopped without an outcome".into() };
-                    }
-                    None => continue,
+        // The first outcome any vCPU reports ends the zone. `None` comes only
+        // from a vCPU that saw the stop flag, which is never set before this.
+        let mut reason = loop {
+            let next = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_sub(started.elapsed())),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match next {
+                Ok(Some(reason)) => break reason,
+                Ok(None) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => break ExitReason::Timeout,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break ExitReason::VcpuError { vcpu: 0, detail: "every vCPU thread ended without an outcome".into() };
                 }
             }
         };
-        let mut reason = wait(&rx);
         let run_time_ms = started.elapsed().as_millis();
 
         self.devices.request_stop();
