@@ -24,7 +24,7 @@ echo "base_exit=$(grep -o 'ZONE-GUEST-EXIT status=[0-9]*' /tmp/base.log)"
 
 # 2. A command in the shell image: its output and exit status come back.
 {ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" \
-    -- /bin/sh -c 'echo "hello from $(uname -s) zone"; exit 3' > /tmp/cmd.out 2>&1
+    -- /bin/sh -c 'echo hello from $(uname -s) zone; exit 3' > /tmp/cmd.out 2>&1
 echo "cmd_rc=$?"
 echo "cmd_hello=$(grep -c 'hello from Linux zone' /tmp/cmd.out)"
 
@@ -32,15 +32,16 @@ echo "cmd_hello=$(grep -c 'hello from Linux zone' /tmp/cmd.out)"
 {ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --vcpus 2 --memory 256 --timeout 300 --cmdline "$Q" \
     -- /bin/nproc > /tmp/smp.out 2>&1
 echo "smp_rc=$?"
-echo "smp_nproc=$(grep -x '[0-9]*' /tmp/smp.out | tail -n 1)"
+# The console turns \n into \r\n.
+echo "smp_nproc=$(tr -d '\r' < /tmp/smp.out | grep -x '[0-9]*' | tail -n 1)"
 
 # 4. A command that does not exist: zone-guest reports 127.
 {ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" -- /no/such/cmd > /tmp/missing.out 2>&1
 echo "missing_rc=$?"
 
-# 5. init is killed -> the kernel panics -> the VMM reports a panic.
+# 5. PID 1 exits (rdinit=/bin/false) -> the kernel panics -> the VMM reports a panic.
 {ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 \
-    --cmdline "$Q init=/bin/false" -o json > /tmp/panic.json 2>/dev/null
+    --cmdline "$Q rdinit=/bin/false" -o json > /tmp/panic.json 2>/dev/null
 echo "panic_rc=$?"
 echo "panic_reason=$(grep -o '"reason": "[a-z_]*"' /tmp/panic.json)"
 "#
