@@ -5,7 +5,7 @@
 //! The payload (`$ZONE_TESTHOST_PAYLOAD`, default
 //! `$ZONE_CACHE_DIR/payload`, prepared by `scripts/testhost/payload.sh`) is
 //! copied into the test host's root: `/opt/zone/bin/` (static zonectl,
-//! zone-guest, zone-bench), `/opt/zone/kernel/vmlinux`, `/opt/zone/images/`.
+//! zone-guest, zone-bench, vsock-probe), `/opt/zone/kernel/vmlinux`, `/opt/zone/images/`.
 //! A missing payload or QEMU makes the caller fail loudly: these tests are
 //! never skipped.
 
@@ -19,6 +19,10 @@ pub const KERNEL: &str = "/opt/zone/kernel/vmlinux";
 pub const BASE_IMAGE: &str = "/opt/zone/images/base.cpio";
 /// Inside the test host: the shell image.
 pub const SHELL_IMAGE: &str = "/opt/zone/images/shell.cpio";
+/// Inside the test host: the vsock test image (shell + `vsock-probe`).
+pub const VSOCK_IMAGE: &str = "/opt/zone/images/vsock-test.cpio";
+/// Inside the test host: the vsock probe (both ends of the vsock tests).
+pub const VSOCK_PROBE: &str = "/opt/zone/bin/vsock-probe";
 /// Inside the test host: zonectl.
 pub const ZONECTL: &str = "/opt/zone/bin/zonectl";
 

@@ -158,3 +158,17 @@ fn a_missing_kvm_device_says_what_to_do() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("has no KVM"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn vsock_options_are_checked_and_the_socket_is_removed_afterwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+    let uds = uds.to_str().unwrap();
+    assert_fails_with(&["run", "--kernel", STUB, "--vsock-uds", uds, "--vsock-cid", "2"], "--vsock-cid 3");
+    assert_fails_with(&["run", "--kernel", STUB, "--vsock-uds", "/nonexistent/dir/v.sock"], "directory exists");
+    // A zone with a vsock device (irqfd, ioeventfds, the vsock thread) boots and
+    // ends as usual, and its socket goes with it.
+    let out = stub("o3", &["--vsock-uds", uds, "--vsock-cid", "7"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert!(!Path::new(uds).exists(), "the VMM left {uds} behind");
+}

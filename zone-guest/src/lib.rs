@@ -11,6 +11,8 @@
 //! status encoding) so they are unit-tested on the build machine; `main.rs`
 //! does the system calls.
 
+pub mod channel;
+
 /// Printed on the console once the zone's userspace is up:
 /// `ZONE-GUEST-READY uptime_ms=<ms since boot>`.
 pub const READY_MARKER: &str = "ZONE-GUEST-READY";

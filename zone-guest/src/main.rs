@@ -4,7 +4,13 @@ use std::ffi::CString;
 use std::io::Write;
 use std::time::Duration;
 
+use attestation_proto::guest::{Exited, GuestMessage, Output, Stream, guest_message};
+use zone_guest::channel::Channel;
 use zone_guest::{BootRequest, EXIT_MARKER, POWER_PORT, READY_MARKER, parse_cmdline, status_byte};
+
+/// How long zone-guest waits for the host channel before running the
+/// command with its output on the console instead.
+const CHANNEL_WAIT: Duration = Duration::from_secs(5);
 
 fn main() {
     mount_basics();
@@ -14,6 +20,7 @@ fn main() {
         BootRequest::default()
     });
     say(&format!("{READY_MARKER} uptime_ms={uptime_ms}"));
+    let channel = has_vsock_device().then(|| Channel::start(uptime_ms as u64));
 
     let status = if request.command.is_empty() {
         if !request.oneshot {
@@ -21,9 +28,14 @@ fn main() {
         }
         0
     } else {
-        run_command(&request.command)
+        let relay = channel.as_ref().filter(|c| c.wait_connected(CHANNEL_WAIT));
+        run_command(&request.command, relay)
     };
     say(&format!("{EXIT_MARKER} status={status}"));
+    if let Some(c) = &channel {
+        let msg = GuestMessage { message: Some(guest_message::Message::Exited(Exited { status: i32::from(status) })) };
+        c.send_last(msg, Duration::from_secs(2));
+    }
     power_off(status);
 }
 
@@ -70,23 +82,88 @@ fn uptime_ms() -> u128 {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_millis()
 }
 
+/// Whether the zone has a virtio vsock device (virtio device id 19).
+fn has_vsock_device() -> bool {
+    std::fs::read_dir("/sys/bus/virtio/devices")
+        .map(|dir| {
+            dir.flatten().any(|d| {
+                std::fs::read_to_string(d.path().join("device")).map(|id| id.trim() == "0x0013").unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Copies a pipe of the command to the host channel, or to the console
+/// while the channel is down.
+fn relay(mut from: impl std::io::Read, stream: Stream, channel: Channel) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let msg = GuestMessage {
+            message: Some(guest_message::Message::Output(Output { stream: stream as i32, data: buf[..n].to_vec() })),
+        };
+        if !channel.send(msg) {
+            let _ = std::io::stdout().write_all(&buf[..n]);
+        }
+    }
+}
+
 /// Runs the command with a minimal environment, reaping any other children
-/// (PID 1 adopts orphans) until the command itself exits.
-fn run_command(command: &[String]) -> u8 {
+/// (PID 1 adopts orphans) until the command itself exits. With a host
+/// channel, its stdout and stderr go there; otherwise to the console.
+fn run_command(command: &[String], channel: Option<&Channel>) -> u8 {
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..])
         .env_clear()
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/root")
         .env("TERM", "linux");
-    let child = match cmd.spawn() {
+    if channel.is_some() {
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    }
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("zone-guest: cannot run {}: {e}", command[0]);
             return 127;
         }
     };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut relays = 0;
+    if let Some(ch) = channel {
+        let pipes: [(Option<Box<dyn std::io::Read + Send>>, Stream); 2] = [
+            (child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), Stream::Stdout),
+            (child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), Stream::Stderr),
+        ];
+        for (pipe, stream) in pipes {
+            if let Some(pipe) = pipe {
+                let (ch, done) = (ch.clone(), done_tx.clone());
+                relays += 1;
+                std::thread::spawn(move || {
+                    relay(pipe, stream, ch);
+                    let _ = done.send(());
+                });
+            }
+        }
+    }
     let pid = child.id() as libc::pid_t;
+    let status = wait_for(pid);
+    // Drain what the command wrote; a background process that keeps the pipes
+    // open must not keep the zone from powering off.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for _ in 0..relays {
+        if done_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())).is_err() {
+            break;
+        }
+    }
+    status
+}
+
+/// Reaps children until `pid` exits; returns its status byte.
+fn wait_for(pid: libc::pid_t) -> u8 {
     loop {
         let mut status = 0;
         // SAFETY: `status` is a valid out-pointer; -1 waits for any child.

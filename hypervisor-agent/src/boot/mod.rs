@@ -8,6 +8,7 @@
 //! slices the caller already holds: what was read (and, later, measured) is
 //! exactly what is loaded.
 
+pub mod cmdline;
 pub mod gdt;
 pub mod mptable;
 

@@ -27,13 +27,10 @@ pub struct BuildArgs {
     /// A named input the recipe references as ${NAME}: NAME=PATH (repeatable).
     #[arg(long = "input", value_name = "NAME=PATH")]
     pub inputs: Vec<String>,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t)]
-    pub output: OutputFormat,
 }
 
 /// Runs `zonectl image …`.
-pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
+pub fn run(g: &super::GlobalArgs, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
         ImageCommand::Build(args) => {
             let mut inputs = HashMap::new();
@@ -44,7 +41,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<i32> {
                 inputs.insert(k.to_owned(), PathBuf::from(v));
             }
             let built = image::build(&args.recipe, &inputs, &args.out)?;
-            match args.output {
+            match g.output {
                 OutputFormat::Json => print_json(&built)?,
                 OutputFormat::Table => {
                     println!("{}  sha256:{}  {} bytes  {} entries", built.path.display(), built.sha256, built.size, built.entries)

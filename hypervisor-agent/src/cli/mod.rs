@@ -1,24 +1,91 @@
 //! The `zonectl` command line: one module per subcommand.
 
+pub mod client;
 pub mod format;
 pub mod image;
+pub mod inspect;
+pub mod launch;
+pub mod list;
+pub mod logs;
 pub mod run;
+pub mod show;
+pub mod stop;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use format::OutputFormat;
 
 /// Launch and inspect zones: KVM microVMs, each booting its own kernel.
 #[derive(Debug, Parser)]
 #[command(name = "zonectl", version, about, long_about = None)]
 pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Options shared by every command.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The daemon's control socket (default: $ZONE_SOCKET, else /run/zone-attestor/control.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+impl GlobalArgs {
+    /// The control socket to use.
+    pub fn socket(&self) -> PathBuf {
+        client::socket_path(self.socket.as_deref())
+    }
+}
+
 /// `zonectl` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot a zone in the foreground and stream its console.
+    /// Launch a zone through the daemon and wait until it is ready.
+    Launch(launch::LaunchArgs),
+    /// List zones.
+    List,
+    /// Show one zone.
+    Inspect {
+        /// Zone name.
+        name: String,
+    },
+    /// Show a zone's workload output (stdout/stderr of its command).
+    Logs {
+        /// Zone name.
+        name: String,
+        /// Keep streaming until the zone ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Show the serial console instead.
+        #[arg(long)]
+        console: bool,
+    },
+    /// Follow a zone's serial console (read-only).
+    Console {
+        /// Zone name.
+        name: String,
+    },
+    /// Stop a zone (its record stays).
+    Stop {
+        /// Zone name.
+        name: String,
+    },
+    /// Stop a zone if needed and delete it.
+    Destroy {
+        /// Zone name.
+        name: String,
+    },
+    /// Boot a zone in the foreground, without the daemon, and stream its console.
     Run(run::RunArgs),
     /// Build zone images.
     #[command(subcommand)]
@@ -27,9 +94,17 @@ pub enum Command {
 
 /// Runs the parsed command; returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let g = &cli.global;
     match cli.command {
-        Command::Run(args) => run::run(args),
-        Command::Image(cmd) => image::run(cmd),
+        Command::Launch(args) => launch::run(g, args),
+        Command::List => list::run(g),
+        Command::Inspect { name } => inspect::run(g, name),
+        Command::Logs { name, follow, console } => logs::run(g, name, follow, console),
+        Command::Console { name } => logs::run(g, name, true, true),
+        Command::Stop { name } => stop::stop(g, name),
+        Command::Destroy { name } => stop::destroy(g, name),
+        Command::Run(args) => run::run(g, args),
+        Command::Image(cmd) => image::run(g, cmd),
     }
 }
 

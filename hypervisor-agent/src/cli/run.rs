@@ -2,7 +2,7 @@
 //!
 //! Exit status: the status the zone powered off with (the exit status of its
 //! command), 0 after a guest reset, and for failures: 101 kernel panic,
-//! 102 triple fault or vCPU failure, 124 timeout, 1 when the zone could not
+//! 102 triple fault or vCPU failure, 124 timeout, 143 stopped (SIGTERM), 1 when the zone could not
 //! be started (the message says why).
 
 use std::fs::File;
@@ -14,7 +14,7 @@ use clap::Args;
 
 use super::format::{OutputFormat, print_json};
 use crate::devices::ConsoleSink;
-use crate::vmm::{ExitReason, Zone, ZoneConfig, read_artifact};
+use crate::vmm::{ExitReason, VsockConfig, Zone, ZoneConfig, read_artifact};
 
 /// The default zone kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
@@ -46,9 +46,14 @@ pub struct RunArgs {
     /// KVM device.
     #[arg(long, default_value = crate::vstate::kvm::KVM_PATH)]
     pub kvm: PathBuf,
-    /// Output format of the final result (json: the console goes to stderr).
-    #[arg(long, short, value_enum, default_value_t)]
-    pub output: OutputFormat,
+    /// Give the zone a virtio-vsock device whose host side is this Unix
+    /// socket: guest connections to host (CID 2) port P reach a listener on
+    /// PATH_P; host processes connect to PATH and send `CONNECT <port>\n`.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
+    /// The zone's vsock CID (3 or more, unique per host).
+    #[arg(long, value_name = "N", default_value_t = 3, requires = "vsock_uds")]
+    pub vsock_cid: u32,
     /// The zone's command, run by zone-guest (after `--`).
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -96,7 +101,7 @@ pub fn cmdline_with_command(cmdline: &str, command: &[String]) -> anyhow::Result
 }
 
 /// Runs `zonectl run`.
-pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+pub fn run(g: &super::GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let kernel = read_artifact("kernel", &args.kernel)?;
     let initrd = args.initrd.as_deref().map(|p| read_artifact("initramfs", p)).transpose()?;
@@ -104,8 +109,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory;
     config.kvm_path = args.kvm.clone();
+    config.vsock = args.vsock_uds.clone().map(|uds_path| VsockConfig { guest_cid: args.vsock_cid, uds_path });
 
-    let term: Box<dyn Write + Send> = match args.output {
+    let term: Box<dyn Write + Send> = match g.output {
         OutputFormat::Table => Box::new(BufWriter::new(io::stdout())),
         OutputFormat::Json => Box::new(BufWriter::new(io::stderr())),
     };
@@ -123,8 +129,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         ExitReason::Panic { .. } => 101,
         ExitReason::TripleFault | ExitReason::Halted | ExitReason::VcpuError { .. } => 102,
         ExitReason::Timeout => 124,
+        ExitReason::Stopped => 143,
     };
-    match args.output {
+    match g.output {
         OutputFormat::Json => {
             #[derive(serde::Serialize)]
             struct Report<'a> {

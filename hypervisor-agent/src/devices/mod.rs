@@ -7,16 +7,31 @@
 //! | 0x501 | zone power port: a byte written = power off with that status | [`power`] |
 //!
 //! Reads of any other port return zeroes (no device); writes are ignored.
+//!
+//! | MMIO window | device | module |
+//! |---|---|---|
+//! | 4 KiB each from `layout::VIRTIO_MMIO_BASE`, IRQ 5, 6, … | virtio-mmio devices (vsock) | [`virtio`] |
+//!
+//! Reads of unmapped MMIO addresses float high (all ones); writes are ignored.
 
 pub mod i8042;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::vmm::ExitReason;
 pub use serial::{ConsoleSink, SerialDevice};
+use virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
+
+/// A virtio-mmio window mapped in the MMIO gap.
+#[derive(Debug)]
+struct MmioSlot {
+    base: u64,
+    transport: Mutex<MmioTransport>,
+}
 
 /// What the vCPU does after a port write.
 #[derive(Debug)]
@@ -31,13 +46,42 @@ pub enum PioAction {
 #[derive(Debug)]
 pub struct Devices {
     serial: Mutex<SerialDevice>,
+    mmio: Vec<MmioSlot>,
     stop: AtomicBool,
 }
 
 impl Devices {
     /// Wraps the zone's console UART.
     pub fn new(serial: SerialDevice) -> Self {
-        Self { serial: Mutex::new(serial), stop: AtomicBool::new(false) }
+        Self { serial: Mutex::new(serial), mmio: Vec::new(), stop: AtomicBool::new(false) }
+    }
+
+    /// Maps a virtio-mmio window at `base` (4 KiB, in the MMIO gap).
+    pub fn add_virtio_mmio(&mut self, base: u64, transport: MmioTransport) {
+        self.mmio.push(MmioSlot { base, transport: Mutex::new(transport) });
+    }
+
+    fn mmio_slot(&self, addr: u64) -> Option<(&MmioSlot, u64)> {
+        self.mmio
+            .iter()
+            .find(|s| addr >= s.base && addr - s.base < MMIO_WINDOW_SIZE)
+            .map(|s| (s, addr - s.base))
+    }
+
+    /// A guest MMIO read (an access KVM did not handle itself).
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        match self.mmio_slot(addr) {
+            // A poisoned lock only means another vCPU thread panicked mid-access.
+            Some((slot, offset)) => slot.transport.lock().unwrap_or_else(|p| p.into_inner()).read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    /// A guest MMIO write.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) {
+        if let Some((slot, offset)) = self.mmio_slot(addr) {
+            slot.transport.lock().unwrap_or_else(|p| p.into_inner()).write(offset, data);
+        }
     }
 
     /// Asks every vCPU to leave its run loop.

@@ -1,13 +1,16 @@
 //! The VMM: one zone, from its boot artifacts to its outcome.
 //!
 //! [`Zone::create`] validates the configuration, opens KVM, allocates guest
-//! memory, loads the kernel, initramfs and command line, and creates the
-//! vCPUs; [`Zone::run`] runs them, one thread each, until the guest powers
+//! memory, loads the kernel, initramfs and command line, sets up the devices
+//! (console UART; with `vsock` configured, a virtio-vsock device in the first
+//! virtio-mmio window, announced on the kernel command line and served by its
+//! own thread) and creates the vCPUs; [`Zone::run`] runs them, one thread each, until the guest powers
 //! off, resets, panics, triple-faults or the optional deadline passes.
 //! The library is what `zonectl run` drives in the foreground and what the
 //! daemon's per-zone VMM process drives.
 
 mod config;
+pub mod process;
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -15,20 +18,25 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
-pub use config::{ConfigError, ZoneConfig, read_artifact};
+pub use config::{ConfigError, VsockConfig, ZoneConfig, read_artifact};
 
 use crate::boot::{self, BootError};
 use crate::devices::serial::COM1_IRQ;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{ConsoleSink, Devices, SerialDevice};
 use crate::vstate::kvm::{self, KvmError};
+use crate::vstate::layout;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
 
 /// How a zone ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum ExitReason {
     /// The guest powered off through the zone power port, reporting `status`
@@ -51,6 +59,8 @@ pub enum ExitReason {
     Halted,
     /// The deadline given to [`Zone::run`] passed first.
     Timeout,
+    /// Stopped from the host through a [`Stopper`].
+    Stopped,
     /// KVM could not run a vCPU.
     VcpuError {
         /// vCPU index.
@@ -61,6 +71,12 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// Whether the zone ended the way zones are meant to end (its command
+    /// finished, it was stopped, or it rebooted), as opposed to a failure.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, Self::PowerOff { .. } | Self::Reset | Self::Stopped)
+    }
+
     /// One line for humans.
     pub fn describe(&self) -> String {
         match self {
@@ -70,6 +86,7 @@ impl ExitReason {
             Self::TripleFault => "triple fault (vCPU shut down)".into(),
             Self::Halted => "vCPU halted".into(),
             Self::Timeout => "timed out".into(),
+            Self::Stopped => "stopped by the host".into(),
             Self::VcpuError { vcpu, detail } => format!("vCPU {vcpu} failed: {detail}"),
         }
     }
@@ -93,6 +110,9 @@ pub enum VmmError {
     /// A vCPU could not be created.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The vsock device could not be set up.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// The host refused an operation the VMM needs.
     #[error("{op} failed: {source}")]
     Host {
@@ -110,16 +130,37 @@ pub struct Zone {
     vm: Vm,
     vcpus: Vec<Vcpu>,
     devices: Arc<Devices>,
+    outcomes: (mpsc::Sender<Option<ExitReason>>, mpsc::Receiver<Option<ExitReason>>),
+}
+
+/// Ends a running zone from another thread (e.g. on SIGTERM).
+#[derive(Debug, Clone)]
+pub struct Stopper(mpsc::Sender<Option<ExitReason>>);
+
+impl Stopper {
+    /// Ends the zone with [`ExitReason::Stopped`] (no effect once it has ended).
+    pub fn stop(&self) {
+        let _ = self.0.send(Some(ExitReason::Stopped));
+    }
 }
 
 /// The result of running a zone.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// Why it ended.
     #[serde(flatten)]
     pub reason: ExitReason,
     /// Wall time from the first vCPU entry to the end.
     pub run_time_ms: u128,
+}
+
+/// An eventfd registered with KVM as the interrupt line `gsi`.
+fn new_irqfd(vm: &Vm, gsi: u32) -> Result<EventFd, VmmError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host { op: "eventfd", source })?;
+    vm.fd
+        .register_irqfd(&irq, gsi)
+        .map_err(|e| VmmError::Host { op: "KVM_IRQFD", source: std::io::Error::from_raw_os_error(e.errno()) })?;
+    Ok(irq)
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -134,13 +175,30 @@ impl Zone {
             return Err(ConfigError::TooManyVcpus { requested: config.vcpus, max: max_vcpus.min(255) as u8 }.into());
         }
         let vm = Vm::new(&kvm, config.memory_bytes())?;
-        let entry = boot::load(&vm.memory, vm.mem_size, config.vcpus, &config.kernel, config.initrd.as_deref(), &config.cmdline)?;
+        let cmdline = config.kernel_cmdline();
+        let entry = boot::load(&vm.memory, vm.mem_size, config.vcpus, &config.kernel, config.initrd.as_deref(), &cmdline)?;
 
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Host { op: "eventfd", source })?;
-        vm.fd
-            .register_irqfd(&irq, COM1_IRQ)
-            .map_err(|e| VmmError::Host { op: "KVM_IRQFD", source: std::io::Error::from_raw_os_error(e.errno()) })?;
-        let devices = Arc::new(Devices::new(SerialDevice::new(irq, console)));
+        let irq = new_irqfd(&vm, COM1_IRQ)?;
+        let mut devices = Devices::new(SerialDevice::new(irq, console));
+        let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        if let Some(v) = &config.vsock {
+            virtio.push(Box::new(Vsock::new(v.guest_cid, &v.uds_path)?));
+        }
+        for (index, device) in (0u32..).zip(virtio) {
+            // `ZoneConfig::kernel_cmdline` announced the same windows, in the same order.
+            let Some((base, gsi)) = layout::virtio_mmio_slot(index) else { break };
+            let interrupt = Arc::new(Interrupt::new(new_irqfd(&vm, gsi)?));
+            let transport = MmioTransport::new(device, vm.memory.clone(), interrupt);
+            let notify = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
+            for (queue, evt) in (0u32..).zip(transport.queue_events()) {
+                vm.fd.register_ioevent(evt, &notify, queue).map_err(|e| VmmError::Host {
+                    op: "KVM_IOEVENTFD",
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                })?;
+            }
+            devices.add_virtio_mmio(base, transport);
+        }
+        let devices = Arc::new(devices);
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -148,14 +206,19 @@ impl Zone {
         let vcpus = (0..config.vcpus)
             .map(|i| Vcpu::new(&vm.fd, &supported, i, config.vcpus, entry))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { vm, vcpus, devices })
+        Ok(Self { vm, vcpus, devices, outcomes: mpsc::channel() })
+    }
+
+    /// A handle that stops this zone once it runs.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.outcomes.0.clone())
     }
 
     /// Runs the zone until it ends or `deadline` passes.
     pub fn run(self, deadline: Option<Duration>) -> Result<Outcome, VmmError> {
         register_signal_handler(SIGRTMIN(), kick_handler)
             .map_err(|e| VmmError::Host { op: "installing the vCPU kick signal handler", source: e.into() })?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = self.outcomes;
         let started = Instant::now();
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for vcpu in self.vcpus {
@@ -165,7 +228,10 @@ impl Zone {
             let handle = thread::Builder::new()
                 .name(name)
                 .spawn(move || {
-                    let outcome = vcpu.run(devices);
+                    let index = vcpu.index;
+                    // Every vCPU thread reports exactly once, even if it panics.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vcpu.run(devices)))
+                        .unwrap_or_else(|_| Some(ExitReason::VcpuError { vcpu: index, detail: "vCPU thread panicked".into() }));
                     let _ = tx.send(outcome);
                 })
                 .map_err(|source| VmmError::Host { op: "spawning a vCPU thread", source })?;
@@ -173,8 +239,9 @@ impl Zone {
         }
         drop(tx);
 
-        // The first outcome any vCPU reports ends the zone. `None` comes only
-        // from a vCPU that saw the stop flag, which is never set before this.
+        // The first outcome any vCPU (or a Stopper) reports ends the zone.
+        // `None` comes only from a vCPU that saw the stop flag, which is never
+        // set before this; every vCPU thread sends exactly one message.
         let mut reason = loop {
             let next = match deadline {
                 Some(d) => rx.recv_timeout(d.saturating_sub(started.elapsed())),

@@ -11,6 +11,7 @@
 //! 0x0010_0000  high memory: kernel (loaded at its ELF physical addresses)
 //! ...          initramfs, placed page-aligned at the top of low RAM
 //! 0xc000_0000  32-bit MMIO gap (virtio-mmio devices, LAPIC, IOAPIC)
+//! 0xd000_0000  virtio-mmio windows, 4 KiB each (IRQ 5, 6, ...)
 //! 0x1_0000_0000 RAM continues here when the zone has more than 3 GiB
 //! ```
 //!
@@ -37,6 +38,22 @@ pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO gap (4 GiB).
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// First virtio-mmio window; device `i` is at `VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE`.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Size of one virtio-mmio window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// IOAPIC pin (GSI) of the first virtio-mmio device; device `i` uses the next
+/// ones (COM1 has 4; the MP table routes ISA IRQ n to pin n, edge-triggered).
+pub const VIRTIO_MMIO_FIRST_IRQ: u32 = 5;
+/// How many virtio-mmio devices fit: IRQs 5..=23 (the IOAPIC has 24 pins).
+pub const VIRTIO_MMIO_MAX_DEVICES: u32 = 24 - VIRTIO_MMIO_FIRST_IRQ;
+
+/// The window base and IRQ of virtio-mmio device `index`.
+pub fn virtio_mmio_slot(index: u32) -> Option<(u64, u32)> {
+    (index < VIRTIO_MMIO_MAX_DEVICES)
+        .then(|| (VIRTIO_MMIO_BASE + u64::from(index) * VIRTIO_MMIO_SIZE, VIRTIO_MMIO_FIRST_IRQ + index))
+}
+
 /// IOAPIC base address (fixed by the x86 platform).
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC base address (fixed by the x86 platform).
@@ -88,5 +105,15 @@ mod tests {
         assert!(MODLIST_START + 32 <= MEMMAP_START);
         assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
         assert!(EBDA_START < 0xa0000);
+    }
+
+    #[test]
+    fn virtio_mmio_windows_are_in_the_gap_below_the_ioapic() {
+        assert_eq!(virtio_mmio_slot(0), Some((0xd000_0000, 5)));
+        assert_eq!(virtio_mmio_slot(1), Some((0xd000_1000, 6)));
+        let (last, irq) = virtio_mmio_slot(VIRTIO_MMIO_MAX_DEVICES - 1).unwrap();
+        assert_eq!(irq, 23);
+        assert!(last >= MMIO_GAP_START && last + VIRTIO_MMIO_SIZE <= u64::from(IOAPIC_ADDR));
+        assert_eq!(virtio_mmio_slot(VIRTIO_MMIO_MAX_DEVICES), None);
     }
 }

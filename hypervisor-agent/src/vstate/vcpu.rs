@@ -113,12 +113,14 @@ impl Vcpu {
                     devices.pio_read(port, data);
                     continue;
                 }
-                Ok(VcpuExit::MmioRead(_, data)) => {
-                    // Nothing is mapped in the MMIO gap yet: reads float high.
-                    data.fill(0xff);
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    devices.mmio_read(addr, data);
                     continue;
                 }
-                Ok(VcpuExit::MmioWrite(..)) => continue,
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    devices.mmio_write(addr, data);
+                    continue;
+                }
                 Ok(VcpuExit::Hlt) => ExitReason::Halted,
                 Ok(VcpuExit::Shutdown) => ExitReason::TripleFault,
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {

@@ -1,0 +1,60 @@
+//! Streaming a zone's console or workload log, optionally following it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attestation_proto::control::LogChunk;
+use tokio::io::AsyncReadExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::daemon::Daemon;
+
+/// Chunk size of a log stream.
+const CHUNK: usize = 32 * 1024;
+
+/// Streams `path` from the start; with `follow`, keeps streaming what is
+/// appended until the zone has ended (or the client goes away).
+pub fn stream(daemon: Arc<Daemon>, name: String, path: PathBuf, follow: bool) -> ReceiverStream<Result<LogChunk, tonic::Status>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut file = loop {
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => break f,
+                Err(_) if follow && daemon.get(&name).map(|r| r.state.is_live()).unwrap_or(false) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => return,
+            }
+        };
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match file.read(&mut buf).await {
+                Ok(0) => {
+                    let live = daemon.get(&name).map(|r| r.state.is_live()).unwrap_or(false);
+                    if !follow || !live || tx.is_closed() {
+                        // One last read: the zone may have written just before it ended.
+                        if let Ok(n) = file.read(&mut buf).await {
+                            if n > 0 {
+                                let _ = tx.send(Ok(LogChunk { data: buf[..n].to_vec() })).await;
+                                continue;
+                            }
+                        }
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(n) => {
+                    if tx.send(Ok(LogChunk { data: buf[..n].to_vec() })).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(tonic::Status::internal(format!("reading the log failed: {e}")))).await;
+                    return;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}

@@ -1,0 +1,108 @@
+//! `zonectl launch NAME [--kernel K] [--initrd I] [--cmdline C] [--vcpus N] [--memory MiB] [-- CMD…]`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use attestation_proto::control::{LaunchZoneRequest, WaitZoneRequest, ZoneSpec};
+use clap::Args;
+
+use super::client::{block_on, connect, explain};
+use super::format::{OutputFormat, print_json};
+use super::{GlobalArgs, show};
+
+/// Arguments of `zonectl launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Zone name: 1-63 characters of a-z, 0-9 and '-'.
+    pub name: String,
+    /// Kernel (default: the daemon's defaults.kernel).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (default: the daemon's defaults.initrd).
+    #[arg(long, alias = "image")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (default: the daemon's defaults.cmdline).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// vCPUs.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Memory in MiB.
+    #[arg(long)]
+    pub memory: Option<u64>,
+    /// Return as soon as the VMM runs instead of waiting for zone-guest.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the zone to be ready (seconds).
+    #[arg(long, default_value_t = 300)]
+    pub wait_timeout: u32,
+    /// The zone's command (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn absolute(p: Option<PathBuf>) -> anyhow::Result<String> {
+    Ok(match p {
+        Some(p) => std::path::absolute(&p)?.display().to_string(),
+        None => String::new(),
+    })
+}
+
+/// Runs `zonectl launch`.
+pub fn run(g: &GlobalArgs, args: LaunchArgs) -> anyhow::Result<i32> {
+    block_on(async move {
+        let mut client = connect(&g.socket()).await?;
+        let started = Instant::now();
+        let spec = ZoneSpec {
+            kernel: absolute(args.kernel)?,
+            initrd: absolute(args.initrd)?,
+            cmdline: args.cmdline.unwrap_or_default(),
+            vcpus: args.vcpus.unwrap_or(0),
+            memory_mib: args.memory.unwrap_or(0),
+            command: args.command,
+        };
+        if args.vcpus == Some(0) || args.memory == Some(0) {
+            anyhow::bail!("--vcpus and --memory must be at least 1");
+        }
+        let mut zone = client
+            .launch_zone(LaunchZoneRequest { name: args.name.clone(), spec: Some(spec) })
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .zone
+            .unwrap_or_default();
+        if !args.no_wait {
+            let progress = g.output == OutputFormat::Table;
+            let deadline = started + Duration::from_secs(u64::from(args.wait_timeout));
+            while matches!(show::state(&zone), "creating" | "booting") && Instant::now() < deadline {
+                if progress {
+                    eprint!("\rlaunching {}: {} ({:.1}s)   ", args.name, show::state(&zone), started.elapsed().as_secs_f64());
+                    let _ = std::io::stderr().flush();
+                }
+                zone = client
+                    .wait_zone(WaitZoneRequest { name: args.name.clone(), timeout_ms: 1000 })
+                    .await
+                    .map_err(explain)?
+                    .into_inner()
+                    .zone
+                    .unwrap_or_default();
+            }
+            if progress {
+                eprintln!("\rlaunching {}: {} ({:.1}s)   ", args.name, show::state(&zone), started.elapsed().as_secs_f64());
+            }
+        }
+        match g.output {
+            OutputFormat::Json => print_json(&show::json(&zone))?,
+            OutputFormat::Table => println!("{}", show::table(std::slice::from_ref(&zone))),
+        }
+        Ok(match show::state(&zone) {
+            "failed" => 1,
+            "booting" if !args.no_wait => {
+                eprintln!("zonectl: {} is still booting after {}s; check `zonectl logs {} --console`", args.name, args.wait_timeout, args.name);
+                1
+            }
+            _ => 0,
+        })
+    })
+}

@@ -1,0 +1,485 @@
+//! The `hypervisor-agent` daemon: owns the zones of this host.
+//!
+//! It keeps one record per zone ([`store`]), starts one VMM process per
+//! zone and watches it ([`supervisor`]), talks to each zone's `zone-guest`
+//! over that zone's own host channel ([`channel`]), and serves the gRPC
+//! control API (`crate::api`) on a Unix socket. A create writes the record
+//! first and then acts; on start the daemon reloads every record and
+//! re-adopts the VMMs that still run, so a daemon restart never touches a
+//! running zone.
+
+pub mod channel;
+pub mod config;
+pub mod store;
+pub mod supervisor;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::vmm::process::{LaunchFile, launch_path, outcome_path};
+use crate::vmm::{ExitReason, Outcome};
+use config::DaemonConfig;
+use store::{Spec, State, Store, StoreError, VmmHandle, ZoneRecord};
+
+/// Lowest guest CID (0–2 are reserved by vsock).
+const FIRST_GUEST_CID: u32 = 3;
+/// How long a stop waits for the VMM before killing it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a request failed; each maps to one gRPC status code in `api`.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The zone does not exist.
+    #[error("no zone named {0:?}; `zonectl list` shows the zones")]
+    NotFound(String),
+    /// The zone exists already.
+    #[error("a zone named {0:?} already exists; pick another name or `zonectl destroy {0}` first")]
+    AlreadyExists(String),
+    /// A configured limit or the disk would be exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The zone is not in a state that allows this.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for DaemonError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Full { .. } => Self::ResourceExhausted(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What a launch asks for; empty fields take the daemon's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchRequest {
+    /// Zone name.
+    pub name: String,
+    /// Kernel path.
+    pub kernel: Option<PathBuf>,
+    /// Initramfs path.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// vCPUs.
+    pub vcpus: Option<u32>,
+    /// Memory (MiB).
+    pub memory_mib: Option<u64>,
+    /// The zone's command.
+    pub command: Vec<String>,
+}
+
+struct Entry {
+    record: ZoneRecord,
+    launched: Instant,
+    channel: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    config: DaemonConfig,
+    store: Store,
+    zones: Mutex<BTreeMap<String, Entry>>,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("state_dir", &self.config.state_dir).finish_non_exhaustive()
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Longest zone name: the zone's vsock sockets (`<zone dir>/vsock.sock_<port>`)
+/// must fit a Unix socket address (107 bytes) under the default state directory.
+pub const MAX_NAME: usize = 48;
+
+/// Checks a zone name: `[a-z0-9][a-z0-9-]{0,47}`.
+pub fn validate_name(name: &str) -> Result<(), DaemonError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DaemonError::InvalidArgument(format!(
+            "invalid zone name {name:?}: use 1-{MAX_NAME} characters of a-z, 0-9 and '-', not starting with '-'"
+        )))
+    }
+}
+
+impl Daemon {
+    /// Loads the zone records and re-adopts the VMMs that still run.
+    pub async fn start(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
+        let store = Store::open(&config.state_dir)?;
+        let (records, incomplete) = store.load_all()?;
+        for name in incomplete {
+            tracing::warn!(zone = %name, "removing a zone directory left without a record by an interrupted create");
+            store.remove(&name)?;
+        }
+        let (changes, _) = watch::channel(0);
+        let daemon = Arc::new(Self { config, store, zones: Mutex::new(BTreeMap::new()), changes });
+        for record in records {
+            let name = record.name.clone();
+            let live_vmm = record.vmm.filter(|h| record.state.is_live() && supervisor::is_alive(*h));
+            daemon.lock().insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
+            match (record.state.is_live(), live_vmm) {
+                (true, Some(handle)) => {
+                    tracing::info!(zone = %name, pid = handle.pid, "re-adopting running zone");
+                    daemon.watch_vmm(&name, handle)?;
+                    daemon.open_channel(&name);
+                }
+                (true, None) => daemon.finish(&name, None),
+                (false, _) => {}
+            }
+        }
+        Ok(daemon)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DaemonConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.zones.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn zone_dir(&self, name: &str) -> PathBuf {
+        self.store.zone_dir(name)
+    }
+
+    /// Applies `f` to a zone's record, persists it and announces the change.
+    fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) -> Result<ZoneRecord, DaemonError> {
+        let record = {
+            let mut zones = self.lock();
+            let entry = zones.get_mut(name).ok_or_else(|| DaemonError::NotFound(name.into()))?;
+            f(entry);
+            entry.record.clone()
+        };
+        self.store.save(&record)?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(record)
+    }
+
+    /// All zones.
+    pub fn list(&self) -> Vec<ZoneRecord> {
+        self.lock().values().map(|e| e.record.clone()).collect()
+    }
+
+    /// One zone.
+    pub fn get(&self, name: &str) -> Result<ZoneRecord, DaemonError> {
+        self.lock().get(name).map(|e| e.record.clone()).ok_or_else(|| DaemonError::NotFound(name.into()))
+    }
+
+    /// The zone's directory, if the zone exists.
+    pub fn dir_of(&self, name: &str) -> Result<PathBuf, DaemonError> {
+        self.get(name).map(|_| self.zone_dir(name))
+    }
+
+    fn resolve(&self, req: &LaunchRequest) -> Result<Spec, DaemonError> {
+        let d = &self.config.defaults;
+        let l = &self.config.limits;
+        let kernel = req.kernel.clone().or_else(|| d.kernel.clone()).ok_or_else(|| {
+            DaemonError::InvalidArgument(
+                "no kernel given and the daemon has no defaults.kernel; pass --kernel or set it in the config".into(),
+            )
+        })?;
+        let initrd = req.initrd.clone().or_else(|| d.initrd.clone());
+        for (what, path) in [("kernel", Some(&kernel)), ("initrd", initrd.as_ref())] {
+            if let Some(p) = path {
+                if !p.is_absolute() || !p.is_file() {
+                    return Err(DaemonError::InvalidArgument(format!(
+                        "the {what} {} is not an existing file (give an absolute path the daemon can read)",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        let vcpus = req.vcpus.unwrap_or(u32::from(d.vcpus));
+        if vcpus == 0 || vcpus > u32::from(l.max_vcpus) {
+            return Err(DaemonError::InvalidArgument(format!(
+                "vcpus = {vcpus} is outside 1..={} (limits.max_vcpus)",
+                l.max_vcpus
+            )));
+        }
+        let memory_mib = req.memory_mib.unwrap_or(d.memory_mib);
+        if !(crate::vstate::layout::MIN_MEMORY_MIB..=l.max_memory_mib).contains(&memory_mib) {
+            return Err(DaemonError::InvalidArgument(format!(
+                "memory = {memory_mib} MiB is outside {}..={} MiB (limits.max_memory_mib)",
+                crate::vstate::layout::MIN_MEMORY_MIB,
+                l.max_memory_mib
+            )));
+        }
+        let cmdline = req.cmdline.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| d.cmdline.clone());
+        crate::cli::run::cmdline_with_command(&cmdline, &req.command)
+            .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        Ok(Spec { kernel, initrd, cmdline, vcpus: vcpus as u8, memory_mib, command: req.command.clone() })
+    }
+
+    /// Creates and boots a zone; returns once its VMM runs.
+    pub fn launch(self: &Arc<Self>, req: LaunchRequest) -> Result<ZoneRecord, DaemonError> {
+        validate_name(&req.name)?;
+        let sock = crate::vmm::process::vsock_path(&self.zone_dir(&req.name));
+        if sock.as_os_str().len() > crate::devices::virtio::vsock::MAX_UDS_PATH {
+            return Err(DaemonError::InvalidArgument(format!(
+                "the zone's socket path {} is too long for a Unix socket; use a shorter zone name or state_dir",
+                sock.display()
+            )));
+        }
+        let spec = self.resolve(&req)?;
+        let name = req.name.clone();
+        // Reserve the name and check the limits under one lock.
+        let record = {
+            let mut zones = self.lock();
+            if zones.contains_key(&name) {
+                return Err(DaemonError::AlreadyExists(name));
+            }
+            let live: Vec<&ZoneRecord> = zones.values().map(|e| &e.record).filter(|r| r.state.is_live()).collect();
+            let l = &self.config.limits;
+            if live.len() >= l.max_zones {
+                return Err(DaemonError::ResourceExhausted(format!(
+                    "{} zones already run, the limit (limits.max_zones) is {}; stop or destroy one first",
+                    live.len(),
+                    l.max_zones
+                )));
+            }
+            let used: u64 = live.iter().map(|r| r.spec.memory_mib).sum();
+            if used + spec.memory_mib > l.max_total_memory_mib {
+                return Err(DaemonError::ResourceExhausted(format!(
+                    "{used} MiB are in use and {} MiB more would exceed limits.max_total_memory_mib = {} MiB",
+                    spec.memory_mib, l.max_total_memory_mib
+                )));
+            }
+            let cids: Vec<u32> = live.iter().map(|r| r.guest_cid).collect();
+            let guest_cid = (FIRST_GUEST_CID..).find(|c| !cids.contains(c)).unwrap_or(FIRST_GUEST_CID);
+            let record = ZoneRecord {
+                name: name.clone(),
+                state: State::Creating,
+                spec,
+                failure: None,
+                created_unix_ms: now_unix_ms(),
+                ready_uptime_ms: None,
+                launch_to_ready_ms: None,
+                vmm: None,
+                exit_status: None,
+                guest_cid,
+            };
+            zones.insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
+            record
+        };
+        match self.create(&record) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.lock().remove(&name);
+                let _ = self.store.remove(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn create(self: &Arc<Self>, record: &ZoneRecord) -> Result<ZoneRecord, DaemonError> {
+        let name = &record.name;
+        let dir = self.store.create_dir(name)?;
+        self.store.save(record)?;
+        let cmdline = crate::cli::run::cmdline_with_command(&record.spec.cmdline, &record.spec.command)
+            .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        let launch = LaunchFile {
+            kernel: record.spec.kernel.clone(),
+            initrd: record.spec.initrd.clone(),
+            cmdline,
+            vcpus: record.spec.vcpus,
+            memory_mib: record.spec.memory_mib,
+            guest_cid: record.guest_cid,
+        };
+        let json = serde_json::to_vec_pretty(&launch).map_err(|e| DaemonError::Internal(e.to_string()))?;
+        store::write_atomic(&launch_path(&dir), &json)?;
+        self.open_channel(name);
+        let handle = supervisor::spawn_vmm(&dir).map_err(|e| DaemonError::Internal(e.to_string()))?;
+        tracing::info!(zone = %name, pid = handle.pid, "VMM started");
+        let record = self.update(name, |e| {
+            e.record.state = State::Booting;
+            e.record.vmm = Some(handle);
+            e.launched = Instant::now();
+        })?;
+        self.watch_vmm(name, handle)?;
+        Ok(record)
+    }
+
+    fn open_channel(self: &Arc<Self>, name: &str) {
+        let task = channel::spawn(Arc::clone(self), name.to_owned(), self.zone_dir(name));
+        if let Some(e) = self.lock().get_mut(name) {
+            if let Some(old) = e.channel.replace(task) {
+                old.abort();
+            }
+        }
+    }
+
+    fn watch_vmm(self: &Arc<Self>, name: &str, handle: VmmHandle) -> Result<(), DaemonError> {
+        let watch = supervisor::Watch::new(handle.pid).map_err(|e| DaemonError::Internal(e.to_string()))?;
+        let daemon = Arc::clone(self);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let status = watch.exited().await;
+            daemon.finish(&name, Some(status));
+        });
+        Ok(())
+    }
+
+    /// Records how a zone's VMM ended and releases what it held. `status` is
+    /// `Some(wait status)` when the VMM was seen exiting, `None` when it was
+    /// already gone at daemon start.
+    fn finish(&self, name: &str, status: Option<Option<i32>>) {
+        let dir = self.zone_dir(name);
+        let outcome: Option<Outcome> =
+            std::fs::read(outcome_path(&dir)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        for sock in ["vsock.sock", &format!("vsock.sock_{}", attestation_proto::channel::HOST_CHANNEL_PORT)] {
+            let _ = std::fs::remove_file(dir.join(sock));
+        }
+        let result = self.update(name, |e| {
+            if let Some(task) = e.channel.take() {
+                task.abort();
+            }
+            e.record.vmm = None;
+            let stopping = e.record.state == State::Stopping;
+            match &outcome {
+                Some(o) if o.reason.is_normal() => {
+                    e.record.state = State::Stopped;
+                    if let ExitReason::PowerOff { status } = o.reason {
+                        e.record.exit_status.get_or_insert(i32::from(status));
+                    }
+                }
+                Some(o) => {
+                    e.record.state = State::Failed;
+                    e.record.failure = Some(o.reason.describe());
+                }
+                None if stopping => e.record.state = State::Stopped,
+                None => {
+                    e.record.state = State::Failed;
+                    e.record.failure = Some(match status {
+                        Some(s) => format!("the VMM process died ({})", supervisor::describe_status(s)),
+                        None => "the VMM process ended while the daemon was not running and left no outcome".into(),
+                    });
+                }
+            }
+        });
+        match result {
+            Ok(r) => tracing::info!(zone = %name, state = r.state.as_str(), failure = ?r.failure, "zone ended"),
+            Err(e) => tracing::error!(zone = %name, error = %e, "cannot record the end of the zone"),
+        }
+    }
+
+    /// Called by the host channel: zone-guest said hello.
+    pub fn mark_ready(&self, name: &str, ready_uptime_ms: u64) {
+        let _ = self.update(name, |e| {
+            if matches!(e.record.state, State::Booting | State::Running) {
+                e.record.ready_uptime_ms = Some(ready_uptime_ms);
+                if e.record.state == State::Booting {
+                    e.record.launch_to_ready_ms = Some(e.launched.elapsed().as_millis() as u64);
+                }
+                e.record.state = State::Running;
+            }
+        });
+    }
+
+    /// Called by the host channel: the workload exited.
+    pub fn mark_exited(&self, name: &str, status: i32) {
+        let _ = self.update(name, |e| e.record.exit_status = Some(status));
+    }
+
+    /// Waits until the zone has left `creating`/`booting`, or `timeout` passes.
+    pub async fn wait(&self, name: &str, timeout: Duration) -> Result<ZoneRecord, DaemonError> {
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self.get(name)?;
+            if !matches!(r.state, State::Creating | State::Booting) {
+                return Ok(r);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Stops a zone's VMM (SIGTERM, then SIGKILL after a grace period).
+    pub async fn stop(&self, name: &str) -> Result<ZoneRecord, DaemonError> {
+        let record = self.get(name)?;
+        let Some(handle) = record.vmm.filter(|_| record.state.is_live()) else {
+            return Ok(record);
+        };
+        self.update(name, |e| e.record.state = State::Stopping)?;
+        supervisor::signal(handle, libc::SIGTERM);
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        loop {
+            let r = self.get(name)?;
+            if !r.state.is_live() {
+                return Ok(r);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                tracing::warn!(zone = %name, "the VMM ignored SIGTERM; killing it");
+                supervisor::signal(handle, libc::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+                return self.get(name);
+            }
+        }
+    }
+
+    /// Stops the zone if needed, then deletes it.
+    pub async fn destroy(&self, name: &str) -> Result<(), DaemonError> {
+        let r = self.stop(name).await?;
+        if r.state.is_live() {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "zone {name} is still {} after stopping it; retry `zonectl destroy {name}`",
+                r.state.as_str()
+            )));
+        }
+        self.lock().remove(name);
+        self.store.remove(name)?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Path of a zone's log file for `source`.
+    pub fn log_path(&self, name: &str, workload: bool) -> Result<PathBuf, DaemonError> {
+        let dir = self.dir_of(name)?;
+        Ok(if workload { dir.join("workload.log") } else { crate::vmm::process::console_path(&dir) })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_names_are_checked() {
+        for ok in ["a", "web-1", "0", &"x".repeat(MAX_NAME)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a/b", "..", &"x".repeat(MAX_NAME + 1), "zoné"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

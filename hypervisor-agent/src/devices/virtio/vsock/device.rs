@@ -1,0 +1,127 @@
+//! The virtio-vsock device (virtio 1.1 §5.10): device type 19, three queues
+//! (rx, tx, event; §5.10.2), feature `VIRTIO_F_VERSION_1` only (stream sockets,
+//! no `VIRTIO_VSOCK_F_SEQPACKET`), configuration space = the guest's CID as a
+//! little-endian u64 (§5.10.4).
+//!
+//! Creating a [`Vsock`] binds the zone's Unix socket `U` (so a bad path fails
+//! the zone before it boots) and starts its worker thread; the vCPU threads
+//! only hand it the queues at `DRIVER_OK` and wait for it on reset. Dropping
+//! the device stops the thread and removes `U`.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::{Backend, VsockError};
+use super::muxer::Muxer;
+use super::queues::{QUEUE_SIZES, Queues};
+use super::worker::{self, Control, WorkerEvents};
+use crate::devices::virtio::{ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+
+/// Virtio device ID of vsock.
+pub const DEVICE_TYPE: u32 = 19;
+/// How long a vCPU waits for the worker to acknowledge a reset.
+const RESET_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A zone's vsock device.
+#[derive(Debug)]
+pub struct Vsock {
+    guest_cid: u64,
+    queue_events: Vec<EventFd>,
+    control: mpsc::Sender<Control>,
+    control_evt: EventFd,
+    stop_evt: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Vsock {
+    /// A vsock for a guest with CID `guest_cid` whose host side is the Unix
+    /// socket `uds_path` (and `<uds_path>_<port>` for guest connections).
+    pub fn new(guest_cid: u32, uds_path: &Path) -> Result<Self, VsockError> {
+        let backend = Backend::bind(uds_path)?;
+        let host = |op| move |source| VsockError::Host { op, source };
+        let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(host("eventfd"));
+        let queue_events = vec![new_evt()?, new_evt()?, new_evt()?];
+        let control_evt = new_evt()?;
+        let stop_evt = new_evt()?;
+        let events = WorkerEvents {
+            stop: stop_evt.try_clone().map_err(host("eventfd dup"))?,
+            control: control_evt.try_clone().map_err(host("eventfd dup"))?,
+            queues: queue_events.iter().map(EventFd::try_clone).collect::<Result<_, _>>().map_err(host("eventfd dup"))?,
+        };
+        let (control, rx) = mpsc::channel();
+        let muxer = Muxer::new(u64::from(guest_cid), backend);
+        let thread = thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || worker::run(muxer, events, rx))
+            .map_err(host("spawning the vsock thread"))?;
+        Ok(Self { guest_cid: u64::from(guest_cid), queue_events, control, control_evt, stop_evt, thread: Some(thread) })
+    }
+
+    fn send(&self, msg: Control) -> Result<(), ActivateError> {
+        self.control.send(msg).map_err(|_| ActivateError::WorkerGone)?;
+        self.control_evt.write(1).map_err(|_| ActivateError::WorkerGone)
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.guest_cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        tracing::debug!(offset, "vsock: the configuration space is read-only; write ignored");
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+        _acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        self.send(Control::Activate(Queues::new(mem, queues, interrupt)?))
+    }
+
+    fn reset(&mut self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.send(Control::Reset(ack)).is_ok() && done.recv_timeout(RESET_TIMEOUT).is_err() {
+            tracing::warn!("vsock: the worker did not acknowledge a device reset");
+        }
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        let _ = self.stop_evt.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The daemon and `zonectl` on this machine's `/dev/kvm`, with the stub
+//! guest as the zone (`h`: it hangs, so the zone stays `booting` with a live
+//! VMM process; readiness over vsock is tested in the test host). Each test
+//! runs its own daemon in a temporary state directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_hypervisor-agent-under-test");
+const ZONECTL: &str = env!("CARGO_BIN_EXE_zonectl-under-test");
+const STUB: &str = concat!(env!("OUT_DIR"), "/stub.elf");
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    fn new(limits: &str) -> Self {
+        assert!(Path::new("/dev/kvm").exists(), "/dev/kvm is missing: these tests need KVM and never skip");
+        let dir = tempfile::tempdir().unwrap();
+        let d = Self { dir, child: None };
+        std::fs::write(
+            d.config(),
+            format!(
+                "state_dir = {:?}\nsocket = {:?}\n[defaults]\nkernel = {STUB:?}\ncmdline = \"h\"\nmemory_mib = 32\n[limits]\n{limits}\n",
+                d.state(),
+                d.socket()
+            ),
+        )
+        .unwrap();
+        d
+    }
+
+    fn start(mut self) -> Self {
+        self.restart();
+        self
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new(AGENT)
+            .args(["daemon", "--config"])
+            .arg(self.config())
+            .env("ZONE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "daemon did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn zonectl(&self, args: &[&str]) -> Output {
+        Command::new(ZONECTL).arg("--socket").arg(self.socket()).args(args).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = self.zonectl(&a);
+        assert!(out.status.success(), "zonectl {args:?} failed: {}\n{}", text(&out.stderr), self.log());
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn launch(&self, name: &str) -> serde_json::Value {
+        self.json(&["launch", name, "--no-wait"])
+    }
+
+    /// Polls `inspect` until the zone's state is `state`.
+    fn wait_state(&self, name: &str, state: &str) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            let z = self.json(&["inspect", name]);
+            if z["state"] == state {
+                return z;
+            }
+            assert!(t.elapsed() < Duration::from_secs(20), "{name} never became {state}: {z}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Stop every VMM this test started, then the daemon.
+        if let Ok(rd) = std::fs::read_dir(self.state().join("zones")) {
+            for z in rd.flatten() {
+                if let Ok(rec) = std::fs::read(z.path().join("zone.json")) {
+                    let v: serde_json::Value = serde_json::from_slice(&rec).unwrap_or_default();
+                    if let Some(pid) = v["vmm"]["pid"].as_i64() {
+                        // SAFETY-free: a plain kill(1) of the test's own VMM child.
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    }
+                }
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+fn fails_with(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "expected failure, stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+}
+
+#[test]
+fn lifecycle_launch_list_inspect_stop_destroy() {
+    let d = Daemon::new("").start();
+    let z = d.launch("web");
+    assert_eq!(z["state"], "booting");
+    let pid = z["vmm_pid"].as_i64().unwrap();
+    assert!(alive(pid));
+    assert_eq!(z["guest_cid"], 3);
+
+    let list = d.json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "web");
+    let table = text(&d.zonectl(&["list"]).stdout);
+    assert!(table.starts_with("NAME") && table.contains("web") && table.contains("booting"), "{table}");
+
+    let z2 = d.launch("db");
+    assert_eq!(z2["guest_cid"], 4, "CIDs are unique per host");
+
+    let stopped = d.json(&["stop", "web"]);
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    assert!(!alive(pid), "the VMM must be gone after stop");
+    assert!(!d.state().join("zones/web/vsock.sock_1024").exists(), "sockets are released");
+
+    d.json(&["destroy", "web"]);
+    assert!(!d.state().join("zones/web").exists());
+    fails_with(&d.zonectl(&["inspect", "web"]), "no zone named \"web\"");
+    d.json(&["destroy", "db"]);
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn duplicate_names_and_bad_requests_are_refused() {
+    let d = Daemon::new("").start();
+    d.launch("a");
+    fails_with(&d.zonectl(&["launch", "a", "--no-wait"]), "already exists");
+    fails_with(&d.zonectl(&["launch", "Bad_Name", "--no-wait"]), "invalid zone name");
+    fails_with(&d.zonectl(&["launch", &"x".repeat(49), "--no-wait"]), "invalid zone name");
+    fails_with(&d.zonectl(&["launch", "k", "--no-wait", "--kernel", "/nonexistent/vmlinux"]), "not an existing file");
+    fails_with(&d.zonectl(&["launch", "v", "--no-wait", "--vcpus", "99"]), "limits.max_vcpus");
+    fails_with(&d.zonectl(&["launch", "m", "--no-wait", "--memory", "999999"]), "limits.max_memory_mib");
+    fails_with(&d.zonectl(&["launch", "q", "--no-wait", "--", "echo", "a\"b"]), "double quote");
+    // Nothing was left behind by the refused launches.
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1);
+    // Garbage on the control socket does not hurt the daemon.
+    {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\x00garbage");
+    }
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn limits_are_enforced() {
+    let d = Daemon::new("max_zones = 2\nmax_total_memory_mib = 80").start();
+    d.launch("one");
+    fails_with(&d.zonectl(&["launch", "big", "--no-wait", "--memory", "64"]), "max_total_memory_mib");
+    d.launch("two");
+    fails_with(&d.zonectl(&["launch", "three", "--no-wait"]), "limits.max_zones");
+    d.json(&["stop", "one"]);
+    d.launch("three");
+}
+
+#[test]
+fn a_killed_vmm_fails_its_zone_and_releases_it() {
+    let d = Daemon::new("").start();
+    let pid = d.launch("victim")["vmm_pid"].as_i64().unwrap();
+    Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let z = d.wait_state("victim", "failed");
+    assert!(z["failure"].as_str().unwrap().contains("killed by signal 9"), "{z}");
+    assert!(z["vmm_pid"].is_null());
+    assert!(!d.state().join("zones/victim/vsock.sock_1024").exists());
+    // Its name can be reused after destroy.
+    d.json(&["destroy", "victim"]);
+    d.launch("victim");
+}
+
+#[test]
+fn a_daemon_restart_re_adopts_running_zones() {
+    let mut d = Daemon::new("").start();
+    let pid = d.launch("keep")["vmm_pid"].as_i64().unwrap();
+    let gone = d.launch("gone")["vmm_pid"].as_i64().unwrap();
+    d.kill9();
+    assert!(alive(pid), "a daemon crash must not take the zone down");
+    // While the daemon is down, one VMM dies.
+    Command::new("kill").args(["-9", &gone.to_string()]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    fails_with(&d.zonectl(&["list"]), "start the daemon");
+    d.restart();
+    let keep = d.json(&["inspect", "keep"]);
+    assert_eq!(keep["state"], "booting");
+    assert_eq!(keep["vmm_pid"].as_i64(), Some(pid), "re-adopted, not restarted");
+    let gone = d.json(&["inspect", "gone"]);
+    assert_eq!(gone["state"], "failed", "{gone}");
+    // The re-adopted VMM is really supervised: stopping it works.
+    assert_eq!(d.json(&["stop", "keep"])["state"], "stopped");
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_full_state_disk_is_a_clear_error_and_harms_no_zone() {
+    let d = Daemon::new("");
+    std::fs::create_dir_all(d.state()).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "zonetest"]).arg(d.state()).status().unwrap();
+    assert!(st.success(), "mounting a small tmpfs needs root");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(d.state());
+    let d = d.start();
+    d.launch("first");
+    // Fill the disk.
+    let _ = std::fs::write(d.state().join("filler"), vec![0u8; 512 * 1024]);
+    let out = d.zonectl(&["launch", "second", "--no-wait"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("is full") && err.contains("free space"), "{err}");
+    let first = d.json(&["inspect", "first"]);
+    assert_eq!(first["state"], "booting", "the existing zone is unaffected");
+    assert!(alive(first["vmm_pid"].as_i64().unwrap()));
+    assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1, "no half-made zone remains");
+}
