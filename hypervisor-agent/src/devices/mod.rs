@@ -62,10 +62,7 @@ impl Devices {
     }
 
     fn mmio_slot(&self, addr: u64) -> Option<(&MmioSlot, u64)> {
-        self.mmio
-            .iter()
-            .find(|s| addr >= s.base && addr - s.base < MMIO_WINDOW_SIZE)
-            .map(|s| (s, addr - s.base))
+        self.mmio.iter().find(|s| addr >= s.base && addr - s.base < MMIO_WINDOW_SIZE).map(|s| (s, addr - s.base))
     }
 
     /// A guest MMIO read (an access KVM did not handle itself).

@@ -118,7 +118,15 @@ pub struct ZoneConfig {
 impl ZoneConfig {
     /// A configuration with defaults: 1 vCPU, 128 MiB, `/dev/kvm`.
     pub fn new(kernel: Vec<u8>, initrd: Option<Vec<u8>>, cmdline: impl Into<String>) -> Self {
-        Self { kernel, initrd, cmdline: cmdline.into(), vcpus: 1, memory_mib: 128, kvm_path: PathBuf::from(KVM_PATH), vsock: None }
+        Self {
+            kernel,
+            initrd,
+            cmdline: cmdline.into(),
+            vcpus: 1,
+            memory_mib: 128,
+            kvm_path: PathBuf::from(KVM_PATH),
+            vsock: None,
+        }
     }
 
     /// Guest memory in bytes.

@@ -136,7 +136,9 @@ fn listen(port: u32, count: u32) -> i32 {
         out("listening", port);
         for _ in 0..count {
             // SAFETY: accept(2) with null address pointers is allowed.
-            let c = unsafe { libc::accept4(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            let c = unsafe {
+                libc::accept4(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+            };
             if c < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -211,7 +213,10 @@ fn flood(port: u32, mib: u64, stall_secs: u64) -> i32 {
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
@@ -312,7 +317,9 @@ fn main() {
     let port = |s: &str| s.parse::<u32>().ok();
     let code = match a.as_slice() {
         ["connect", p, msg] if port(p).is_some() => connect(port(p).unwrap_or(0), msg),
-        ["listen", p, n] if port(p).is_some() && port(n).is_some() => listen(port(p).unwrap_or(0), port(n).unwrap_or(0)),
+        ["listen", p, n] if port(p).is_some() && port(n).is_some() => {
+            listen(port(p).unwrap_or(0), port(n).unwrap_or(0))
+        }
         ["flood", p, mib, stall] if port(p).is_some() && num(mib).is_some() && num(stall).is_some() => {
             flood(port(p).unwrap_or(0), num(mib).unwrap_or(0), num(stall).unwrap_or(5))
         }

@@ -111,9 +111,12 @@ impl QueueConfig {
         let mut q = Queue::new(self.max_size).map_err(|e| format!("maximum size {}: {e}", self.max_size))?;
         let size = u16::try_from(self.size).map_err(|_| format!("size {} is out of range", self.size))?;
         q.try_set_size(size).map_err(|e| format!("size {size}: {e}"))?;
-        q.try_set_desc_table_address(GuestAddress(self.desc)).map_err(|e| format!("descriptor table {:#x}: {e}", self.desc))?;
-        q.try_set_avail_ring_address(GuestAddress(self.driver)).map_err(|e| format!("driver area {:#x}: {e}", self.driver))?;
-        q.try_set_used_ring_address(GuestAddress(self.device)).map_err(|e| format!("device area {:#x}: {e}", self.device))?;
+        q.try_set_desc_table_address(GuestAddress(self.desc))
+            .map_err(|e| format!("descriptor table {:#x}: {e}", self.desc))?;
+        q.try_set_avail_ring_address(GuestAddress(self.driver))
+            .map_err(|e| format!("driver area {:#x}: {e}", self.driver))?;
+        q.try_set_used_ring_address(GuestAddress(self.device))
+            .map_err(|e| format!("device area {:#x}: {e}", self.device))?;
         q.set_ready(self.ready);
         if self.ready && !q.is_valid(mem) {
             return Err("its rings are not inside guest memory".into());
@@ -130,11 +133,8 @@ fn halves(value: u64) -> (u32, u32) {
 
 /// Sets the low or high half of a 64-bit register pair.
 fn set_half(value: &mut u64, high: bool, half: u32) {
-    *value = if high {
-        (*value & 0xffff_ffff) | (u64::from(half) << 32)
-    } else {
-        (*value & !0xffff_ffff) | u64::from(half)
-    };
+    *value =
+        if high { (*value & 0xffff_ffff) | (u64::from(half) << 32) } else { (*value & !0xffff_ffff) | u64::from(half) };
 }
 
 /// One virtio-mmio device window.
@@ -363,7 +363,10 @@ impl MmioTransport {
             }
             let offered = self.device.features();
             if self.driver_features & !offered != 0 || self.driver_features_beyond_64 {
-                debug!(driver = self.driver_features, offered, "virtio-mmio: the driver accepted features that were not offered; FEATURES_OK refused");
+                debug!(
+                    driver = self.driver_features,
+                    offered, "virtio-mmio: the driver accepted features that were not offered; FEATURES_OK refused"
+                );
                 return;
             }
             if self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
@@ -397,7 +400,10 @@ impl MmioTransport {
         match result {
             Ok(()) => self.active = true,
             Err(e) => {
-                warn!(device = self.device.device_type(), "virtio-mmio: the driver's set-up cannot work ({e}); device needs a reset");
+                warn!(
+                    device = self.device.device_type(),
+                    "virtio-mmio: the driver's set-up cannot work ({e}); device needs a reset"
+                );
                 self.interrupt.fail_device();
             }
         }
@@ -460,7 +466,13 @@ mod tests {
         fn queue_events(&self) -> &[EventFd] {
             &self.events
         }
-        fn activate(&mut self, _: GuestMemoryMmap, queues: Vec<Queue>, _: Arc<Interrupt>, f: u64) -> Result<(), ActivateError> {
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            queues: Vec<Queue>,
+            _: Arc<Interrupt>,
+            f: u64,
+        ) -> Result<(), ActivateError> {
             if let Some(i) = queues.iter().position(|q| !q.ready()) {
                 return Err(ActivateError::QueueNotReady(i));
             }

@@ -136,7 +136,9 @@ impl Backend {
             std::fs::remove_file(path).map_err(|source| VsockError::Bind { path: path.to_owned(), source })?;
         }
         let listener = UnixListener::bind(path).map_err(|source| VsockError::Bind { path: path.to_owned(), source })?;
-        listener.set_nonblocking(true).map_err(|source| VsockError::Host { op: "making the listener non-blocking", source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| VsockError::Host { op: "making the listener non-blocking", source })?;
         let epoll = Epoll::new().map_err(|source| VsockError::Host { op: "epoll_create", source })?;
         let backend = Self { path: path.to_owned(), listener, epoll, handshakes: HashMap::new(), next_token: 0 };
         backend
@@ -299,9 +301,7 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     // SAFETY: `fd` is a socket just created and owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: `addr` is a valid, initialised sockaddr_un and `len` does not exceed its size.
-    let rc = unsafe {
-        libc::connect(owned.as_raw_fd(), std::ptr::from_ref(&addr).cast::<libc::sockaddr>(), len)
-    };
+    let rc = unsafe { libc::connect(owned.as_raw_fd(), std::ptr::from_ref(&addr).cast::<libc::sockaddr>(), len) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -317,7 +317,9 @@ mod tests {
     fn connect_lines_are_parsed_strictly() {
         assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
         assert_eq!(parse_connect(b"CONNECT 4294967295"), Some(u32::MAX));
-        for bad in [&b"CONNECT"[..], b"CONNECT ", b"connect 1", b"CONNECT -1", b"CONNECT 4294967296", b"CONNECT 1 2", b"\xff"] {
+        for bad in
+            [&b"CONNECT"[..], b"CONNECT ", b"connect 1", b"CONNECT -1", b"CONNECT 4294967296", b"CONNECT 1 2", b"\xff"]
+        {
             assert_eq!(parse_connect(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

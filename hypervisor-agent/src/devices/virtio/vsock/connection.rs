@@ -530,7 +530,10 @@ mod tests {
         let mut rx = RxBuf::new(4096);
         let (r, h) = rx.fill(&mut c);
         assert_eq!(r, RxFill::Sent { len: 44, next: Next::Keep });
-        assert_eq!((h.op, h.src_port, h.dst_port, h.dst_cid, h.buf_alloc), (Op::Response as u16, 1024, 5000, GUEST, BUF_ALLOC));
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid, h.buf_alloc),
+            (Op::Response as u16, 1024, 5000, GUEST, BUF_ALLOC)
+        );
         (c, theirs)
     }
 
@@ -627,7 +630,12 @@ mod tests {
         assert_eq!(h.op, Op::CreditUpdate as u16);
         assert!(h.fwd_cnt >= CREDIT_UPDATE_THRESHOLD);
         // A CREDIT_REQUEST is answered even without progress.
-        c.on_guest_packet(Op::CreditRequest, &guest_hdr(Op::CreditRequest, 0, 0), None::<&VolatileSlice<'_, ()>>, Instant::now());
+        c.on_guest_packet(
+            Op::CreditRequest,
+            &guest_hdr(Op::CreditRequest, 0, 0),
+            None::<&VolatileSlice<'_, ()>>,
+            Instant::now(),
+        );
         assert_eq!(rx.fill(&mut c).1.op, Op::CreditUpdate as u16);
     }
 
@@ -666,7 +674,10 @@ mod tests {
         assert_eq!((h.op, h.flags), (Op::Shutdown as u16, SHUTDOWN_SEND));
         assert!(!c.has_rx_work());
         // A guest RST ends it without an answer.
-        assert_eq!(c.on_guest_packet(Op::Rst, &guest_hdr(Op::Rst, 0, 0), None::<&VolatileSlice<'_, ()>>, Instant::now()), Next::Remove);
+        assert_eq!(
+            c.on_guest_packet(Op::Rst, &guest_hdr(Op::Rst, 0, 0), None::<&VolatileSlice<'_, ()>>, Instant::now()),
+            Next::Remove
+        );
     }
 
     #[test]

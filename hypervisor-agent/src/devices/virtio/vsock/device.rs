@@ -9,8 +9,8 @@
 //! the device stops the thread and removes `U`.
 
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -53,7 +53,11 @@ impl Vsock {
         let events = WorkerEvents {
             stop: stop_evt.try_clone().map_err(host("eventfd dup"))?,
             control: control_evt.try_clone().map_err(host("eventfd dup"))?,
-            queues: queue_events.iter().map(EventFd::try_clone).collect::<Result<_, _>>().map_err(host("eventfd dup"))?,
+            queues: queue_events
+                .iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<_, _>>()
+                .map_err(host("eventfd dup"))?,
         };
         let (control, rx) = mpsc::channel();
         let muxer = Muxer::new(u64::from(guest_cid), backend);
@@ -123,5 +127,62 @@ impl Drop for Vsock {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueT;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    fn interrupt() -> Arc<Interrupt> {
+        Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()))
+    }
+
+    #[test]
+    fn config_space_activation_reset_and_socket_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock");
+        let mut v = Vsock::new(42, &path).unwrap();
+        assert!(path.exists(), "U is bound when the device is created");
+        assert_eq!(v.device_type(), 19);
+        assert_eq!(v.features(), 1 << VIRTIO_F_VERSION_1);
+        assert_eq!(v.queue_max_sizes().len(), 3);
+        assert_eq!(v.queue_events().len(), 3);
+        let mut cid = [0u8; 8];
+        v.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), 42);
+        let mut tail = [0xffu8; 4];
+        v.read_config(6, &mut tail);
+        assert_eq!(tail, [0, 0, 0, 0], "bytes past the 8-byte config read as zero");
+        v.read_config(u64::MAX, &mut tail);
+        v.write_config(0, &[1, 2, 3]);
+        v.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), 42, "the config space is read-only");
+
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        // Queues the driver did not enable: refused.
+        let not_ready = vec![Queue::new(256).unwrap(), Queue::new(256).unwrap(), Queue::new(256).unwrap()];
+        assert!(matches!(v.activate(mem.clone(), not_ready, interrupt(), 0), Err(ActivateError::QueueNotReady(0))));
+        // Ready queues: accepted; a reset is acknowledged by the worker; activation works again.
+        let ready = || {
+            (0..3u64)
+                .map(|i| {
+                    let q: Queue =
+                        MockSplitQueue::create(&mem, GuestAddress(0x1_0000 * (i + 1)), 16).create_queue().unwrap();
+                    assert!(q.ready());
+                    q
+                })
+                .collect::<Vec<_>>()
+        };
+        v.activate(mem.clone(), ready(), interrupt(), 1 << VIRTIO_F_VERSION_1).unwrap();
+        let t = std::time::Instant::now();
+        v.reset();
+        assert!(t.elapsed() < RESET_TIMEOUT, "the worker acknowledged the reset");
+        v.activate(mem.clone(), ready(), interrupt(), 1 << VIRTIO_F_VERSION_1).unwrap();
+        drop(v);
+        assert!(!path.exists(), "U is removed with the device");
     }
 }

@@ -304,7 +304,16 @@ mod tests {
     const GUEST: u64 = 3;
 
     fn hdr(op: Op, src_port: u32, dst_port: u32) -> Header {
-        Header { src_cid: GUEST, dst_cid: HOST_CID, src_port, dst_port, type_: TYPE_STREAM, op: op as u16, buf_alloc: 65536, ..Header::default() }
+        Header {
+            src_cid: GUEST,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            type_: TYPE_STREAM,
+            op: op as u16,
+            buf_alloc: 65536,
+            ..Header::default()
+        }
     }
 
     fn send(m: &mut Muxer, h: &Header) {

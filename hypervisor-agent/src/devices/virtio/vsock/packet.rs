@@ -225,7 +225,10 @@ pub fn raw_header(mem: &GuestMemoryMmap, mut chain: DescriptorChain<&GuestMemory
 }
 
 /// Writes `hdr` into an RX packet's header buffer.
-pub fn write_header<B: BitmapSlice>(pkt: &mut VsockPacket<'_, B>, hdr: &Header) -> Result<(), virtio_vsock::packet::Error> {
+pub fn write_header<B: BitmapSlice>(
+    pkt: &mut VsockPacket<'_, B>,
+    hdr: &Header,
+) -> Result<(), virtio_vsock::packet::Error> {
     pkt.set_header_from_raw(&hdr.to_bytes())
 }
 
@@ -236,7 +239,15 @@ mod tests {
     const GUEST: u64 = 3;
 
     fn guest_pkt(op: u16) -> Header {
-        Header { src_cid: GUEST, dst_cid: HOST_CID, src_port: 5000, dst_port: 1024, type_: TYPE_STREAM, op, ..Header::default() }
+        Header {
+            src_cid: GUEST,
+            dst_cid: HOST_CID,
+            src_port: 5000,
+            dst_port: 1024,
+            type_: TYPE_STREAM,
+            op,
+            ..Header::default()
+        }
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub fn run(mut muxer: Muxer, events: WorkerEvents, control: mpsc::Receiver<Contr
                 }
                 LISTENER_TOKEN => muxer.backend_mut().accept(now),
                 t if t & CONN_TAG != 0 => {
-                    let readable = set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR);
+                    let readable =
+                        set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR);
                     let writable = set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR);
                     muxer.on_host_event(t, readable, writable);
                 }
