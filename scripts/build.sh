@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the product's static release binaries (glibc static-pie) into
-# target/x86_64-unknown-linux-gnu/release/: zonectl, zone-guest, the zone-bench probe and the
+# target/x86_64-unknown-linux-gnu/release/: zonectl, hypervisor-agent, zone-guest, the zone-bench probe and the
 # vsock-probe (both ends of the vsock end-to-end test).
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
@@ -11,7 +11,7 @@ need gcc build-essential
 cd "$ZONE_ROOT"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --locked --target "$ZONE_TARGET" -p hypervisor-agent -p zone-guest -p zone-tests --bins >&2
-for b in zonectl zone-guest zone-bench vsock-probe; do
+for b in zonectl hypervisor-agent zone-guest zone-bench vsock-probe; do
   file -L "$ZONE_BIN_DIR/$b" | grep -q 'static' || die "$ZONE_BIN_DIR/$b is not statically linked"
 done
 # The stub guest of the VMM tests, for the benchmark (assembled by tests/build.rs).

@@ -122,6 +122,8 @@ pub fn run(g: &super::GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let zone = Zone::create(&config, ConsoleSink::new(Box::new(Tee(term, log))))?;
+    // The artifacts are in guest memory now; keeping a second copy would only add to the VMM's RSS.
+    drop(config);
     let outcome = zone.run(args.timeout.map(Duration::from_secs))?;
     let code = match &outcome.reason {
         ExitReason::PowerOff { status } => i32::from(*status),

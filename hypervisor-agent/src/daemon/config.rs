@@ -190,3 +190,16 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("max_vcpus"));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd/hypervisor-agent.toml");
+        let c = DaemonConfig::load(&p, true).unwrap();
+        assert_eq!(c.limits.max_zones, 64);
+        assert!(c.defaults.kernel.is_some());
+    }
+}

@@ -100,6 +100,8 @@ pub fn run(zone_dir: &Path) -> anyhow::Result<i32> {
         .open(console_path(zone_dir))
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", console_path(zone_dir).display()))?;
     let zone = Zone::create(&config, ConsoleSink::new(Box::new(BufWriter::new(console))))?;
+    // The artifacts are in guest memory now; keeping a second copy would only add to the VMM's RSS.
+    drop(config);
     stop_on_signals(zone.stopper())?;
     let outcome: Outcome = zone.run(None)?;
     tracing::info!(outcome = %outcome.reason.describe(), "zone ended");

@@ -1,0 +1,143 @@
+//! The daemon and zonectl inside the test host (real KVM): zones become
+//! ready over their vsock host channel, the workload's output and exit
+//! status come back over it, a zone writing garbage or flooding its channel
+//! cannot hurt the daemon, and a daemon restart re-adopts a running zone
+//! whose zone-guest reconnects.
+
+use zone_tests::testhost::{self, BASE_IMAGE, KERNEL, SHELL_IMAGE};
+
+fn setup() -> String {
+    format!(
+        r#"
+mkdir -p /etc/za
+cat > /etc/za/agent.toml <<CFG
+state_dir = "/var/lib/za"
+socket = "/run/za/control.sock"
+[defaults]
+kernel = "{KERNEL}"
+initrd = "{BASE_IMAGE}"
+cmdline = "console=ttyS0 reboot=k panic=-1 quiet"
+memory_mib = 128
+CFG
+export ZONE_SOCKET=/run/za/control.sock
+start_daemon() {{
+  hypervisor-agent daemon --config /etc/za/agent.toml >> /tmp/daemon.log 2>&1 &
+  echo $! > /tmp/daemon.pid
+  for i in $(seq 200); do [ -S /run/za/control.sock ] && zonectl list > /dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "daemon did not start"; cat /tmp/daemon.log; exit 1
+}}
+field() {{ zonectl inspect "$1" -o json 2>/dev/null | grep "\"$2\"" | head -n 1 | sed 's/.*: //; s/[",]//g'; }}
+# wait_state ZONE STATE: polls up to 5 minutes; gives up at once if the zone does not exist.
+wait_state() {{
+  for i in $(seq 600); do
+    zonectl inspect "$1" > /dev/null 2>&1 || return 1
+    [ "$(field $1 state)" = "$2" ] && return 0
+    sleep 0.5
+  done
+  return 1
+}}
+rss_kib() {{ grep VmRSS /proc/$1/status | tr -s ' ' | cut -d' ' -f2; }}
+start_daemon
+"#
+    )
+}
+
+#[test]
+fn zones_report_ready_output_and_exit_over_the_host_channel() {
+    let run = testhost::run(&format!(
+        r#"{setup}
+# A service zone: ready over vsock, then running.
+zonectl launch web --wait-timeout 600 > /tmp/launch.out 2>&1
+echo "launch_rc=$?"
+echo "web_state=$(field web state)"
+echo "web_ready_ms=$(field web launch_to_ready_ms)"
+echo "web_uptime_ms=$(field web ready_uptime_ms)"
+
+# A job zone: output and exit status over the channel.
+zonectl launch job --initrd {SHELL_IMAGE} --wait-timeout 600 -- /bin/sh -c 'echo to-stdout; echo to-stderr >&2; exit 4' > /dev/null 2>&1
+wait_state job stopped
+echo "job_state=$(field job state)"
+echo "job_exit=$(field job exit_status)"
+zonectl logs job > /tmp/job.log
+echo "job_stdout=$(grep -c to-stdout /tmp/job.log)"
+echo "job_stderr=$(grep -c to-stderr /tmp/job.log)"
+echo "job_console_clean=$(zonectl logs job --console | grep -c to-stdout)"
+
+# Restart the daemon (kill -9): web keeps running, is re-adopted, zone-guest reconnects.
+web_pid=$(field web vmm_pid)
+kill -9 $(cat /tmp/daemon.pid)
+sleep 1
+echo "vmm_survived=$(test -d /proc/$web_pid && echo yes || echo no)"
+start_daemon
+echo "web_after_restart=$(field web state)"
+echo "web_pid_after=$(test "$(field web vmm_pid)" = "$web_pid" && echo same || echo different)"
+
+zonectl stop web > /dev/null 2>&1
+echo "web_stopped=$(field web state)"
+echo "vmm_gone=$(test -d /proc/$web_pid && echo no || echo yes)"
+zonectl destroy web > /dev/null 2>&1
+zonectl destroy job > /dev/null 2>&1
+echo "zones_left=$(zonectl list -o json | grep -c '"name"')"
+"#,
+        setup = setup()
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    assert_eq!(v("launch_rc"), "0", "{}", run.output);
+    assert_eq!(v("web_state"), "running");
+    assert!(v("web_ready_ms").parse::<u64>().unwrap() > 0);
+    assert!(v("web_uptime_ms").parse::<u64>().unwrap() > 0);
+    assert_eq!(v("job_state"), "stopped", "{}", run.output);
+    assert_eq!(v("job_exit"), "4");
+    assert_eq!(v("job_stdout"), "1");
+    assert_eq!(v("job_stderr"), "1");
+    assert_eq!(v("job_console_clean"), "0", "workload output goes over the channel, not the console");
+    assert_eq!(v("vmm_survived"), "yes");
+    assert_eq!(v("web_after_restart"), "running");
+    assert_eq!(v("web_pid_after"), "same");
+    assert_eq!(v("web_stopped"), "stopped");
+    assert_eq!(v("vmm_gone"), "yes");
+    assert_eq!(v("zones_left"), "0");
+}
+
+#[test]
+fn garbage_and_floods_on_the_host_channel_hurt_only_the_sender() {
+    let run = testhost::run(&format!(
+        r#"{setup}
+zonectl launch calm --wait-timeout 600 > /dev/null 2>&1
+daemon_pid=$(cat /tmp/daemon.pid)
+rss_before=$(rss_kib $daemon_pid)
+
+# A zone that sends garbage to the host channel port, then floods it with raw bytes.
+zonectl launch noisy --initrd /opt/zone/images/vsock-test.cpio --wait-timeout 600 -- /bin/sh -c \
+  'vsock-probe connect 1024 not-a-frame-at-all; vsock-probe flood 1024 64 5; exit 0' > /dev/null 2>&1
+wait_state noisy stopped
+echo "noisy_state=$(field noisy state)"
+
+# A zone whose workload floods stdout through the real protocol (8 MB at the 1 MiB/s throttle).
+zonectl launch loud --initrd {SHELL_IMAGE} --wait-timeout 600 -- /bin/sh -c '/bin/busybox yes 0123456789abcdef | /bin/busybox head -c 8000000; exit 0' > /tmp/loud.out 2>&1 || cat /tmp/loud.out
+max_rss=0
+for i in $(seq 1200); do
+  r=$(rss_kib $daemon_pid); [ "$r" -gt "$max_rss" ] && max_rss=$r
+  zonectl inspect loud > /dev/null 2>&1 || break
+  [ "$(field loud state)" = stopped ] && break; sleep 0.5
+done
+echo "loud_state=$(field loud state)"
+echo "loud_log_bytes=$(wc -c < /var/lib/za/zones/loud/workload.log)"
+echo "daemon_alive=$(test -d /proc/$daemon_pid && echo yes || echo no)"
+echo "calm_state=$(field calm state)"
+echo "rss_before_kib=$rss_before"
+echo "rss_max_kib=$max_rss"
+echo "bad_frame_logged=$(grep -c 'bad frame' /tmp/daemon.log)"
+"#,
+        setup = setup()
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    assert_eq!(v("daemon_alive"), "yes");
+    assert_eq!(v("calm_state"), "running", "another zone is unaffected: {}", run.output);
+    assert_eq!(v("noisy_state"), "stopped", "{}", run.output);
+    assert_eq!(v("loud_state"), "stopped", "{}", run.output);
+    assert_eq!(v("loud_log_bytes"), "8000000", "throttled, not dropped (below the cap)");
+    assert!(v("bad_frame_logged").parse::<u32>().unwrap() >= 1);
+    let (before, max) = (v("rss_before_kib").parse::<u64>().unwrap(), v("rss_max_kib").parse::<u64>().unwrap());
+    assert!(max < before + 32 * 1024, "daemon RSS grew from {before} KiB to {max} KiB under a flood");
+}
