@@ -36,12 +36,14 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Where console bytes go, with panic detection.
+/// Where console bytes go, with panic detection and an optional size cap.
 pub struct ConsoleSink {
     out: Box<dyn Write + Send>,
     line: Vec<u8>,
     panic: Option<String>,
     broken: bool,
+    /// Bytes still allowed through (`None`: unlimited).
+    budget: Option<u64>,
 }
 
 impl fmt::Debug for ConsoleSink {
@@ -53,7 +55,13 @@ impl fmt::Debug for ConsoleSink {
 impl ConsoleSink {
     /// A sink writing to `out` (buffer it: the UART writes one byte at a time).
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { out, line: Vec::with_capacity(128), panic: None, broken: false }
+        Self { out, line: Vec::with_capacity(128), panic: None, broken: false, budget: None }
+    }
+
+    /// A sink that passes at most `max_bytes` (then one note, then nothing):
+    /// a guest printing without end cannot fill the host's disk.
+    pub fn with_limit(out: Box<dyn Write + Send>, max_bytes: u64) -> Self {
+        Self { budget: Some(max_bytes), ..Self::new(out) }
     }
 
     /// The first kernel panic line seen on the console, if any.
@@ -79,9 +87,23 @@ impl Write for ConsoleSink {
         for &b in buf {
             self.scan(b);
         }
+        let pass = match &mut self.budget {
+            None => buf,
+            Some(left) => {
+                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                if n < buf.len() && *left > 0 {
+                    let _ = self.out.write_all(&buf[..n]);
+                    let _ = self.out.write_all(b"\n[hypervisor-agent: console log limit reached; further output dropped]\n");
+                    *left = 0;
+                    return Ok(buf.len());
+                }
+                *left -= n as u64;
+                &buf[..n]
+            }
+        };
         // A closed reader (e.g. `zonectl run | head`) must not stop the zone:
         // the bytes are dropped, the guest carries on.
-        if !self.broken && self.out.write_all(buf).is_err() {
+        if !self.broken && self.out.write_all(pass).is_err() {
             self.broken = true;
         }
         if buf.contains(&b'\n') && !self.broken && self.out.flush().is_err() {
@@ -172,6 +194,18 @@ mod tests {
         let mut sink = ConsoleSink::new(Box::new(io::sink()));
         sink.write_all(&vec![b'x'; 10 * MAX_LINE]).unwrap();
         assert_eq!(sink.line.len(), MAX_LINE);
+    }
+
+    #[test]
+    fn the_limit_caps_output_but_panics_are_still_seen() {
+        let out = Shared::default();
+        let mut sink = ConsoleSink::with_limit(Box::new(out.clone()), 10);
+        sink.write_all(b"0123456789abc").unwrap();
+        sink.write_all(b"Kernel panic - not syncing: late\n").unwrap();
+        let got = out.0.lock().unwrap().clone();
+        assert!(got.starts_with(b"0123456789\n[hypervisor-agent: console log limit reached"));
+        assert!(!String::from_utf8_lossy(&got).contains("late"));
+        assert!(sink.panic_message().is_some(), "the panic line is still detected");
     }
 
     #[test]

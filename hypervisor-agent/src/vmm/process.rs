@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use super::{ExitReason, Outcome, Zone, ZoneConfig, read_artifact};
 use crate::devices::ConsoleSink;
 
+/// Largest console log kept per zone run.
+pub const MAX_CONSOLE_LOG: u64 = 64 * 1024 * 1024;
+
 /// What the VMM process boots (written by the daemon).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchFile {
@@ -99,7 +102,7 @@ pub fn run(zone_dir: &Path) -> anyhow::Result<i32> {
         .append(true)
         .open(console_path(zone_dir))
         .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", console_path(zone_dir).display()))?;
-    let zone = Zone::create(&config, ConsoleSink::new(Box::new(BufWriter::new(console))))?;
+    let zone = Zone::create(&config, ConsoleSink::with_limit(Box::new(BufWriter::new(console)), MAX_CONSOLE_LOG))?;
     // The artifacts are in guest memory now; keeping a second copy would only add to the VMM's RSS.
     drop(config);
     stop_on_signals(zone.stopper())?;
