@@ -63,6 +63,16 @@ echo "job_stdout=$(grep -c to-stdout /tmp/job.log)"
 echo "job_stderr=$(grep -c to-stderr /tmp/job.log)"
 echo "job_console_clean=$(zonectl logs job --console | grep -c to-stdout)"
 
+# An interactive shell on the serial console, driven through zonectl console.
+zonectl launch shell1 --initrd {SHELL_IMAGE} --wait-timeout 600 -- /bin/sh > /dev/null 2>&1
+printf 'echo console-works-$((40+2))\nexit 7\n' | timeout 120 zonectl console shell1 > /tmp/console.out 2>&1
+echo "console_rc=$?"
+wait_state shell1 stopped
+echo "shell1_exit=$(field shell1 exit_status)"
+echo "shell1_said=$(zonectl logs shell1 | grep -c console-works-42)"
+echo "console_echo=$(grep -c 'echo console-works' /tmp/console.out)"
+zonectl destroy shell1 > /dev/null 2>&1
+
 # Restart the daemon (kill -9): web keeps running, is re-adopted, zone-guest reconnects.
 web_pid=$(field web vmm_pid)
 kill -9 $(cat /tmp/daemon.pid)
@@ -91,6 +101,10 @@ echo "zones_left=$(zonectl list -o json | grep -c '"name"')"
     assert_eq!(v("job_stdout"), "1");
     assert_eq!(v("job_stderr"), "1");
     assert_eq!(v("job_console_clean"), "0", "workload output goes over the channel, not the console");
+    assert_eq!(v("console_rc"), "0", "{}", run.output);
+    assert_eq!(v("shell1_exit"), "7", "the shell read `exit 7` from the console");
+    assert_eq!(v("shell1_said"), "1", "the shell ran the command typed on the console");
+    assert!(v("console_echo").parse::<u32>().unwrap() >= 1, "the console stream shows the typed line");
     assert_eq!(v("vmm_survived"), "yes");
     assert_eq!(v("web_after_restart"), "running");
     assert_eq!(v("web_pid_after"), "same");

@@ -3,6 +3,7 @@
 //! Only root, or the configured group, can open the socket: it is created
 //! with mode 0600 (0660 with a group) inside a directory of mode 0750.
 
+mod console;
 mod convert;
 mod logs;
 
@@ -88,6 +89,16 @@ impl ZoneControl for ControlService {
         let workload = req.source == pb::LogSource::Workload as i32;
         let path = self.daemon.log_path(&req.name, workload).map_err(status)?;
         let stream = logs::stream(Arc::clone(&self.daemon), req.name, path, req.follow);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type AttachConsoleStream = Self::ReadLogsStream;
+
+    async fn attach_console(
+        &self,
+        req: Request<tonic::Streaming<pb::ConsoleInput>>,
+    ) -> Result<Response<Self::AttachConsoleStream>, Status> {
+        let stream = console::attach(Arc::clone(&self.daemon), req.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -1,6 +1,7 @@
 //! The `zonectl` command line: one module per subcommand.
 
 pub mod client;
+pub mod console;
 pub mod format;
 pub mod image;
 pub mod inspect;
@@ -70,7 +71,7 @@ pub enum Command {
         #[arg(long)]
         console: bool,
     },
-    /// Follow a zone's serial console (read-only).
+    /// Attach to a zone's serial console (Ctrl-] detaches).
     Console {
         /// Zone name.
         name: String,
@@ -100,7 +101,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::List => list::run(g),
         Command::Inspect { name } => inspect::run(g, name),
         Command::Logs { name, follow, console } => logs::run(g, name, follow, console),
-        Command::Console { name } => logs::run(g, name, true, true),
+        Command::Console { name } => console::run(g, name),
         Command::Stop { name } => stop::stop(g, name),
         Command::Destroy { name } => stop::destroy(g, name),
         Command::Run(args) => run::run(g, args),

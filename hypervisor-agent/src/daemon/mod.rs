@@ -349,7 +349,7 @@ impl Daemon {
         let dir = self.zone_dir(name);
         let outcome: Option<Outcome> =
             std::fs::read(outcome_path(&dir)).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        for sock in ["vsock.sock", &format!("vsock.sock_{}", attestation_proto::channel::HOST_CHANNEL_PORT)] {
+        for sock in ["vsock.sock", "console.sock", &format!("vsock.sock_{}", attestation_proto::channel::HOST_CHANNEL_PORT)] {
             let _ = std::fs::remove_file(dir.join(sock));
         }
         let result = self.update(name, |e| {

@@ -142,6 +142,12 @@ impl Devices {
         }
     }
 
+    /// Queues console input for the guest; returns how many bytes the UART
+    /// accepted (0 while its receive FIFO is full).
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        self.serial().enqueue_input(bytes)
+    }
+
     /// Flushes the console and returns what it captured about a panic.
     pub fn finish(&self) -> Option<String> {
         let mut serial = self.serial();

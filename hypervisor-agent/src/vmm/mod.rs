@@ -133,6 +133,24 @@ pub struct Zone {
     outcomes: (mpsc::Sender<Option<ExitReason>>, mpsc::Receiver<Option<ExitReason>>),
 }
 
+/// Types into a zone's serial console from another thread.
+#[derive(Debug, Clone)]
+pub struct ConsoleInput(Arc<Devices>);
+
+impl ConsoleInput {
+    /// Feeds `bytes` to the UART, waiting while its 64-byte receive FIFO is
+    /// full (the guest drains it); gives up once the zone has ended.
+    pub fn write(&self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.0.stopping() {
+            let n = self.0.console_input(&bytes[..bytes.len().min(64)]);
+            if n == 0 {
+                thread::sleep(Duration::from_millis(2));
+            }
+            bytes = &bytes[n..];
+        }
+    }
+}
+
 /// Ends a running zone from another thread (e.g. on SIGTERM).
 #[derive(Debug, Clone)]
 pub struct Stopper(mpsc::Sender<Option<ExitReason>>);
@@ -203,10 +221,19 @@ impl Zone {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| KvmError::Ioctl { op: "GET_SUPPORTED_CPUID", source: e })?;
+        let supported = crate::vstate::cpuid::with_kvm_extras(
+            supported,
+            kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        );
         let vcpus = (0..config.vcpus)
             .map(|i| Vcpu::new(&vm.fd, &supported, i, config.vcpus, entry))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { vm, vcpus, devices, outcomes: mpsc::channel() })
+    }
+
+    /// A handle that types into this zone's console.
+    pub fn console_input(&self) -> ConsoleInput {
+        ConsoleInput(Arc::clone(&self.devices))
     }
 
     /// A handle that stops this zone once it runs.

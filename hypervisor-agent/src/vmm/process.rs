@@ -52,6 +52,12 @@ pub fn vsock_path(zone_dir: &Path) -> PathBuf {
     zone_dir.join("vsock.sock")
 }
 
+/// `console.sock` in a zone directory: bytes written there are typed into
+/// the zone's serial console (one client at a time; root only, like the directory).
+pub fn console_socket_path(zone_dir: &Path) -> PathBuf {
+    zone_dir.join("console.sock")
+}
+
 /// `console.log` in a zone directory.
 pub fn console_path(zone_dir: &Path) -> PathBuf {
     zone_dir.join("console.log")
@@ -83,6 +89,27 @@ fn stop_on_signals(stopper: super::Stopper) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Accepts console clients on `path` and feeds what they write to the UART.
+fn serve_console_input(path: &Path, input: super::ConsoleInput) -> anyhow::Result<()> {
+    use std::io::Read;
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    std::thread::Builder::new().name("console-input".into()).spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 256];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                input.write(&buf[..n]);
+            }
+        }
+    })?;
+    Ok(())
+}
+
 /// Runs the zone described in `zone_dir/launch.json`; returns the process
 /// exit code.
 pub fn run(zone_dir: &Path) -> anyhow::Result<i32> {
@@ -106,8 +133,10 @@ pub fn run(zone_dir: &Path) -> anyhow::Result<i32> {
     // The artifacts are in guest memory now; keeping a second copy would only add to the VMM's RSS.
     drop(config);
     stop_on_signals(zone.stopper())?;
+    serve_console_input(&console_socket_path(zone_dir), zone.console_input())?;
     let outcome: Outcome = zone.run(None)?;
     tracing::info!(outcome = %outcome.reason.describe(), "zone ended");
+    let _ = std::fs::remove_file(console_socket_path(zone_dir));
     crate::daemon::store::write_atomic(&outcome_path(zone_dir), &serde_json::to_vec_pretty(&outcome)?)?;
     Ok(match outcome.reason {
         ExitReason::PowerOff { status } => i32::from(status),
