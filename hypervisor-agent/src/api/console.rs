@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attestation_proto::control::{ConsoleInput, LogChunk};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -48,33 +48,7 @@ pub async fn attach(
         }
     });
 
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        let Ok(mut log) = tokio::fs::File::open(console_path(&dir)).await else { return };
-        if log.seek(std::io::SeekFrom::End(0)).await.is_err() {
-            return;
-        }
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match log.read(&mut buf).await {
-                Ok(0) => {
-                    let live = daemon.get(&name).map(|r| r.state.is_live()).unwrap_or(false);
-                    if !live || tx.is_closed() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Ok(n) => {
-                    if tx.send(Ok(LogChunk { data: buf[..n].to_vec() })).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                    return;
-                }
-            }
-        }
-    });
-    Ok(ReceiverStream::new(rx))
+    // The zone's output from now on, polled often: a console is interactive.
+    let tail = super::logs::Tail { follow: true, from_end: true, poll: Duration::from_millis(50) };
+    Ok(super::logs::stream(daemon, name, console_path(&dir), tail))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use attestation_proto::control::LogChunk;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::daemon::Daemon;
@@ -13,9 +13,21 @@ use crate::daemon::Daemon;
 /// Chunk size of a log stream.
 const CHUNK: usize = 32 * 1024;
 
-/// Streams `path` from the start; with `follow`, keeps streaming what is
-/// appended until the zone has ended (or the client goes away).
-pub fn stream(daemon: Arc<Daemon>, name: String, path: PathBuf, follow: bool) -> ReceiverStream<Result<LogChunk, tonic::Status>> {
+/// How a log is streamed.
+#[derive(Debug, Clone, Copy)]
+pub struct Tail {
+    /// Keep streaming what is appended until the zone has ended.
+    pub follow: bool,
+    /// Start at the current end instead of the beginning.
+    pub from_end: bool,
+    /// How often to look for new bytes while following.
+    pub poll: Duration,
+}
+
+/// Streams `path` as `tail` says, until the end of the file (or, when
+/// following, until the zone has ended or the client goes away).
+pub fn stream(daemon: Arc<Daemon>, name: String, path: PathBuf, tail: Tail) -> ReceiverStream<Result<LogChunk, tonic::Status>> {
+    let follow = tail.follow;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let mut file = loop {
@@ -27,6 +39,9 @@ pub fn stream(daemon: Arc<Daemon>, name: String, path: PathBuf, follow: bool) ->
                 Err(_) => return,
             }
         };
+        if tail.from_end && file.seek(std::io::SeekFrom::End(0)).await.is_err() {
+            return;
+        }
         let mut buf = vec![0u8; CHUNK];
         loop {
             match file.read(&mut buf).await {
@@ -42,7 +57,7 @@ pub fn stream(daemon: Arc<Daemon>, name: String, path: PathBuf, follow: bool) ->
                         }
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(tail.poll).await;
                 }
                 Ok(n) => {
                     if tx.send(Ok(LogChunk { data: buf[..n].to_vec() })).await.is_err() {

@@ -88,7 +88,8 @@ impl ZoneControl for ControlService {
         let req = req.into_inner();
         let workload = req.source == pb::LogSource::Workload as i32;
         let path = self.daemon.log_path(&req.name, workload).map_err(status)?;
-        let stream = logs::stream(Arc::clone(&self.daemon), req.name, path, req.follow);
+        let tail = logs::Tail { follow: req.follow, from_end: false, poll: Duration::from_millis(200) };
+        let stream = logs::stream(Arc::clone(&self.daemon), req.name, path, tail);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -6,7 +6,7 @@
 //! is observed through a pidfd, which works for processes that are not our
 //! children (re-adopted VMMs).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -100,19 +100,13 @@ impl Watch {
     /// Waits until the process exits; returns its wait status if it was our
     /// child (a re-adopted VMM's status is not ours to collect).
     pub async fn exited(self) -> Option<i32> {
-        loop {
-            match self.fd.readable().await {
-                Ok(mut guard) => {
-                    guard.clear_ready();
-                    break;
-                }
-                Err(_) => return None,
-            }
+        // A pidfd becomes readable once, when the process exits.
+        if self.fd.readable().await.is_err() {
+            return None;
         }
         let mut status = 0;
         // SAFETY: waitpid on a specific pid with WNOHANG; `status` is a valid out-pointer.
         let got = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::WNOHANG) };
-        let _ = self.fd.as_raw_fd();
         (got == self.pid as libc::pid_t).then_some(status)
     }
 }
