@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn oversized_and_garbage_frames_are_errors() {
         let mut d = Decoder::new();
-        let huge = ((MAX_MESSAGE + 1) as u32).to_be_bytes();
+        let huge = u32::try_from(MAX_MESSAGE + 1).unwrap().to_be_bytes();
         assert_eq!(d.push::<GuestMessage>(&huge), Err(FrameError::TooLarge(MAX_MESSAGE + 1)));
         let mut d = Decoder::new();
         let garbage = [0, 0, 0, 3, 0xff, 0xff, 0xff];

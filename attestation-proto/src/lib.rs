@@ -9,6 +9,13 @@
 //! | [`control`] | the gRPC control API of `hypervisor-agent` (`proto/zone/v1/*.proto`) |
 //! | [`guest`] | the host channel between zone-guest and the daemon (`proto/zone/guest/v1/agent.proto`) |
 //! | [`channel`] | the host channel's framing: length-prefixed, bounded messages |
+//! | [`tpm`] | TPM 2.0 structures (TPMS_ATTEST, TPMT_SIGNATURE, TPMT_PUBLIC), Names, PCR digests, tpm2-tools' PCR file |
+//! | [`merkle`] | SHA-256 Merkle tree (RFC 6962 shape) batching many nonces under one quote |
+//! | [`launch`] | the launch and stop records the host measures and logs |
+//! | [`eventlog`] | the host's TCG PC Client crypto-agile event log |
+//! | [`evidence`] | evidence (`proto/zone/evidence/v1/evidence.proto`) and its nonce binding |
+//! | [`policy`] | the verifier's policy file: allowed kernel/initrd/cmdline digests |
+//! | [`verify`] | **the verifier**: every check, in order, each rejection named |
 //!
 //! It does no I/O and needs no TPM and no async runtime (the gRPC stubs sit
 //! behind the `grpc` feature): the verifier that will live here runs inside
@@ -16,6 +23,13 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod merkle;
+pub mod tpm;
+pub mod eventlog;
+pub mod evidence;
+pub mod launch;
+pub mod policy;
+pub mod verify;
 
 /// The control API (`zone.v1`).
 #[allow(missing_docs, clippy::all)]
@@ -27,4 +41,10 @@ pub mod control {
 #[allow(missing_docs, clippy::all)]
 pub mod guest {
     include!(concat!(env!("OUT_DIR"), "/zone.guest.v1.rs"));
+}
+
+/// Evidence messages (`zone.evidence.v1`); use them through [`evidence`].
+#[allow(missing_docs, clippy::all)]
+pub mod evidence_pb {
+    include!(concat!(env!("OUT_DIR"), "/zone.evidence.v1.rs"));
 }

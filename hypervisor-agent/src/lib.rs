@@ -7,6 +7,11 @@
 //! | [`devices`] | the zone's devices: console UART, i8042 reset, power port, virtio-mmio + vsock |
 //! | [`vmm`] | one zone from configuration to outcome |
 //! | [`image`] | reproducible zone initramfs images |
+//! | [`measure`] | measurement before boot: artifacts into sealed memfds, digests, the loaded cmdline |
+//! | [`tpm`] | the host TPM (tss-esapi): AK, PCR extend/read, quotes; the embedded swtpm |
+//! | [`eventlog`] | the host's event log on disk (durable appends, torn-tail recovery) |
+//! | [`ledger`] | the thread that keeps the log and the zone PCR in step and quotes |
+//! | [`evidence`] | evidence issuance: one quote per batch, Merkle proofs, redacted logs |
 //! | [`daemon`] | the host daemon: zone records, VMM supervision, host channels |
 //! | [`api`] | the gRPC control API on a Unix socket |
 //! | [`agent`] | the `hypervisor-agent` program (daemon, or one zone's VMM process) |
@@ -18,6 +23,11 @@ pub mod boot;
 pub mod cli;
 pub mod daemon;
 pub mod devices;
+pub mod eventlog;
+pub mod evidence;
 pub mod image;
+pub mod ledger;
+pub mod measure;
+pub mod tpm;
 pub mod vmm;
 pub mod vstate;

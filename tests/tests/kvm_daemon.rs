@@ -3,143 +3,13 @@
 //! VMM process; readiness over vsock is tested in the test host). Each test
 //! runs its own daemon in a temporary state directory.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_hypervisor-agent-under-test");
-const ZONECTL: &str = env!("CARGO_BIN_EXE_zonectl-under-test");
-const STUB: &str = concat!(env!("OUT_DIR"), "/stub.elf");
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
-struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("control.sock")
-    }
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("agent.toml")
-    }
-
-    fn new(limits: &str) -> Self {
-        assert!(Path::new("/dev/kvm").exists(), "/dev/kvm is missing: these tests need KVM and never skip");
-        let dir = tempfile::tempdir().unwrap();
-        let d = Self { dir, child: None };
-        std::fs::write(
-            d.config(),
-            format!(
-                "state_dir = {:?}\nsocket = {:?}\n[defaults]\nkernel = {STUB:?}\ncmdline = \"h\"\nmemory_mib = 32\n[limits]\n{limits}\n",
-                d.state(),
-                d.socket()
-            ),
-        )
-        .unwrap();
-        d
-    }
-
-    fn start(mut self) -> Self {
-        self.restart();
-        self
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new(AGENT)
-            .args(["daemon", "--config"])
-            .arg(self.config())
-            .env("ZONE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "daemon did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn zonectl(&self, args: &[&str]) -> Output {
-        Command::new(ZONECTL).arg("--socket").arg(self.socket()).args(args).output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let out = self.zonectl(&a);
-        assert!(out.status.success(), "zonectl {args:?} failed: {}\n{}", text(&out.stderr), self.log());
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn launch(&self, name: &str) -> serde_json::Value {
-        self.json(&["launch", name, "--no-wait"])
-    }
-
-    /// Polls `inspect` until the zone's state is `state`.
-    fn wait_state(&self, name: &str, state: &str) -> serde_json::Value {
-        let t = Instant::now();
-        loop {
-            let z = self.json(&["inspect", name]);
-            if z["state"] == state {
-                return z;
-            }
-            assert!(t.elapsed() < Duration::from_secs(20), "{name} never became {state}: {z}\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Stop every VMM this test started, then the daemon.
-        if let Ok(rd) = std::fs::read_dir(self.state().join("zones")) {
-            for z in rd.flatten() {
-                if let Ok(rec) = std::fs::read(z.path().join("zone.json")) {
-                    let v: serde_json::Value = serde_json::from_slice(&rec).unwrap_or_default();
-                    if let Some(pid) = v["vmm"]["pid"].as_i64() {
-                        // SAFETY-free: a plain kill(1) of the test's own VMM child.
-                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                    }
-                }
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn alive(pid: i64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
-}
-
-fn fails_with(out: &Output, needle: &str) {
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "expected failure, stderr: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-}
+use common::*;
 
 #[test]
 fn lifecycle_launch_list_inspect_stop_destroy() {
@@ -244,7 +114,7 @@ fn a_daemon_restart_re_adopts_running_zones() {
 fn a_full_state_disk_is_a_clear_error_and_harms_no_zone() {
     let d = Daemon::new("");
     std::fs::create_dir_all(d.state()).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=256k", "zonetest"]).arg(d.state()).status().unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "zonetest"]).arg(d.state()).status().unwrap();
     assert!(st.success(), "mounting a small tmpfs needs root");
     struct Unmount(PathBuf);
     impl Drop for Unmount {
@@ -256,7 +126,7 @@ fn a_full_state_disk_is_a_clear_error_and_harms_no_zone() {
     let d = d.start();
     d.launch("first");
     // Fill the disk.
-    let _ = std::fs::write(d.state().join("filler"), vec![0u8; 512 * 1024]);
+    let _ = std::fs::write(d.state().join("filler"), vec![0u8; 3 * 1024 * 1024]);
     let out = d.zonectl(&["launch", "second", "--no-wait"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1));

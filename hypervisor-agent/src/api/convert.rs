@@ -50,5 +50,13 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
         vmm_pid: r.vmm.map(|h| h.pid).unwrap_or(0),
         exit_status: r.exit_status,
         guest_cid: r.guest_cid,
+        measurement: r.launch.as_ref().map(|l| pb::Measurement {
+            launch_id: l.launch_id.clone(),
+            kernel_sha256: l.kernel.sha256.clone(),
+            initrd_sha256: l.initrd_sha256().to_owned(),
+            cmdline_sha256: l.cmdline_sha256.clone(),
+            cmdline: l.cmdline.clone(),
+            launch_record: l.encode(),
+        }),
     }
 }

@@ -102,6 +102,31 @@ impl ZoneControl for ControlService {
         let stream = console::attach(Arc::clone(&self.daemon), req.into_inner()).await?;
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn get_evidence(&self, req: Request<pb::GetEvidenceRequest>) -> Result<Response<pb::GetEvidenceReply>, Status> {
+        let req = req.into_inner();
+        let evidence = self.daemon.evidence(&req.name, &req.nonce).await.map_err(status)?;
+        Ok(Response::new(pb::GetEvidenceReply { evidence }))
+    }
+
+    async fn get_event_log(&self, _: Request<pb::GetEventLogRequest>) -> Result<Response<pb::GetEventLogReply>, Status> {
+        let ledger = self.daemon.ledger().clone();
+        let s = tokio::task::spawn_blocking(move || ledger.snapshot())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::GetEventLogReply {
+            event_log: s.log,
+            pcr: s.pcr,
+            pcr_value: s.pcr_value.to_vec(),
+            reset_count: s.reset_count,
+            ak_public: s.ak_public,
+            ek_public: s.ek_public,
+            ek_certificate: s.ek_certificate.unwrap_or_default(),
+            tpm: s.tcti,
+            host_id: self.daemon.config().host_id.clone(),
+        }))
+    }
 }
 
 /// Serves the API on the configured socket until `shutdown` resolves.

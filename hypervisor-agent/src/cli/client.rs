@@ -43,6 +43,6 @@ pub fn explain(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Runs an async command body on a small runtime.
-pub fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> anyhow::Result<i32> {
+pub fn block_on<T, F: std::future::Future<Output = anyhow::Result<T>>>(f: F) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
 }

@@ -2,15 +2,20 @@
 
 pub mod client;
 pub mod console;
+pub mod eventlog;
+pub mod evidence;
 pub mod format;
 pub mod image;
 pub mod inspect;
 pub mod launch;
 pub mod list;
 pub mod logs;
+pub mod measure;
+pub mod policy;
 pub mod run;
 pub mod show;
 pub mod stop;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -91,6 +96,17 @@ pub enum Command {
     /// Build zone images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Compute a zone's expected digests offline (no daemon, no TPM).
+    Measure(measure::MeasureArgs),
+    /// Get fresh evidence about a running zone (`--export DIR` for tpm2-tools).
+    Evidence(evidence::EvidenceArgs),
+    /// Verify evidence against a policy, a nonce and trusted AKs (offline).
+    Verify(verify::VerifyArgs),
+    /// Show the host's event log, the zone PCR and the attestation key.
+    Eventlog(eventlog::EventLogArgs),
+    /// Verifier policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -106,6 +122,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Destroy { name } => stop::destroy(g, name),
         Command::Run(args) => run::run(g, args),
         Command::Image(cmd) => image::run(g, cmd),
+        Command::Measure(args) => measure::run(g, args),
+        Command::Evidence(args) => evidence::run(g, args),
+        Command::Verify(args) => verify::run(g, args),
+        Command::Eventlog(args) => eventlog::run(g, args),
+        Command::Policy(cmd) => policy::run(g, cmd),
     }
 }
 

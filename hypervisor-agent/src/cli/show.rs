@@ -48,6 +48,13 @@ pub fn json(z: &Zone) -> serde_json::Value {
         "vmm_pid": (z.vmm_pid != 0).then_some(z.vmm_pid),
         "exit_status": z.exit_status,
         "guest_cid": z.guest_cid,
+        "measurement": z.measurement.as_ref().map(|m| serde_json::json!({
+            "launch_id": m.launch_id,
+            "kernel_sha256": m.kernel_sha256,
+            "initrd_sha256": m.initrd_sha256,
+            "cmdline_sha256": m.cmdline_sha256,
+            "cmdline": m.cmdline,
+        })),
     })
 }
 

@@ -17,7 +17,16 @@
 //! max_vcpus = 8                               # per zone
 //! max_memory_mib = 4096                       # per zone
 //! max_total_memory_mib = 16384                # all zones of this host
+//!
+//! [tpm]
+//! device = "/dev/tpmrm0"      # used when it exists; else the embedded swtpm
+//! pcr = 15                    # the zone PCR (8-15: not resettable at locality 0)
+//! swtpm_port = 2321           # embedded swtpm on 127.0.0.1 (control: port + 1)
+//! max_batch = 256             # evidence requests sharing one quote (1: no batching)
 //! ```
+//!
+//! `host_id` (top level, default: the host name) names this host in launch
+//! records, SPIFFE IDs and selectors.
 
 use std::path::{Path, PathBuf};
 
@@ -101,6 +110,47 @@ impl Default for Limits {
     }
 }
 
+/// The TPM, the zone PCR and evidence batching.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TpmSettings {
+    /// The TPM device, used when it exists (the kernel resource manager).
+    pub device: PathBuf,
+    /// The PCR zone events extend. Default 15: PCRs 0-15 cannot be reset at
+    /// locality 0 (16 and 23 can, by anyone; 17-22 cannot be extended), and
+    /// firmware, boot loaders, IMA (10) and systemd-stub (11-13) use the
+    /// others on common hosts. The daemon refuses a PCR something else extends.
+    pub pcr: u32,
+    /// Loopback TCP port of the embedded swtpm (its control port is the next one).
+    pub swtpm_port: u16,
+    /// Most evidence requests answered by one quote (1 disables batching).
+    pub max_batch: usize,
+    /// Benchmarks only: sleep this long after every quote, standing in for a
+    /// slow hardware TPM.
+    pub simulated_quote_latency_ms: u64,
+}
+
+impl Default for TpmSettings {
+    fn default() -> Self {
+        Self {
+            device: "/dev/tpmrm0".into(),
+            pcr: 15,
+            swtpm_port: 2321,
+            max_batch: 256,
+            simulated_quote_latency_ms: 0,
+        }
+    }
+}
+
+/// The host name, or `localhost`.
+pub fn default_host_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -115,6 +165,10 @@ pub struct DaemonConfig {
     pub defaults: Defaults,
     /// Limits.
     pub limits: Limits,
+    /// This host's identity in launch records and SPIFFE IDs.
+    pub host_id: String,
+    /// TPM and evidence.
+    pub tpm: TpmSettings,
 }
 
 impl Default for DaemonConfig {
@@ -125,6 +179,8 @@ impl Default for DaemonConfig {
             socket_group: None,
             defaults: Defaults::default(),
             limits: Limits::default(),
+            host_id: default_host_id(),
+            tpm: TpmSettings::default(),
         }
     }
 }
@@ -154,6 +210,25 @@ impl DaemonConfig {
             return Err(ConfigFileError::Value(format!(
                 "defaults.vcpus = {} must be within 1..={} (limits.max_vcpus)",
                 self.defaults.vcpus, l.max_vcpus
+            )));
+        }
+        if self.tpm.pcr > 15 {
+            return Err(ConfigFileError::Value(format!(
+                "tpm.pcr = {}: PCRs 16 and 23 can be reset by anyone at locality 0 and 17-22 cannot be extended; use 8-15",
+                self.tpm.pcr
+            )));
+        }
+        if self.tpm.max_batch == 0 || self.tpm.max_batch > 4096 {
+            return Err(ConfigFileError::Value("tpm.max_batch must be within 1..=4096".into()));
+        }
+        if self.tpm.swtpm_port == 0 || self.tpm.swtpm_port == u16::MAX {
+            return Err(ConfigFileError::Value("tpm.swtpm_port must be within 1..=65534".into()));
+        }
+        let valid_id = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid_id(&self.host_id) {
+            return Err(ConfigFileError::Value(format!(
+                "host_id = {:?}: use 1-64 characters of A-Z, a-z, 0-9, '-', '_' and '.' (it becomes part of SPIFFE IDs)",
+                self.host_id
             )));
         }
         if self.defaults.memory_mib > l.max_memory_mib {

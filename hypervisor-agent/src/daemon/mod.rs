@@ -20,6 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use attestation_proto::launch::{LaunchRecord, RECORD_VERSION, StopRecord};
+
+use crate::ledger::{Ledger, LedgerError};
 use crate::vmm::process::{LaunchFile, launch_path, outcome_path};
 use crate::vmm::{ExitReason, Outcome};
 use config::DaemonConfig;
@@ -27,6 +30,9 @@ use store::{Spec, State, Store, StoreError, VmmHandle, ZoneRecord};
 
 /// Lowest guest CID (0–2 are reserved by vsock).
 const FIRST_GUEST_CID: u32 = 3;
+/// Tests only: pause this many ms after measuring a zone's artifacts (the
+/// window in which a test replaces the files on disk).
+pub const PAUSE_AFTER_MEASURE_ENV: &str = "HYPERVISOR_AGENT_PAUSE_AFTER_MEASURE_MS";
 /// How long a stop waits for the VMM before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -91,6 +97,7 @@ struct Entry {
 pub struct Daemon {
     config: DaemonConfig,
     store: Store,
+    ledger: Ledger,
     zones: Mutex<BTreeMap<String, Entry>>,
     changes: watch::Sender<u64>,
 }
@@ -103,6 +110,22 @@ impl std::fmt::Debug for Daemon {
 
 fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn ledger_error(e: LedgerError) -> DaemonError {
+    match e {
+        LedgerError::NotMeasured(m) => DaemonError::FailedPrecondition(m),
+        other => DaemonError::Internal(other.to_string()),
+    }
+}
+
+/// 16 random bytes, hex.
+fn new_launch_id() -> Result<String, DaemonError> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| DaemonError::Internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(hex::encode(b))
 }
 
 /// Longest zone name: the zone's vsock sockets (`<zone dir>/vsock.sock_<port>`)
@@ -125,16 +148,22 @@ pub fn validate_name(name: &str) -> Result<(), DaemonError> {
 }
 
 impl Daemon {
-    /// Loads the zone records and re-adopts the VMMs that still run.
+    /// Opens the TPM and the event log (reconciling them), loads the zone
+    /// records and re-adopts the VMMs that still run.
     pub async fn start(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
         let store = Store::open(&config.state_dir)?;
+        let (tpm, dir) = (config.tpm.clone(), config.state_dir.clone());
+        let ledger = tokio::task::spawn_blocking(move || Ledger::start(&tpm, &dir))
+            .await
+            .map_err(|e| DaemonError::Internal(e.to_string()))?
+            .map_err(|e| DaemonError::FailedPrecondition(format!("cannot start the measurement ledger: {e}")))?;
         let (records, incomplete) = store.load_all()?;
         for name in incomplete {
             tracing::warn!(zone = %name, "removing a zone directory left without a record by an interrupted create");
             store.remove(&name)?;
         }
         let (changes, _) = watch::channel(0);
-        let daemon = Arc::new(Self { config, store, zones: Mutex::new(BTreeMap::new()), changes });
+        let daemon = Arc::new(Self { config, store, ledger, zones: Mutex::new(BTreeMap::new()), changes });
         for record in records {
             let name = record.name.clone();
             let live_vmm = record.vmm.filter(|h| record.state.is_live() && supervisor::is_alive(*h));
@@ -280,6 +309,7 @@ impl Daemon {
                 vmm: None,
                 exit_status: None,
                 guest_cid,
+                launch: None,
             };
             zones.insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
             record
@@ -287,6 +317,9 @@ impl Daemon {
         match self.create(&record) {
             Ok(r) => Ok(r),
             Err(e) => {
+                if let Ok(r) = self.get(&name) {
+                    self.record_stop(&r, &format!("failed: {e}"));
+                }
                 self.lock().remove(&name);
                 let _ = self.store.remove(&name);
                 Err(e)
@@ -298,21 +331,53 @@ impl Daemon {
         let name = &record.name;
         let dir = self.store.create_dir(name)?;
         self.store.save(record)?;
-        let cmdline = crate::cli::run::cmdline_with_command(&record.spec.cmdline, &record.spec.command)
+        let spec = &record.spec;
+        let cmdline = crate::cli::run::cmdline_with_command(&spec.cmdline, &spec.command)
             .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        // Measure: read each artifact once into a sealed memfd; the VMM boots those bytes.
+        let measure_err = |e: crate::measure::MeasureError| DaemonError::InvalidArgument(e.to_string());
+        let kernel = crate::measure::seal("kernel", &spec.kernel).map_err(measure_err)?;
+        let initrd = spec.initrd.as_deref().map(|p| crate::measure::seal("initramfs", p)).transpose().map_err(measure_err)?;
+        if let Some(ms) = std::env::var(PAUSE_AFTER_MEASURE_ENV).ok().and_then(|v| v.parse().ok()) {
+            // Tests only: a window to replace the files after measurement.
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let loaded_cmdline =
+            crate::measure::zone_cmdline(&spec.cmdline, &spec.command).map_err(DaemonError::InvalidArgument)?;
+        let launch_record = LaunchRecord {
+            version: RECORD_VERSION,
+            host: self.config.host_id.clone(),
+            zone: name.clone(),
+            launch_id: new_launch_id()?,
+            kernel: kernel.artifact.clone(),
+            initrd: initrd.as_ref().map(|i| i.artifact.clone()),
+            cmdline_sha256: attestation_proto::launch::sha256_hex(loaded_cmdline.as_bytes()),
+            cmdline: loaded_cmdline.clone(),
+            vcpus: u32::from(spec.vcpus),
+            memory_mib: spec.memory_mib,
+            devices: vec![format!("virtio-vsock:cid={}", record.guest_cid)],
+            launched_unix_ms: now_unix_ms(),
+        };
+        // The record knows its launch before the log does, so a crash in
+        // between can still be closed with a stop event after a restart.
+        self.update(name, |e| e.record.launch = Some(launch_record.clone()))?;
+        self.ledger.record_launch(self.config.tpm.pcr, &launch_record).map_err(ledger_error)?;
         let launch = LaunchFile {
-            kernel: record.spec.kernel.clone(),
-            initrd: record.spec.initrd.clone(),
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
             cmdline,
-            vcpus: record.spec.vcpus,
-            memory_mib: record.spec.memory_mib,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
             guest_cid: record.guest_cid,
+            measured: Some(loaded_cmdline),
         };
         let json = serde_json::to_vec_pretty(&launch).map_err(|e| DaemonError::Internal(e.to_string()))?;
         store::write_atomic(&launch_path(&dir), &json)?;
         self.open_channel(name);
-        let handle = supervisor::spawn_vmm(&dir).map_err(|e| DaemonError::Internal(e.to_string()))?;
-        tracing::info!(zone = %name, pid = handle.pid, "VMM started");
+        let handle = supervisor::spawn_vmm(&dir, [Some(&kernel.fd), initrd.as_ref().map(|i| &i.fd)])
+            .map_err(|e| DaemonError::Internal(e.to_string()))?;
+        drop((kernel, initrd));
+        tracing::info!(zone = %name, pid = handle.pid, kernel = %launch_record.kernel.sha256, "VMM started");
         let record = self.update(name, |e| {
             e.record.state = State::Booting;
             e.record.vmm = Some(handle);
@@ -320,6 +385,36 @@ impl Daemon {
         })?;
         self.watch_vmm(name, handle)?;
         Ok(record)
+    }
+
+    /// Logs the end of a zone's launch (no-op if it was never logged or already ended).
+    fn record_stop(&self, record: &ZoneRecord, reason: &str) {
+        let Some(launch) = &record.launch else { return };
+        let stop = StopRecord {
+            version: RECORD_VERSION,
+            zone: record.name.clone(),
+            launch_id: launch.launch_id.clone(),
+            reason: reason.to_owned(),
+            stopped_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.ledger.record_stop(self.config.tpm.pcr, &stop) {
+            tracing::error!(zone = %record.name, error = %e, "cannot log the zone's stop event");
+        }
+    }
+
+    /// Fresh evidence about a live zone for `nonce`.
+    pub async fn evidence(&self, name: &str, nonce: &[u8]) -> Result<Vec<u8>, DaemonError> {
+        attestation_proto::evidence::check_nonce(nonce).map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        let r = self.get(name)?;
+        let launch = r.launch.as_ref().filter(|_| r.state.is_live() && r.state != State::Stopping).ok_or_else(|| {
+            DaemonError::FailedPrecondition(format!("zone {name} is {}; only a running zone has evidence", r.state.as_str()))
+        })?;
+        self.ledger.evidence(&launch.launch_id, nonce).await.map_err(ledger_error)
+    }
+
+    /// The ledger (event log, PCR, keys).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     fn open_channel(self: &Arc<Self>, name: &str) {
@@ -337,7 +432,8 @@ impl Daemon {
         let name = name.to_owned();
         tokio::spawn(async move {
             let status = watch.exited().await;
-            daemon.finish(&name, Some(status));
+            // finish() logs a stop event: a TPM command, so off the async workers.
+            let _ = tokio::task::spawn_blocking(move || daemon.finish(&name, Some(status))).await;
         });
         Ok(())
     }
@@ -380,7 +476,11 @@ impl Daemon {
             }
         });
         match result {
-            Ok(r) => tracing::info!(zone = %name, state = r.state.as_str(), failure = ?r.failure, "zone ended"),
+            Ok(r) => {
+                let reason = r.failure.as_deref().map_or_else(|| r.state.as_str().to_owned(), |f| format!("failed: {f}"));
+                self.record_stop(&r, &reason);
+                tracing::info!(zone = %name, state = r.state.as_str(), failure = ?r.failure, "zone ended");
+            }
             Err(e) => tracing::error!(zone = %name, error = %e, "cannot record the end of the zone"),
         }
     }

@@ -105,6 +105,9 @@ pub struct ZoneRecord {
     pub exit_status: Option<i32>,
     /// vsock context id of the guest.
     pub guest_cid: u32,
+    /// What was measured (set before the launch event is logged).
+    #[serde(default)]
+    pub launch: Option<attestation_proto::launch::LaunchRecord>,
 }
 
 /// A store failure.
@@ -257,6 +260,7 @@ mod tests {
             ready_uptime_ms: None,
             launch_to_ready_ms: None,
             vmm: Some(VmmHandle { pid: 7, start_ticks: 9 }),
+            launch: None,
             exit_status: None,
             guest_cid: 3,
         }

@@ -6,7 +6,7 @@
 //! is observed through a pidfd, which works for processes that are not our
 //! children (re-adopted VMMs).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -32,8 +32,9 @@ pub enum SupervisorError {
     },
 }
 
-/// Starts `hypervisor-agent vmm --zone-dir DIR`, its output in `vmm.log`.
-pub fn spawn_vmm(zone_dir: &Path) -> Result<VmmHandle, SupervisorError> {
+/// Starts `hypervisor-agent vmm --zone-dir DIR`, its output in `vmm.log`,
+/// with the measured artifacts' memfds as descriptors 3 (kernel) and 4 (initramfs).
+pub fn spawn_vmm(zone_dir: &Path, artifacts: [Option<&OwnedFd>; 2]) -> Result<VmmHandle, SupervisorError> {
     let exe = std::env::current_exe().map_err(SupervisorError::Spawn)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -43,11 +44,27 @@ pub fn spawn_vmm(zone_dir: &Path) -> Result<VmmHandle, SupervisorError> {
     let log2 = log.try_clone().map_err(SupervisorError::Spawn)?;
     let mut cmd = Command::new(exe);
     cmd.arg("vmm").arg("--zone-dir").arg(zone_dir).stdin(Stdio::null()).stdout(log).stderr(log2);
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    let fds: [libc::c_int; 2] = artifacts.map(|f| f.map_or(-1, |f| f.as_raw_fd()));
+    // SAFETY: setsid, fcntl and dup2 are async-signal-safe and touch no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Move the memfds above the targets first, so dup2 never overwrites a source.
+            let mut moved = [-1; 2];
+            for (i, &fd) in fds.iter().enumerate() {
+                if fd >= 0 {
+                    moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if moved[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            for (target, fd) in [(crate::vmm::process::KERNEL_FD, moved[0]), (crate::vmm::process::INITRD_FD, moved[1])] {
+                if fd >= 0 && libc::dup2(fd, target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

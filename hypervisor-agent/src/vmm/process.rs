@@ -10,6 +10,7 @@
 
 use std::fs::OpenOptions;
 use std::io::BufWriter;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,12 +21,18 @@ use crate::devices::ConsoleSink;
 /// Largest console log kept per zone run.
 pub const MAX_CONSOLE_LOG: u64 = 64 * 1024 * 1024;
 
+/// The descriptor the daemon hands the VMM the measured kernel on.
+pub const KERNEL_FD: i32 = 3;
+/// The descriptor the daemon hands the VMM the measured initramfs on.
+pub const INITRD_FD: i32 = 4;
+
 /// What the VMM process boots (written by the daemon).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchFile {
-    /// Kernel path.
+    /// Kernel path (informational when `measured` is set: the bytes come from
+    /// the sealed memfd on [`KERNEL_FD`]).
     pub kernel: PathBuf,
-    /// Initramfs path.
+    /// Initramfs path (its bytes on [`INITRD_FD`] when `measured` is set).
     pub initrd: Option<PathBuf>,
     /// Full kernel command line (the zone's command included).
     pub cmdline: String,
@@ -35,6 +42,11 @@ pub struct LaunchFile {
     pub memory_mib: u64,
     /// Guest vsock context id.
     pub guest_cid: u32,
+    /// The kernel command line the daemon measured: the VMM refuses to boot
+    /// if the one it would load differs. `None`: read the files, measure nothing
+    /// (`zonectl run`-style use without a daemon).
+    #[serde(default)]
+    pub measured: Option<String>,
 }
 
 /// `launch.json` in a zone directory.
@@ -117,12 +129,30 @@ pub fn run(zone_dir: &Path) -> anyhow::Result<i32> {
         &std::fs::read(launch_path(zone_dir))
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", launch_path(zone_dir).display()))?,
     )?;
-    let kernel = read_artifact("kernel", &launch.kernel)?;
-    let initrd = launch.initrd.as_deref().map(|p| read_artifact("initramfs", p)).transpose()?;
+    let (kernel, initrd) = if launch.measured.is_some() {
+        // SAFETY: the daemon placed the sealed kernel memfd on this descriptor
+        // for this process; nothing else in it uses the descriptor.
+        let kernel = crate::measure::read_sealed("kernel", unsafe { OwnedFd::from_raw_fd(KERNEL_FD) })?;
+        let initrd = match launch.initrd {
+            // SAFETY: as above; the daemon passes the initramfs only when there is one.
+            Some(_) => Some(crate::measure::read_sealed("initramfs", unsafe { OwnedFd::from_raw_fd(INITRD_FD) })?),
+            None => None,
+        };
+        (kernel, initrd)
+    } else {
+        let kernel = read_artifact("kernel", &launch.kernel)?;
+        (kernel, launch.initrd.as_deref().map(|p| read_artifact("initramfs", p)).transpose()?)
+    };
     let mut config = ZoneConfig::new(kernel, initrd, launch.cmdline.clone());
     config.vcpus = launch.vcpus;
     config.memory_mib = launch.memory_mib;
     config.vsock = Some(super::config::VsockConfig { guest_cid: launch.guest_cid, uds_path: vsock_path(zone_dir) });
+    if let Some(measured) = &launch.measured {
+        anyhow::ensure!(
+            &config.kernel_cmdline() == measured,
+            "the command line to load differs from the measured one; refusing to boot"
+        );
+    }
 
     let console = OpenOptions::new()
         .create(true)

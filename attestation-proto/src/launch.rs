@@ -1,0 +1,232 @@
+//! The launch record: what the host measured before a zone booted, and the
+//! stop record that ends it.
+//!
+//! Both are canonical JSON: fields in the order declared here, no
+//! whitespace, integers only. The daemon writes them as the data of the
+//! zone's events in the host's event log (see [`crate::eventlog`]); the
+//! verifier parses them back and refuses any encoding that does not
+//! re-encode to the same bytes, so one record has exactly one byte form and
+//! one digest.
+//!
+//! Every digest is SHA-256 of the bytes the VMM loads: the kernel file, the
+//! initramfs file and the full kernel command line (the daemon's device
+//! parameters and the zone's command included).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the launch and stop record layouts.
+pub const RECORD_VERSION: u32 = 1;
+/// Largest launch or stop record accepted (bytes).
+pub const MAX_RECORD_LEN: usize = 16 * 1024;
+
+/// A record that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    /// Larger than [`MAX_RECORD_LEN`].
+    #[error("record is {0} bytes, more than the {MAX_RECORD_LEN} allowed")]
+    TooLarge(usize),
+    /// Not JSON of the expected shape.
+    #[error("record is not a valid version-{RECORD_VERSION} record: {0}")]
+    Malformed(String),
+    /// Valid JSON, but not in canonical form.
+    #[error("record is not in canonical form (fields in order, no whitespace)")]
+    NotCanonical,
+    /// A version this code does not know.
+    #[error("record version {0} is not supported (this verifier knows version {RECORD_VERSION})")]
+    Version(u32),
+    /// A field out of range.
+    #[error("record field {0}")]
+    Field(String),
+}
+
+/// A measured boot artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Where it was read from (informational: the digest is what counts).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of its bytes, lower-case hex.
+    pub sha256: String,
+}
+
+impl Artifact {
+    /// Measures `bytes` read from `path`.
+    pub fn measure(path: &str, bytes: &[u8]) -> Self {
+        Self { path: path.to_owned(), size: bytes.len() as u64, sha256: sha256_hex(bytes) }
+    }
+}
+
+/// What the host measured before booting a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchRecord {
+    /// [`RECORD_VERSION`].
+    pub version: u32,
+    /// The host's identity (its configured host id).
+    pub host: String,
+    /// The zone's name.
+    pub zone: String,
+    /// Unique per launch (16 random bytes, hex): tells a relaunch under the
+    /// same name apart and ties the stop record to this launch.
+    pub launch_id: String,
+    /// The kernel.
+    pub kernel: Artifact,
+    /// The initramfs, if any.
+    pub initrd: Option<Artifact>,
+    /// The command line the kernel gets, exactly.
+    pub cmdline: String,
+    /// SHA-256 of [`Self::cmdline`]'s bytes, hex.
+    pub cmdline_sha256: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory (MiB).
+    pub memory_mib: u64,
+    /// The zone's devices, e.g. `virtio-vsock:cid=3`.
+    pub devices: Vec<String>,
+    /// When the daemon launched it (Unix ms, host clock; informational).
+    pub launched_unix_ms: u64,
+}
+
+/// The end of a launch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopRecord {
+    /// [`RECORD_VERSION`].
+    pub version: u32,
+    /// The zone's name.
+    pub zone: String,
+    /// The launch that ended.
+    pub launch_id: String,
+    /// Why it ended (e.g. `stopped`, `failed: …`).
+    pub reason: String,
+    /// When (Unix ms, host clock; informational).
+    pub stopped_unix_ms: u64,
+}
+
+/// SHA-256 of `bytes` as lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn is_hex_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn decode_canonical<T: Serialize + for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RecordError> {
+    if bytes.len() > MAX_RECORD_LEN {
+        return Err(RecordError::TooLarge(bytes.len()));
+    }
+    let value: T = serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(e.to_string()))?;
+    let again = serde_json::to_vec(&value).map_err(|e| RecordError::Malformed(e.to_string()))?;
+    if again != bytes {
+        return Err(RecordError::NotCanonical);
+    }
+    Ok(value)
+}
+
+impl LaunchRecord {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // A struct of strings, integers and vectors always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses canonical bytes and checks every field.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let r: Self = decode_canonical(bytes)?;
+        if r.version != RECORD_VERSION {
+            return Err(RecordError::Version(r.version));
+        }
+        let mut digests = vec![("kernel.sha256", &r.kernel.sha256), ("cmdline_sha256", &r.cmdline_sha256)];
+        if let Some(i) = &r.initrd {
+            digests.push(("initrd.sha256", &i.sha256));
+        }
+        for (what, d) in digests {
+            if !is_hex_digest(d) {
+                return Err(RecordError::Field(format!("{what} is not 64 lower-case hex digits")));
+            }
+        }
+        if sha256_hex(r.cmdline.as_bytes()) != r.cmdline_sha256 {
+            return Err(RecordError::Field("cmdline_sha256 is not the SHA-256 of cmdline".into()));
+        }
+        if r.zone.is_empty() || r.host.is_empty() || r.launch_id.is_empty() {
+            return Err(RecordError::Field("zone, host and launch_id must not be empty".into()));
+        }
+        Ok(r)
+    }
+
+    /// The initrd digest, or `none`.
+    pub fn initrd_sha256(&self) -> &str {
+        self.initrd.as_ref().map_or("none", |i| i.sha256.as_str())
+    }
+}
+
+impl StopRecord {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses canonical bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let r: Self = decode_canonical(bytes)?;
+        if r.version != RECORD_VERSION {
+            return Err(RecordError::Version(r.version));
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> LaunchRecord {
+        let cmdline = "console=ttyS0 -- /bin/true".to_owned();
+        LaunchRecord {
+            version: RECORD_VERSION,
+            host: "host-a".into(),
+            zone: "web".into(),
+            launch_id: "00112233445566778899aabbccddeeff".into(),
+            kernel: Artifact::measure("/k", b"kernel"),
+            initrd: Some(Artifact::measure("/i", b"initrd")),
+            cmdline_sha256: sha256_hex(cmdline.as_bytes()),
+            cmdline,
+            vcpus: 1,
+            memory_mib: 128,
+            devices: vec!["virtio-vsock:cid=3".into()],
+            launched_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_is_canonical() {
+        let r = sample();
+        let b = r.encode();
+        assert_eq!(LaunchRecord::decode(&b).unwrap(), r);
+        let spaced = String::from_utf8(b.clone()).unwrap().replacen(',', ", ", 1);
+        assert_eq!(LaunchRecord::decode(spaced.as_bytes()), Err(RecordError::NotCanonical));
+        let mut big = b.clone();
+        big.resize(MAX_RECORD_LEN + 1, b' ');
+        assert!(matches!(LaunchRecord::decode(&big), Err(RecordError::TooLarge(_))));
+    }
+
+    #[test]
+    fn fields_are_checked() {
+        let mut r = sample();
+        r.cmdline.push('x');
+        assert!(matches!(LaunchRecord::decode(&r.encode()), Err(RecordError::Field(_))));
+        let mut r = sample();
+        r.version = 2;
+        assert_eq!(LaunchRecord::decode(&r.encode()), Err(RecordError::Version(2)));
+        let mut r = sample();
+        r.kernel.sha256 = "ABC".into();
+        assert!(matches!(LaunchRecord::decode(&r.encode()), Err(RecordError::Field(_))));
+        let extra = String::from_utf8(sample().encode()).unwrap().replacen('{', "{\"x\":1,", 1);
+        assert!(matches!(LaunchRecord::decode(extra.as_bytes()), Err(RecordError::Malformed(_))));
+        assert!(matches!(LaunchRecord::decode(b"\xff\xfe"), Err(RecordError::Malformed(_))));
+    }
+}

@@ -1,0 +1,233 @@
+//! The verifier's policy: which kernels, initramfs images and command lines
+//! a zone may have booted.
+//!
+//! ```toml
+//! version = 1
+//!
+//! [[allow]]
+//! name = "web-*"             # zone names; `*` matches any run of characters
+//! kernel_sha256 = ["<64 hex>"]
+//! initrd_sha256 = ["<64 hex>"]  # "none": a zone without initramfs
+//! cmdline_sha256 = ["<64 hex>"]
+//! ```
+//!
+//! A zone passes when one rule matches its name and all three digests. The
+//! digests are the ones `zonectl measure` prints and the launch record holds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::launch::LaunchRecord;
+
+/// Version of the policy file layout.
+pub const POLICY_VERSION: u32 = 1;
+/// Largest policy file accepted (bytes).
+pub const MAX_POLICY_LEN: usize = 1024 * 1024;
+
+/// A policy file that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    /// Not TOML of this layout.
+    #[error("invalid policy: {0}")]
+    Parse(String),
+    /// Wrong version.
+    #[error("policy version {0} is not supported (expected version = {POLICY_VERSION})")]
+    Version(u32),
+    /// A rule is unusable.
+    #[error("policy rule {index}: {detail}")]
+    Rule {
+        /// 0-based rule number.
+        index: usize,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Zone-name pattern (`*` wildcards).
+    pub name: String,
+    /// Allowed kernel digests.
+    pub kernel_sha256: Vec<String>,
+    /// Allowed initramfs digests (`none` for no initramfs).
+    pub initrd_sha256: Vec<String>,
+    /// Allowed command-line digests.
+    pub cmdline_sha256: Vec<String>,
+}
+
+/// A whole policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// [`POLICY_VERSION`].
+    pub version: u32,
+    /// The rules; a zone needs one to match.
+    #[serde(default)]
+    pub allow: Vec<Rule>,
+}
+
+fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p = pattern.as_bytes();
+    let n = name.as_bytes();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+impl Policy {
+    /// Parses and checks a policy file's text.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        if text.len() > MAX_POLICY_LEN {
+            return Err(PolicyError::Parse(format!("larger than {MAX_POLICY_LEN} bytes")));
+        }
+        let p: Self = toml::from_str(text).map_err(|e| PolicyError::Parse(e.message().to_owned()))?;
+        if p.version != POLICY_VERSION {
+            return Err(PolicyError::Version(p.version));
+        }
+        for (index, r) in p.allow.iter().enumerate() {
+            let rule = |detail: String| PolicyError::Rule { index, detail };
+            if r.name.is_empty() {
+                return Err(rule("name must not be empty (use \"*\" for any zone)".into()));
+            }
+            for (field, list) in [("kernel_sha256", &r.kernel_sha256), ("cmdline_sha256", &r.cmdline_sha256)] {
+                if list.is_empty() {
+                    return Err(rule(format!("{field} must list at least one digest")));
+                }
+                if let Some(bad) = list.iter().find(|d| !is_digest(d)) {
+                    return Err(rule(format!("{field} entry {bad:?} is not 64 lower-case hex digits")));
+                }
+            }
+            if r.initrd_sha256.is_empty() {
+                return Err(rule("initrd_sha256 must list at least one digest (or \"none\")".into()));
+            }
+            if let Some(bad) = r.initrd_sha256.iter().find(|d| *d != "none" && !is_digest(d)) {
+                return Err(rule(format!("initrd_sha256 entry {bad:?} is neither 64 lower-case hex digits nor \"none\"")));
+            }
+        }
+        Ok(p)
+    }
+
+    /// The policy as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// A policy admitting exactly this launch's name and digests.
+    pub fn admitting(record: &LaunchRecord) -> Self {
+        Self {
+            version: POLICY_VERSION,
+            allow: vec![Rule {
+                name: record.zone.clone(),
+                kernel_sha256: vec![record.kernel.sha256.clone()],
+                initrd_sha256: vec![record.initrd_sha256().to_owned()],
+                cmdline_sha256: vec![record.cmdline_sha256.clone()],
+            }],
+        }
+    }
+
+    /// Checks a launch against the rules; the error says which part no rule allows.
+    pub fn check(&self, record: &LaunchRecord) -> Result<(), String> {
+        let rules: Vec<&Rule> = self.allow.iter().filter(|r| glob_match(&r.name, &record.zone)).collect();
+        if rules.is_empty() {
+            return Err(format!("no policy rule matches zone name {:?}", record.zone));
+        }
+        let initrd = record.initrd_sha256();
+        let ok = |r: &&Rule| {
+            r.kernel_sha256.contains(&record.kernel.sha256)
+                && r.initrd_sha256.iter().any(|d| d == initrd)
+                && r.cmdline_sha256.contains(&record.cmdline_sha256)
+        };
+        if rules.iter().any(ok) {
+            return Ok(());
+        }
+        if !rules.iter().any(|r| r.kernel_sha256.contains(&record.kernel.sha256)) {
+            return Err(format!("kernel sha256:{} is not allowed for zone {:?}", record.kernel.sha256, record.zone));
+        }
+        if !rules.iter().any(|r| r.initrd_sha256.iter().any(|d| d == initrd)) {
+            return Err(format!("initrd sha256:{initrd} is not allowed for zone {:?}", record.zone));
+        }
+        if !rules.iter().any(|r| r.cmdline_sha256.contains(&record.cmdline_sha256)) {
+            return Err(format!("cmdline sha256:{} is not allowed for zone {:?}", record.cmdline_sha256, record.zone));
+        }
+        Err(format!("no single policy rule allows this kernel, initrd and cmdline together for zone {:?}", record.zone))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::{Artifact, RECORD_VERSION, sha256_hex};
+
+    fn record(zone: &str) -> LaunchRecord {
+        LaunchRecord {
+            version: RECORD_VERSION,
+            host: "h".into(),
+            zone: zone.into(),
+            launch_id: "01".into(),
+            kernel: Artifact::measure("/k", b"k"),
+            initrd: None,
+            cmdline: "c".into(),
+            cmdline_sha256: sha256_hex(b"c"),
+            vcpus: 1,
+            memory_mib: 64,
+            devices: vec![],
+            launched_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn globs() {
+        for (p, n, m) in [("*", "a", true), ("web-*", "web-1", true), ("web-*", "db-1", false), ("a*b*c", "aXbYc", true), ("a*b", "ab", true), ("a", "ab", false), ("*-1", "web-1", true), ("", "a", false)] {
+            assert_eq!(glob_match(p, n), m, "{p} {n}");
+        }
+    }
+
+    #[test]
+    fn admits_and_names_the_mismatch() {
+        let r = record("web-1");
+        let p = Policy::parse(&Policy::admitting(&r).to_toml()).unwrap();
+        assert_eq!(p.check(&r), Ok(()));
+        let mut other = r.clone();
+        other.zone = "db".into();
+        assert!(p.check(&other).unwrap_err().contains("no policy rule matches"));
+        let mut k = r.clone();
+        k.kernel.sha256 = sha256_hex(b"other");
+        assert!(p.check(&k).unwrap_err().starts_with("kernel sha256:"));
+        let mut i = r.clone();
+        i.initrd = Some(Artifact::measure("/i", b"i"));
+        assert!(p.check(&i).unwrap_err().starts_with("initrd sha256:"));
+        let mut c = r;
+        c.cmdline_sha256 = sha256_hex(b"x");
+        assert!(p.check(&c).unwrap_err().starts_with("cmdline sha256:"));
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        assert!(matches!(Policy::parse("version = 2"), Err(PolicyError::Version(2))));
+        assert!(matches!(Policy::parse("version = 1\nx = 1"), Err(PolicyError::Parse(_))));
+        let bad = "version = 1\n[[allow]]\nname = \"a\"\nkernel_sha256 = [\"zz\"]\ninitrd_sha256 = [\"none\"]\ncmdline_sha256 = []\n";
+        assert!(matches!(Policy::parse(bad), Err(PolicyError::Rule { index: 0, .. })));
+        assert_eq!(Policy::parse("version = 1").unwrap().allow.len(), 0);
+    }
+}

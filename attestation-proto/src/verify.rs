@@ -1,0 +1,306 @@
+//! The verifier: checks a zone's evidence against pinned attestation keys,
+//! a nonce and a policy. Pure: no I/O, no TPM, no async runtime.
+//!
+//! The checks run in this order, and a rejection names the first that
+//! failed ([`Check`]):
+//!
+//! 1. **format** — sizes, versions, every structure parses (TPMS_ATTEST,
+//!    TPMT_SIGNATURE, TPMT_PUBLIC, the event log, the launch record);
+//! 2. **ak-trusted** — SHA-256 of the AK's TPMT_PUBLIC is pinned, and the AK
+//!    is a restricted signing key (so it only signs TPM-made attestations);
+//! 3. **signature** — the AK signed the TPMS_ATTEST;
+//! 4. **qualified-signer** — the quote names the AK as a child of the EK;
+//! 5. **freshness** — the Merkle leaf of (nonce, launch record) is included
+//!    under the root the quote carries as qualifying data;
+//! 6. **pcr-selection** — only PCRs inside the signed selection are used;
+//!    the zone PCR is one of them and cannot be reset at locality 0;
+//! 7. **pcr-digest** — the PCR values hash to the quote's PCR digest;
+//! 8. **event-log-replay** — the event log replays to the zone PCR's value;
+//! 9. **event-digest** — each event's digest is SHA-256 of its data (events
+//!    of other zones are redacted and only replayed);
+//! 10. **launch-record** — the zone's launch record is a launch event of the log;
+//! 11. **not-stopped** — no stop event of that launch follows;
+//! 12. **policy** — the policy allows the zone's name and digests.
+
+use sha2::{Digest, Sha256};
+
+use crate::evidence::{self, Evidence, FORMAT_VERSION};
+use crate::eventlog::{self, Event, ZoneEvent};
+use crate::launch::{LaunchRecord, StopRecord};
+use crate::merkle;
+use crate::policy::Policy;
+use crate::tpm::{
+    ALG_SHA256, Attest, PublicArea, Signature, TPM_RH_ENDORSEMENT, pcr_digest, qualified_name_of_child,
+    qualified_name_of_primary,
+};
+
+/// Largest TPM structure accepted (TPMS_ATTEST, TPMT_SIGNATURE, TPMT_PUBLIC).
+const MAX_TPM_STRUCT: usize = 2048;
+/// Largest event log inside evidence.
+pub const MAX_EVENT_LOG: usize = 4 * 1024 * 1024;
+/// Most events inside evidence.
+pub const MAX_EVENTS: usize = 20_000;
+/// Deepest Merkle proof accepted.
+const MAX_PROOF: usize = 64;
+
+/// The checks, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    /// Sizes, versions, parsing.
+    Format,
+    /// AK pinned and restricted.
+    AkTrusted,
+    /// Quote signature.
+    Signature,
+    /// qualifiedSigner.
+    QualifiedSigner,
+    /// Nonce inclusion under the qualifying data.
+    Freshness,
+    /// Signed PCR selection.
+    PcrSelection,
+    /// PCR digest.
+    PcrDigest,
+    /// Log replay.
+    EventLogReplay,
+    /// Event digests.
+    EventDigest,
+    /// Launch record in the log.
+    LaunchRecord,
+    /// Launch not stopped.
+    NotStopped,
+    /// Policy.
+    Policy,
+}
+
+impl Check {
+    /// The check's name, as it appears in rejections.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Format => "format",
+            Self::AkTrusted => "ak-trusted",
+            Self::Signature => "signature",
+            Self::QualifiedSigner => "qualified-signer",
+            Self::Freshness => "freshness",
+            Self::PcrSelection => "pcr-selection",
+            Self::PcrDigest => "pcr-digest",
+            Self::EventLogReplay => "event-log-replay",
+            Self::EventDigest => "event-digest",
+            Self::LaunchRecord => "launch-record",
+            Self::NotStopped => "not-stopped",
+            Self::Policy => "policy",
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why evidence was rejected: the failed check and the detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("evidence rejected by check {check}: {detail}")]
+pub struct Rejection {
+    /// Which check failed.
+    pub check: Check,
+    /// What exactly.
+    pub detail: String,
+}
+
+fn reject<T>(check: Check, detail: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection { check, detail: detail.into() })
+}
+
+/// What the verifier trusts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    /// SHA-256 digests of trusted AKs' TPMT_PUBLIC (`zonectl` prints them).
+    pub ak_sha256: Vec<[u8; 32]>,
+}
+
+/// What verified evidence establishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The zone's launch record.
+    pub record: LaunchRecord,
+    /// SHA-256 of the AK that signed (hex).
+    pub ak_sha256: String,
+    /// The PCR the zone was measured into.
+    pub zone_pcr: u32,
+    /// The TPM's reset count at the quote (changes with each host boot).
+    pub reset_count: u32,
+    /// How many requests shared the quote.
+    pub batch_size: u64,
+    /// Events in the log.
+    pub events: usize,
+}
+
+/// SHA-256 of an AK's TPMT_PUBLIC: what [`Trust`] pins.
+pub fn ak_digest(ak_public: &[u8]) -> [u8; 32] {
+    Sha256::digest(ak_public).into()
+}
+
+struct Parsed {
+    ev: Evidence,
+    attest: Attest,
+    signature: Signature,
+    ak: PublicArea,
+    ek: PublicArea,
+    record: LaunchRecord,
+    events: Vec<Event>,
+}
+
+fn check_format(bytes: &[u8], nonce: &[u8]) -> Result<Parsed, Rejection> {
+    let f = Check::Format;
+    let ev = evidence::decode(bytes).or_else(|e| reject(f, e))?;
+    if ev.format_version != FORMAT_VERSION {
+        return reject(f, format!("format version {} is not supported (expected {FORMAT_VERSION})", ev.format_version));
+    }
+    if let Err(e) = evidence::check_nonce(nonce) {
+        return reject(f, e.to_string());
+    }
+    for (what, len) in [
+        ("quote_attest", ev.quote_attest.len()),
+        ("quote_signature", ev.quote_signature.len()),
+        ("ak_public", ev.ak_public.len()),
+        ("ek_public", ev.ek_public.len()),
+    ] {
+        if len == 0 || len > MAX_TPM_STRUCT {
+            return reject(f, format!("{what} is {len} bytes (expected 1..={MAX_TPM_STRUCT})"));
+        }
+    }
+    if ev.event_log.len() > MAX_EVENT_LOG {
+        return reject(f, format!("event log is {} bytes, more than {MAX_EVENT_LOG}", ev.event_log.len()));
+    }
+    if ev.pcrs.len() > 24 || ev.pcrs.iter().any(|p| p.sha256.len() != 32 || p.index > 23) {
+        return reject(f, "PCR values must be at most 24 entries of index 0..=23 with 32-byte SHA-256 values");
+    }
+    let batch = ev.batch.as_ref().map_or(0, |b| b.siblings.len());
+    if ev.batch.is_none() || batch > MAX_PROOF || ev.batch.iter().flat_map(|b| &b.siblings).any(|s| s.len() != 32) {
+        return reject(f, format!("batch proof missing or malformed (at most {MAX_PROOF} 32-byte hashes)"));
+    }
+    let attest = Attest::parse(&ev.quote_attest).or_else(|e| reject(f, format!("quote_attest: {e}")))?;
+    let signature = Signature::parse(&ev.quote_signature).or_else(|e| reject(f, format!("quote_signature: {e}")))?;
+    let ak = PublicArea::parse(&ev.ak_public).or_else(|e| reject(f, format!("ak_public: {e}")))?;
+    let ek = PublicArea::parse(&ev.ek_public).or_else(|e| reject(f, format!("ek_public: {e}")))?;
+    let record = LaunchRecord::decode(&ev.launch_record).or_else(|e| reject(f, format!("launch_record: {e}")))?;
+    let limits = eventlog::Limits { max_events: MAX_EVENTS, ..eventlog::Limits::default() };
+    let events = eventlog::parse(&ev.event_log, &limits).or_else(|e| reject(f, format!("event_log: {e}")))?;
+    Ok(Parsed { ev, attest, signature, ak, ek, record, events })
+}
+
+/// Verifies `bytes` as evidence for `nonce`; on success says what was proven.
+pub fn verify(bytes: &[u8], nonce: &[u8], trust: &Trust, policy: &Policy) -> Result<Verified, Rejection> {
+    let Parsed { ev, attest, signature, ak, ek, record, events } = check_format(bytes, nonce)?;
+
+    // 2. The AK is one we trust, and it only signs what the TPM itself made.
+    let ak_hash = ak_digest(&ev.ak_public);
+    if !trust.ak_sha256.contains(&ak_hash) {
+        return reject(Check::AkTrusted, format!("attestation key sha256:{} is not pinned as trusted", hex::encode(ak_hash)));
+    }
+    if !ak.is_restricted_signing_key() {
+        return reject(Check::AkTrusted, "the attestation key is not a restricted, fixedTPM signing key");
+    }
+
+    // 3. Signature over the TPMS_ATTEST bytes as received.
+    if let Err(e) = ak.verify(&ev.quote_attest, &signature) {
+        return reject(Check::Signature, format!("the quote signature does not verify with the AK: {e}"));
+    }
+
+    // 4. The quote names this AK, a child of this EK.
+    let ek_qn = qualified_name_of_primary(TPM_RH_ENDORSEMENT, &ek.name());
+    if qualified_name_of_child(&ek_qn, &ak.name()) != attest.qualified_signer {
+        return reject(Check::QualifiedSigner, "the quote's qualifiedSigner is not the AK under the given EK");
+    }
+
+    // 5. Our nonce and this launch record are committed to by the quote.
+    let Some(proof) = ev.batch.as_ref() else { return reject(Check::Format, "batch proof missing") };
+    let leaf = evidence::leaf(nonce, &ev.launch_record).or_else(|e| reject(Check::Format, e.to_string()))?;
+    let Ok(root) = <[u8; 32]>::try_from(attest.extra_data.as_slice()) else {
+        return reject(Check::Freshness, "the quote's qualifying data is not a 32-byte batch root");
+    };
+    let siblings: Vec<[u8; 32]> = proof.siblings.iter().filter_map(|s| <[u8; 32]>::try_from(s.as_slice()).ok()).collect();
+    if let Err(e) = merkle::verify_inclusion(&leaf, proof.leaf_index, proof.tree_size, &siblings, &root) {
+        return reject(
+            Check::Freshness,
+            format!("the quote does not commit to this nonce and launch record ({e}): stale, replayed or another zone's evidence"),
+        );
+    }
+
+    // 6. Only signed PCRs count; the zone PCR is one of them and not resettable.
+    if attest.pcr_select.len() != 1 || attest.pcr_select[0].hash_alg != ALG_SHA256 {
+        return reject(Check::PcrSelection, "the quote must select exactly one bank, SHA-256");
+    }
+    let signed = attest.pcr_select[0].pcrs();
+    let given: Vec<u32> = ev.pcrs.iter().map(|p| p.index).collect();
+    if given != signed.iter().map(|&p| u32::from(p)).collect::<Vec<_>>() {
+        return reject(
+            Check::PcrSelection,
+            format!("PCR values given for {given:?} but the quote signs exactly {signed:?} (ascending)"),
+        );
+    }
+    let zone_pcr = ev.zone_pcr;
+    if zone_pcr > 15 {
+        return reject(Check::PcrSelection, format!("zone PCR {zone_pcr} can be reset or is not extendable at locality 0; use 8–15"));
+    }
+    let Some(zone_value) = ev.pcrs.iter().find(|p| p.index == zone_pcr) else {
+        return reject(Check::PcrSelection, format!("the quote does not cover the zone PCR {zone_pcr}"));
+    };
+
+    // 7. The values are the ones signed.
+    let values: Vec<[u8; 32]> = ev.pcrs.iter().filter_map(|p| <[u8; 32]>::try_from(p.sha256.as_slice()).ok()).collect();
+    if pcr_digest(&values).as_slice() != attest.pcr_digest.as_slice() {
+        return reject(Check::PcrDigest, "the PCR values do not hash to the quote's PCR digest");
+    }
+
+    // 8. The log replays to the zone PCR.
+    if let Some(e) = events.iter().find(|e| e.pcr != zone_pcr) {
+        return reject(Check::EventLogReplay, format!("the log extends PCR {} besides the zone PCR {zone_pcr}", e.pcr));
+    }
+    if eventlog::replay(&events, zone_pcr).as_slice() != zone_value.sha256.as_slice() {
+        return reject(Check::EventLogReplay, format!("the event log does not replay to the quoted PCR {zone_pcr}"));
+    }
+
+    // 9. Every readable event is what its digest says.
+    let mut zone_events = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        match e.zone_event() {
+            None => return reject(Check::EventDigest, format!("event {} is not a zone event this verifier understands", i + 1)),
+            Some(ZoneEvent::Redacted) => {}
+            Some(_) if !e.digest_matches_data() => {
+                return reject(Check::EventDigest, format!("event {}'s digest is not the SHA-256 of its data", i + 1));
+            }
+            Some(z) => zone_events.push(z),
+        }
+    }
+
+    // 10. This launch is in the log.
+    let launches = zone_events.iter().filter(|z| matches!(z, ZoneEvent::Launch(d) if *d == ev.launch_record.as_slice())).count();
+    if launches != 1 {
+        return reject(Check::LaunchRecord, format!("the zone's launch record appears {launches} times in the log (expected once)"));
+    }
+
+    // 11. ... and has not ended.
+    for z in &zone_events {
+        if let ZoneEvent::Stop(d) = z {
+            let stop = StopRecord::decode(d).or_else(|e| reject(Check::EventDigest, format!("a stop event: {e}")))?;
+            if stop.launch_id == record.launch_id {
+                return reject(Check::NotStopped, format!("zone {} (launch {}) was stopped: {}", record.zone, record.launch_id, stop.reason));
+            }
+        }
+    }
+
+    // 12. Policy.
+    if let Err(detail) = policy.check(&record) {
+        return reject(Check::Policy, detail);
+    }
+    Ok(Verified {
+        ak_sha256: hex::encode(ak_hash),
+        zone_pcr,
+        reset_count: attest.clock.reset_count,
+        batch_size: proof.tree_size,
+        events: events.len(),
+        record,
+    })
+}
