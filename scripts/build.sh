@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds the product's static release binaries (glibc static-pie) into
-# target/x86_64-unknown-linux-gnu/release/: zonectl, hypervisor-agent, zone-guest, the zone-bench probe and the
-# vsock-probe (both ends of the vsock end-to-end test).
+# Builds the product's release binaries:
+# - static (glibc static-pie) into target/x86_64-unknown-linux-gnu/release/:
+#   zone-guest, the zone-bench probe and the vsock-probe (both ends of the
+#   vsock end-to-end test) — they run inside zones, which have no libraries;
+# - dynamic into target/release/: hypervisor-agent and zonectl, which link
+#   Debian's libtss2 (shipped only as shared libraries).
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -10,9 +13,13 @@ need gcc build-essential
 
 cd "$ZONE_ROOT"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  cargo build --release --locked --target "$ZONE_TARGET" -p hypervisor-agent -p zone-guest -p zone-tests --bins >&2
-for b in zonectl hypervisor-agent zone-guest zone-bench vsock-probe; do
+  cargo build --release --locked --target "$ZONE_TARGET" -p zone-guest -p zone-tests --no-default-features --bins >&2
+for b in zone-guest zone-bench vsock-probe; do
   file -L "$ZONE_BIN_DIR/$b" | grep -q 'static' || die "$ZONE_BIN_DIR/$b is not statically linked"
+done
+cargo build --release --locked -p hypervisor-agent --bins >&2
+for b in zonectl hypervisor-agent; do
+  [ -x "$ZONE_HOST_BIN_DIR/$b" ] || die "$ZONE_HOST_BIN_DIR/$b was not built"
 done
 # The stub guest of the VMM tests, for the benchmark (assembled by tests/build.rs).
 stub="$(find "$ZONE_ROOT/target/$ZONE_TARGET/release/build" -path '*/zone-tests-*/out/stub.elf' -printf '%T@ %p\n' \

@@ -7,15 +7,16 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 [ -x /bin/busybox ] || die "/bin/busybox is missing: apt-get install busybox-static"
-for b in zonectl zone-guest vsock-probe; do
+for b in zone-guest vsock-probe; do
   [ -x "$ZONE_BIN_DIR/$b" ] || die "no static $b: run scripts/build.sh first"
 done
+[ -x "$ZONE_HOST_BIN_DIR/zonectl" ] || die "no zonectl: run scripts/build.sh first"
 
 out="$ZONE_CACHE_DIR/images"
 mkdir -p "$out"
 for recipe in "$ZONE_ROOT"/images/*.toml; do
   name="$(basename "$recipe" .toml)"
-  "$ZONE_BIN_DIR/zonectl" image build "$recipe" -O "$out/$name.cpio" \
+  "$ZONE_HOST_BIN_DIR/zonectl" image build "$recipe" -O "$out/$name.cpio" \
     --input "zone-guest=$ZONE_BIN_DIR/zone-guest" --input busybox=/bin/busybox \
     --input "vsock-probe=$ZONE_BIN_DIR/vsock-probe" -o json \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["name"], d["path"], "sha256:"+d["sha256"])'

@@ -2,7 +2,11 @@
 # Assembles the test-host payload: what the tests copy into the test host's
 # root. Prints the payload directory.
 #
-#   opt/zone/bin/{zonectl,hypervisor-agent,zone-guest,zone-bench,vsock-probe}   static binaries
+#   opt/zone/bin/{zone-guest,zone-bench,vsock-probe}   static binaries
+#   opt/zone/bin/{zonectl,hypervisor-agent}           dynamic (libtss2), with
+#   usr/lib/x86_64-linux-gnu/…                        the libraries they need
+#                                                     beyond the base image's, and
+#                                                     the TCTI the loader dlopens
 #   opt/zone/kernel/vmlinux                         zone kernel (scripts/kernel/build.sh, cached)
 #   opt/zone/images/{base,shell,vsock-test}.cpio    zone images (scripts/images/build.sh)
 #
@@ -12,8 +16,11 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-for b in zonectl hypervisor-agent zone-guest zone-bench vsock-probe; do
+for b in zone-guest zone-bench vsock-probe; do
   [ -x "$ZONE_BIN_DIR/$b" ] || die "no static $b in $ZONE_BIN_DIR: run scripts/build.sh first"
+done
+for b in zonectl hypervisor-agent; do
+  [ -x "$ZONE_HOST_BIN_DIR/$b" ] || die "no $b in $ZONE_HOST_BIN_DIR: run scripts/build.sh first"
 done
 kernel="$("$ZONE_ROOT/scripts/kernel/build.sh" | tail -n 1)"
 [ -f "$kernel" ] || die "scripts/kernel/build.sh did not produce a vmlinux"
@@ -23,7 +30,17 @@ payload="${ZONE_TESTHOST_PAYLOAD:-$ZONE_CACHE_DIR/payload}"
 tmp="$payload.new"
 rm -rf "$tmp"
 mkdir -p "$tmp/opt/zone/bin" "$tmp/opt/zone/kernel" "$tmp/opt/zone/images"
-cp "$ZONE_BIN_DIR"/{zonectl,hypervisor-agent,zone-guest,zone-bench,vsock-probe} "$tmp/opt/zone/bin/"
+cp "$ZONE_BIN_DIR"/{zone-guest,zone-bench,vsock-probe} "$tmp/opt/zone/bin/"
+cp "$ZONE_HOST_BIN_DIR"/{zonectl,hypervisor-agent} "$tmp/opt/zone/bin/"
+# Shared libraries of the host binaries, plus the TPM device TCTI that
+# libtss2-tctildr dlopens (and its own libraries), at their /usr/lib paths
+# (the test host's /lib is a symlink to usr/lib).
+tcti=/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0
+[ -e "$tcti" ] || die "$tcti is missing: apt-get install libtss2-tcti-device0 (scripts/setup.sh installs libtss2-dev)"
+mkdir -p "$tmp/usr/lib/x86_64-linux-gnu"
+for lib in "$tcti" $(ldd "$ZONE_HOST_BIN_DIR/hypervisor-agent" "$tcti" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
+  cp -L "$lib" "$tmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
+done
 cp "$kernel" "$tmp/opt/zone/kernel/vmlinux"
 cp "$ZONE_CACHE_DIR"/images/*.cpio "$tmp/opt/zone/images/"
 rm -rf "$payload"
