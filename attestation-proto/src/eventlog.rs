@@ -80,6 +80,12 @@ pub enum EventLogError {
     TooManyEvents(usize),
 }
 
+/// A length as the log's u32 field (our records are at most a few KiB;
+/// anything past 4 GiB saturates and the parser would refuse it).
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// One event after the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -109,7 +115,7 @@ impl Event {
     pub fn tagged(pcr: u32, tag: u32, payload: &[u8]) -> Self {
         let mut data = Vec::with_capacity(8 + payload.len());
         data.extend_from_slice(&tag.to_le_bytes());
-        data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        data.extend_from_slice(&len_u32(payload.len()).to_le_bytes());
         data.extend_from_slice(payload);
         Self { pcr, event_type: EV_EVENT_TAG, digest: Sha256::digest(&data).into(), data }
     }
@@ -153,7 +159,7 @@ impl Event {
         b.extend_from_slice(&1u32.to_le_bytes());
         b.extend_from_slice(&ALG_SHA256.to_le_bytes());
         b.extend_from_slice(&self.digest);
-        b.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
+        b.extend_from_slice(&len_u32(self.data.len()).to_le_bytes());
         b.extend_from_slice(&self.data);
         b
     }
@@ -173,7 +179,7 @@ pub fn header() -> Vec<u8> {
     b.extend_from_slice(&0u32.to_le_bytes()); // pcrIndex
     b.extend_from_slice(&EV_NO_ACTION.to_le_bytes());
     b.extend_from_slice(&[0u8; 20]);
-    b.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+    b.extend_from_slice(&len_u32(spec.len()).to_le_bytes());
     b.extend_from_slice(&spec);
     b
 }

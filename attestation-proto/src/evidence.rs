@@ -45,7 +45,7 @@ pub fn leaf(nonce: &[u8], launch_record: &[u8]) -> Result<[u8; 32], NonceError> 
     check_nonce(nonce)?;
     let mut b = Vec::with_capacity(BINDING_LABEL.len() + 1 + nonce.len() + 32);
     b.extend_from_slice(BINDING_LABEL);
-    b.push(nonce.len() as u8);
+    b.push(u8::try_from(nonce.len()).unwrap_or(u8::MAX)); // ≤ 64, checked above
     b.extend_from_slice(nonce);
     b.extend_from_slice(&Sha256::digest(launch_record));
     Ok(crate::merkle::leaf_hash(&b))
