@@ -122,9 +122,10 @@ impl Event {
 
     /// The same event with its data withheld (digest kept).
     pub fn redacted(&self) -> Self {
-        let mut e = Self::tagged(self.pcr, TAG_REDACTED, &[]);
-        e.digest = self.digest;
-        e
+        let mut data = Vec::with_capacity(8);
+        data.extend_from_slice(&TAG_REDACTED.to_le_bytes());
+        data.extend_from_slice(&0u32.to_le_bytes());
+        Self { pcr: self.pcr, event_type: EV_EVENT_TAG, digest: self.digest, data }
     }
 
     /// Whether the digest is SHA-256 of the data.

@@ -115,31 +115,39 @@ fn is_hex_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn decode_canonical<T: Serialize + for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, RecordError> {
+/// The canonical bytes of a record (a struct of strings, integers and
+/// vectors always serialises).
+fn encode_canonical<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Parses a record of [`RECORD_VERSION`], refusing any non-canonical form.
+fn decode_canonical<T: Serialize + for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    version: impl Fn(&T) -> u32,
+) -> Result<T, RecordError> {
     if bytes.len() > MAX_RECORD_LEN {
         return Err(RecordError::TooLarge(bytes.len()));
     }
     let value: T = serde_json::from_slice(bytes).map_err(|e| RecordError::Malformed(e.to_string()))?;
-    let again = serde_json::to_vec(&value).map_err(|e| RecordError::Malformed(e.to_string()))?;
-    if again != bytes {
+    if encode_canonical(&value) != bytes {
         return Err(RecordError::NotCanonical);
     }
-    Ok(value)
+    match version(&value) {
+        RECORD_VERSION => Ok(value),
+        v => Err(RecordError::Version(v)),
+    }
 }
 
 impl LaunchRecord {
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
-        // A struct of strings, integers and vectors always serialises.
-        serde_json::to_vec(self).unwrap_or_default()
+        encode_canonical(self)
     }
 
     /// Parses canonical bytes and checks every field.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let r: Self = decode_canonical(bytes)?;
-        if r.version != RECORD_VERSION {
-            return Err(RecordError::Version(r.version));
-        }
+        let r: Self = decode_canonical(bytes, |r: &Self| r.version)?;
         let mut digests = vec![("kernel.sha256", &r.kernel.sha256), ("cmdline_sha256", &r.cmdline_sha256)];
         if let Some(i) = &r.initrd {
             digests.push(("initrd.sha256", &i.sha256));
@@ -167,16 +175,12 @@ impl LaunchRecord {
 impl StopRecord {
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        encode_canonical(self)
     }
 
     /// Parses canonical bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let r: Self = decode_canonical(bytes)?;
-        if r.version != RECORD_VERSION {
-            return Err(RecordError::Version(r.version));
-        }
-        Ok(r)
+        decode_canonical(bytes, |r: &Self| r.version)
     }
 }
 

@@ -29,6 +29,9 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
+    /// An atomic write failed (e.g. the disk is full).
+    #[error(transparent)]
+    Store(#[from] crate::daemon::store::StoreError),
     /// The file is not a log this daemon wrote.
     #[error("event log {path} is unreadable ({detail}); move it away to start a new log (zones launched so far then cannot attest)")]
     Corrupt {
@@ -112,15 +115,8 @@ impl LogStore {
             }
         }
         let bytes = eventlog::header();
-        crate::daemon::store::write_atomic(&path, &bytes).map_err(|e| LogError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let meta_json = serde_json::to_vec(&meta).unwrap_or_default();
-        crate::daemon::store::write_atomic(&meta_path, &meta_json).map_err(|e| LogError::Io {
-            path: meta_path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        crate::daemon::store::write_atomic(&path, &bytes)?;
+        crate::daemon::store::write_atomic(&meta_path, &serde_json::to_vec(&meta).unwrap_or_default())?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io_err(&path))?;
         Ok(Self { dir: dir.to_owned(), file, events: Vec::new(), bytes, meta })
     }

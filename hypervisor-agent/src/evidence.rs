@@ -19,14 +19,15 @@ struct Pending {
     leaf: [u8; 32],
 }
 
-/// The log as `launch_id`'s zone may see it.
-fn redacted_log(state: &State, launch_id: &str) -> Vec<u8> {
+/// The log as `launch_id`'s zone may see it; `redacted[i]` is event i's
+/// redacted encoding (made once per batch).
+fn redacted_log(state: &State, launch_id: &str, redacted: &[Vec<u8>]) -> Vec<u8> {
     let mut b = eventlog::header();
-    for (event, owner) in state.log.events().iter().zip(&state.owners) {
+    for ((event, owner), hidden) in state.log.events().iter().zip(&state.owners).zip(redacted) {
         if owner.as_deref() == Some(launch_id) {
             b.extend_from_slice(&event.encode());
         } else {
-            b.extend_from_slice(&event.redacted().encode());
+            b.extend_from_slice(hidden);
         }
     }
     b
@@ -86,6 +87,7 @@ pub(crate) fn answer(state: &mut State, batch: Vec<EvidenceRequest>) {
         }
     };
     tracing::debug!(batch = pending.len(), "answered evidence requests with one quote");
+    let redacted: Vec<Vec<u8>> = state.log.events().iter().map(|e| e.redacted().encode()).collect();
     for (i, p) in pending.into_iter().enumerate() {
         let proof = merkle::inclusion_proof(&leaves, i).unwrap_or_default();
         let ev = Evidence {
@@ -94,7 +96,7 @@ pub(crate) fn answer(state: &mut State, batch: Vec<EvidenceRequest>) {
             quote_attest: quote.attest.clone(),
             quote_signature: quote.signature.clone(),
             pcrs: vec![PcrValue { index: state.pcr, sha256: pcr_value.to_vec() }],
-            event_log: redacted_log(state, &p.req.launch_id),
+            event_log: redacted_log(state, &p.req.launch_id, &redacted),
             ak_public: state.tpm.ak_public.clone(),
             ek_public: state.tpm.ek_public.clone(),
             batch: Some(MerkleProof {

@@ -131,8 +131,7 @@ fn fault(point: &str) {
 }
 
 impl State {
-    fn index(&mut self, event: &Event) {
-        let owner = owner_of(event);
+    fn index(&mut self, owner: Option<(String, bool)>) {
         if let Some((id, is_launch)) = &owner {
             if *is_launch {
                 self.launches.insert(id.clone(), self.owners.len());
@@ -147,9 +146,10 @@ impl State {
         if let Some(why) = &self.poisoned {
             return Err(LedgerError::Poisoned(why.clone()));
         }
-        if let Some((id, false)) = owner_of(&event) {
+        let owner = owner_of(&event);
+        if let Some((id, false)) = &owner {
             // A stop closes a logged, open launch; anything else has nothing to close.
-            if self.stopped.contains(&id) || !self.launches.contains_key(&id) {
+            if self.stopped.contains(id) || !self.launches.contains_key(id) {
                 return Ok(());
             }
         }
@@ -163,7 +163,7 @@ impl State {
             return Err(e.into());
         }
         fault("after-extend");
-        self.index(&event);
+        self.index(owner);
         Ok(())
     }
 
@@ -217,8 +217,9 @@ fn open(settings: &TpmSettings, state_dir: &Path) -> Result<State, LedgerError> 
         quote_delay: Duration::from_millis(settings.simulated_quote_latency_ms),
         poisoned: None,
     };
-    for e in state.log.events().to_vec() {
-        state.index(&e);
+    let owners: Vec<_> = state.log.events().iter().map(owner_of).collect();
+    for owner in owners {
+        state.index(owner);
     }
     Ok(state)
 }

@@ -18,35 +18,18 @@ use std::path::{Path, PathBuf};
 use attestation_proto::launch::Artifact;
 use sha2::{Digest, Sha256};
 
-use crate::vmm::{VsockConfig, ZoneConfig};
+use crate::vmm::{ConfigError, MAX_ARTIFACT_MIB, VsockConfig, ZoneConfig};
 
-/// Largest artifact measured.
-pub const MAX_ARTIFACT: u64 = 2048 << 20;
 /// The seals a measured memfd must carry.
 pub const SEALS: libc::c_int = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+const MAX_ARTIFACT: u64 = MAX_ARTIFACT_MIB << 20;
 
 /// An artifact that could not be measured.
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
-    /// Reading the file failed.
-    #[error("cannot read the {what} {path}: {source}; check the path and its permissions")]
-    Read {
-        /// Which artifact.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not a regular file, or too large.
-    #[error("the {what} {path} is not a regular file of at most {} MiB", MAX_ARTIFACT >> 20)]
-    NotAFile {
-        /// Which artifact.
-        what: &'static str,
-        /// Its path.
-        path: PathBuf,
-    },
+    /// Unreadable, not a regular file, or too large (the VMM's own artifact errors).
+    #[error(transparent)]
+    Artifact(#[from] ConfigError),
     /// memfd trouble.
     #[error("cannot prepare the {what} for the VMM: {source}")]
     Memfd {
@@ -85,27 +68,40 @@ pub fn seals(fd: &impl AsRawFd) -> std::io::Result<libc::c_int> {
     if s < 0 { Err(std::io::Error::last_os_error()) } else { Ok(s) }
 }
 
+fn read_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MeasureError + 'a {
+    move |source| ConfigError::Read { what, path: path.to_owned(), source }.into()
+}
+
+fn too_large(what: &'static str, path: &Path) -> MeasureError {
+    ConfigError::NotAFile { what, path: path.to_owned(), max_mib: MAX_ARTIFACT_MIB }.into()
+}
+
+/// Opens a boot artifact, refusing non-files and oversized files.
+fn open_artifact(what: &'static str, path: &Path) -> Result<File, MeasureError> {
+    let file = File::open(path).map_err(read_err(what, path))?;
+    let meta = file.metadata().map_err(read_err(what, path))?;
+    if !meta.is_file() || meta.len() > MAX_ARTIFACT {
+        return Err(too_large(what, path));
+    }
+    Ok(file)
+}
+
 /// Reads `path` once into a sealed memfd, hashing the bytes as they go in.
 pub fn seal(what: &'static str, path: &Path) -> Result<Sealed, MeasureError> {
-    let read_err = |source| MeasureError::Read { what, path: path.to_owned(), source };
     let mem_err = |source| MeasureError::Memfd { what, source };
-    let mut file = File::open(path).map_err(read_err)?;
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() || meta.len() > MAX_ARTIFACT {
-        return Err(MeasureError::NotAFile { what, path: path.to_owned() });
-    }
+    let mut file = open_artifact(what, path)?;
     let mut out = memfd(&format!("zone-{what}")).map_err(mem_err)?;
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(read_err)?;
+        let n = file.read(&mut buf).map_err(read_err(what, path))?;
         if n == 0 {
             break;
         }
         size += n as u64;
         if size > MAX_ARTIFACT {
-            return Err(MeasureError::NotAFile { what, path: path.to_owned() });
+            return Err(too_large(what, path));
         }
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(mem_err)?;
@@ -147,13 +143,9 @@ pub fn zone_cmdline(cmdline: &str, command: &[String]) -> Result<String, String>
 
 /// SHA-256 of a file, streamed (for `zonectl measure`).
 pub fn digest_file(what: &'static str, path: &Path) -> Result<Artifact, MeasureError> {
-    let read_err = |source| MeasureError::Read { what, path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(read_err)?;
-    if !file.metadata().map_err(read_err)?.is_file() {
-        return Err(MeasureError::NotAFile { what, path: path.to_owned() });
-    }
+    let mut file = open_artifact(what, path)?;
     let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher).map_err(read_err)?;
+    let size = std::io::copy(&mut file, &mut hasher).map_err(read_err(what, path))?;
     Ok(Artifact { path: path.display().to_string(), size, sha256: hex::encode(hasher.finalize()) })
 }
 
@@ -176,7 +168,7 @@ mod tests {
         assert_eq!(read_sealed("kernel", sealed.fd).unwrap(), b"original kernel");
         let unsealed = OwnedFd::from(memfd("x").unwrap());
         assert!(read_sealed("kernel", unsealed).is_err());
-        assert!(matches!(seal("kernel", dir.path()), Err(MeasureError::NotAFile { .. })));
+        assert!(matches!(seal("kernel", dir.path()), Err(MeasureError::Artifact(ConfigError::NotAFile { .. }))));
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn run(g: &GlobalArgs, args: EventLogArgs) -> anyhow::Result<i32> {
     if let Some(out) = &args.out {
         std::fs::write(out, &reply.event_log)?;
     }
-    let events = eventlog::parse(&reply.event_log, &hypervisor_limits())?;
+    let events = eventlog::parse(&reply.event_log, &crate::eventlog::limits())?;
     let replay = eventlog::replay(&events, reply.pcr);
     let consistent = replay.as_slice() == reply.pcr_value.as_slice();
     let ak = hex::encode(ak_digest(&reply.ak_public));
@@ -86,8 +86,4 @@ pub fn run(g: &GlobalArgs, args: EventLogArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(if consistent { 0 } else { 1 })
-}
-
-fn hypervisor_limits() -> eventlog::Limits {
-    crate::eventlog::limits()
 }

@@ -39,6 +39,18 @@ pub enum TpmError {
     /// The embedded swtpm could not be set up or started.
     #[error("embedded TPM (swtpm): {0}")]
     Swtpm(String),
+    /// The TPM could not be reached.
+    #[error(
+        "cannot reach the TPM at {tcti}: {source}; check that the device (tpm.device) is readable by the daemon, \
+         or that the embedded swtpm runs on tpm.swtpm_port (see <state_dir>/swtpm/swtpm.log)"
+    )]
+    Connect {
+        /// The TCTI configuration.
+        tcti: String,
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
     /// A TPM command failed.
     #[error("TPM {op} failed: {source}")]
     Tss {
@@ -153,7 +165,7 @@ impl Tpm {
     /// (only for a TPM this daemon owns alone, the embedded swtpm).
     pub fn open(tcti: &str, key_dir: &Path, flush_stale: bool) -> Result<Self, TpmError> {
         let conf = TctiNameConf::from_str(tcti).map_err(tss("TCTI configuration"))?;
-        let mut ctx = Context::new(conf).map_err(tss("connect"))?;
+        let mut ctx = Context::new(conf).map_err(|source| TpmError::Connect { tcti: tcti.to_owned(), source })?;
         if flush_stale {
             flush_transients(&mut ctx)?;
         }

@@ -158,12 +158,4 @@ impl Swtpm {
         }
         Err(TpmError::Swtpm(format!("swtpm did not accept connections on 127.0.0.1:{} in time; see {}", self.port, log.display())))
     }
-
-    /// Stops the embedded swtpm (only for tests and tools: the daemon leaves it running).
-    pub fn stop(&self) {
-        if let Some(pid) = self.running_pid() {
-            // SAFETY: kill(2) with a pid read from our own pid file, after checking it is swtpm.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        }
-    }
 }

@@ -68,7 +68,7 @@ pub enum ConfigError {
 }
 
 /// Largest kernel or initramfs file read (larger files are refused, not loaded).
-const MAX_ARTIFACT_MIB: u64 = 2048;
+pub const MAX_ARTIFACT_MIB: u64 = 2048;
 
 /// The zone's vsock device: guest CID and host side (Firecracker-style hybrid
 /// vsock: guest connections to host port P reach the Unix socket

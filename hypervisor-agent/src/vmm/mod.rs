@@ -22,7 +22,7 @@ use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
-pub use config::{ConfigError, VsockConfig, ZoneConfig, read_artifact};
+pub use config::{ConfigError, MAX_ARTIFACT_MIB, VsockConfig, ZoneConfig, read_artifact};
 
 use crate::boot::{self, BootError};
 use crate::devices::serial::COM1_IRQ;
