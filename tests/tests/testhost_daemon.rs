@@ -4,43 +4,7 @@
 //! cannot hurt the daemon, and a daemon restart re-adopts a running zone
 //! whose zone-guest reconnects.
 
-use zone_tests::testhost::{self, BASE_IMAGE, KERNEL, SHELL_IMAGE};
-
-fn setup() -> String {
-    format!(
-        r#"
-mkdir -p /etc/za
-cat > /etc/za/agent.toml <<CFG
-state_dir = "/var/lib/za"
-socket = "/run/za/control.sock"
-[defaults]
-kernel = "{KERNEL}"
-initrd = "{BASE_IMAGE}"
-cmdline = "console=ttyS0 reboot=k panic=-1 quiet"
-memory_mib = 128
-CFG
-export ZONE_SOCKET=/run/za/control.sock
-start_daemon() {{
-  hypervisor-agent daemon --config /etc/za/agent.toml >> /tmp/daemon.log 2>&1 &
-  echo $! > /tmp/daemon.pid
-  for i in $(seq 200); do [ -S /run/za/control.sock ] && zonectl list > /dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "daemon did not start"; cat /tmp/daemon.log; exit 1
-}}
-field() {{ zonectl inspect "$1" -o json 2>/dev/null | grep "\"$2\"" | head -n 1 | sed 's/.*: //; s/[",]//g'; }}
-# wait_state ZONE STATE: polls up to 5 minutes; gives up at once if the zone does not exist.
-wait_state() {{
-  for i in $(seq 600); do
-    zonectl inspect "$1" > /dev/null 2>&1 || return 1
-    [ "$(field $1 state)" = "$2" ] && return 0
-    sleep 0.5
-  done
-  return 1
-}}
-rss_kib() {{ grep VmRSS /proc/$1/status | tr -s ' ' | cut -d' ' -f2; }}
-start_daemon
-"#
-    )
-}
+use zone_tests::testhost::{self, SHELL_IMAGE, daemon_prelude as setup};
 
 #[test]
 fn zones_report_ready_output_and_exit_over_the_host_channel() {

@@ -27,7 +27,8 @@ pub struct Channel {
     hello: Hello,
 }
 
-fn connect() -> std::io::Result<File> {
+/// Opens a new stream to the host channel port.
+pub(crate) fn connect() -> std::io::Result<File> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -37,7 +38,7 @@ fn connect() -> std::io::Result<File> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: an all-zero sockaddr_vm is valid; the fields are set below.
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or_default();
     addr.svm_cid = HOST_CID;
     addr.svm_port = HOST_CHANNEL_PORT;
     // SAFETY: `addr` is a valid sockaddr_vm and the length matches it.
@@ -45,7 +46,7 @@ fn connect() -> std::io::Result<File> {
         libc::connect(
             fd,
             (&addr as *const libc::sockaddr_vm).cast(),
-            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_vm>()).unwrap_or(libc::socklen_t::MAX),
         )
     };
     if rc != 0 {

@@ -10,8 +10,12 @@
 //! This library holds the parts that are plain logic (command-line parsing,
 //! status encoding) so they are unit-tested on the build machine; `main.rs`
 //! does the system calls.
+//!
+//! Run by anything other than the kernel (PID != 1), `zone-guest evidence`
+//! asks the host for evidence about this zone ([`evidence`]).
 
 pub mod channel;
+pub mod evidence;
 
 /// Printed on the console once the zone's userspace is up:
 /// `ZONE-GUEST-READY uptime_ms=<ms since boot>`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use attestation_proto::guest::{Exited, GuestMessage, Output, Stream, guest_message};
 use zone_guest::channel::Channel;
+use zone_guest::evidence;
 use zone_guest::{BootRequest, EXIT_MARKER, POWER_PORT, READY_MARKER, parse_cmdline, status_byte};
 
 /// How long zone-guest waits for the host channel before running the
@@ -13,6 +14,10 @@ use zone_guest::{BootRequest, EXIT_MARKER, POWER_PORT, READY_MARKER, parse_cmdli
 const CHANNEL_WAIT: Duration = Duration::from_secs(5);
 
 fn main() {
+    // SAFETY: getpid(2) has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        std::process::exit(tool(&std::env::args().skip(1).collect::<Vec<_>>()));
+    }
     mount_basics();
     let uptime_ms = uptime_ms();
     let request = std::fs::read_to_string("/proc/cmdline").map(|l| parse_cmdline(&l)).unwrap_or_else(|e| {
@@ -20,7 +25,7 @@ fn main() {
         BootRequest::default()
     });
     say(&format!("{READY_MARKER} uptime_ms={uptime_ms}"));
-    let channel = has_vsock_device().then(|| Channel::start(uptime_ms as u64));
+    let channel = has_vsock_device().then(|| Channel::start(u64::try_from(uptime_ms).unwrap_or(u64::MAX)));
 
     let status = if request.command.is_empty() {
         if !request.oneshot {
@@ -37,6 +42,58 @@ fn main() {
         c.send_last(msg, Duration::from_secs(2));
     }
     power_off(status);
+}
+
+/// zone-guest run as a command inside the zone: `zone-guest evidence …`.
+fn tool(args: &[String]) -> i32 {
+    match args.first().map(String::as_str) {
+        Some("evidence") => evidence_command(&args[1..]),
+        _ => {
+            eprintln!("zone-guest runs as the zone's PID 1; as a command it knows one subcommand:\n{}", evidence::USAGE);
+            2
+        }
+    }
+}
+
+fn evidence_command(args: &[String]) -> i32 {
+    let parsed = match evidence::parse_args(args) {
+        Ok(p) => p,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("zone-guest evidence: {e}");
+            }
+            eprintln!("{}", evidence::USAGE);
+            return 2;
+        }
+    };
+    let nonce = match parsed.nonce {
+        Some(n) => n,
+        None => {
+            let mut n = vec![0u8; 32];
+            if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut n)) {
+                eprintln!("zone-guest evidence: cannot read /dev/urandom for a nonce ({e}); pass --nonce HEX");
+                return 1;
+            }
+            eprintln!("nonce={}", hex::encode(&n));
+            n
+        }
+    };
+    let bytes = match evidence::request(&nonce, parsed.timeout) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("zone-guest evidence: {e}");
+            return 1;
+        }
+    };
+    let written = match &parsed.out {
+        Some(path) => std::fs::write(path, &bytes),
+        None => std::io::stdout().lock().write_all(&bytes).and_then(|()| std::io::stdout().flush()),
+    };
+    if let Err(e) = written {
+        eprintln!("zone-guest evidence: cannot write the evidence to {}: {e}", parsed.out.as_deref().unwrap_or("stdout"));
+        return 1;
+    }
+    0
 }
 
 /// Writes one line to the console and flushes it.
@@ -79,7 +136,7 @@ fn uptime_ms() -> u128 {
     if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
         return 0;
     }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32).as_millis()
+    Duration::new(u64::try_from(ts.tv_sec).unwrap_or(0), u32::try_from(ts.tv_nsec).unwrap_or(0)).as_millis()
 }
 
 /// Whether the zone has a virtio vsock device (virtio device id 19).

@@ -9,17 +9,26 @@
 //! ([`attestation_proto::channel::MAX_MESSAGE`]), the workload's output is
 //! throttled to [`OUTPUT_RATE`] bytes per second (the daemon simply stops
 //! reading, and vsock flow control then blocks the guest's writer), its log
-//! is capped at [`MAX_WORKLOAD_LOG`] bytes, and a malformed frame closes the
-//! connection with one log line.
+//! is capped at [`MAX_WORKLOAD_LOG`] bytes, a malformed frame closes the
+//! connection with one log line, and at most [`MAX_EVIDENCE_IN_FLIGHT`]
+//! evidence requests per zone wait for the TPM (more are refused at once).
+//!
+//! Evidence requests are answered about the zone the connection belongs to,
+//! and only while it is the launch that was current when the connection was
+//! accepted. They are served off the session's loop, so heartbeats and
+//! output keep flowing while the TPM quotes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use attestation_proto::channel::{Decoder, HOST_CHANNEL_PORT, encode};
-use attestation_proto::guest::{GuestMessage, HostMessage, Ping, guest_message, host_message};
+use attestation_proto::channel::{Decoder, HOST_CHANNEL_PORT, encode_host};
+use attestation_proto::guest::{
+    EvidenceReply, EvidenceRequest, GuestMessage, HostMessage, Ping, evidence_reply, guest_message, host_message,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::Daemon;
 
@@ -27,6 +36,8 @@ use super::Daemon;
 pub const OUTPUT_RATE: f64 = 1024.0 * 1024.0;
 /// Largest workload log kept per zone.
 pub const MAX_WORKLOAD_LOG: u64 = 64 * 1024 * 1024;
+/// Evidence requests of one zone that may wait for the TPM at once.
+pub const MAX_EVIDENCE_IN_FLIGHT: usize = 4;
 /// Heartbeat period.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
@@ -47,12 +58,14 @@ pub fn spawn(daemon: Arc<Daemon>, name: String, zone_dir: PathBuf) -> tokio::tas
                 return;
             }
         };
+        let evidence_slots = Arc::new(Semaphore::new(MAX_EVIDENCE_IN_FLIGHT));
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let (daemon, name, dir) = (Arc::clone(&daemon), name.clone(), zone_dir.clone());
+                    let slots = Arc::clone(&evidence_slots);
                     tokio::spawn(async move {
-                        if let Err(e) = session(&daemon, &name, &dir, stream).await {
+                        if let Err(e) = session(daemon, &name, &dir, stream, slots).await {
                             tracing::warn!(zone = %name, error = %e, "host channel closed");
                         }
                     });
@@ -94,7 +107,47 @@ impl Throttle {
     }
 }
 
-async fn session(daemon: &Daemon, name: &str, dir: &Path, stream: UnixStream) -> std::io::Result<()> {
+/// Serves one evidence request in the background; the reply goes to `replies`.
+fn serve_evidence(
+    daemon: &Arc<Daemon>,
+    name: &str,
+    launch_id: Option<&str>,
+    req: EvidenceRequest,
+    slots: &Arc<Semaphore>,
+    replies: &mpsc::Sender<HostMessage>,
+) {
+    let id = req.id;
+    let reply = move |result| HostMessage { message: Some(host_message::Message::EvidenceReply(EvidenceReply { id, result: Some(result) })) };
+    let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+        let busy = format!("zone {name} already has {MAX_EVIDENCE_IN_FLIGHT} evidence requests waiting for the TPM; retry when one is answered");
+        // A full reply queue means the zone is not reading: dropping is fine.
+        let _ = replies.try_send(reply(evidence_reply::Result::Error(busy)));
+        return;
+    };
+    let (daemon, name, launch_id, replies) = (Arc::clone(daemon), name.to_owned(), launch_id.map(str::to_owned), replies.clone());
+    tokio::spawn(async move {
+        let result = match daemon.launch_evidence(&name, launch_id.as_deref(), &req.nonce).await {
+            Ok(bytes) => evidence_reply::Result::Evidence(bytes),
+            Err(e) => {
+                tracing::warn!(zone = %name, error = %e, "evidence request over the host channel refused");
+                evidence_reply::Result::Error(e.to_string())
+            }
+        };
+        let _ = replies.send(reply(result)).await;
+        drop(permit);
+    });
+}
+
+async fn session(
+    daemon: Arc<Daemon>,
+    name: &str,
+    dir: &Path,
+    stream: UnixStream,
+    evidence_slots: Arc<Semaphore>,
+) -> std::io::Result<()> {
+    // The launch this connection belongs to: evidence is only ever about it.
+    let launch_id = daemon.launch_id(name);
+    let (replies, mut reply_rx) = mpsc::channel::<HostMessage>(MAX_EVIDENCE_IN_FLIGHT + 1);
     let (mut rd, mut wr) = stream.into_split();
     let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(dir.join("workload.log")).await?;
     let mut log_len = log.metadata().await?.len();
@@ -110,7 +163,11 @@ async fn session(daemon: &Daemon, name: &str, dir: &Path, stream: UnixStream) ->
             _ = ping.tick() => {
                 seq += 1;
                 let msg = HostMessage { message: Some(host_message::Message::Ping(Ping { seq })) };
-                let frame = encode(&msg).map_err(std::io::Error::other)?;
+                let frame = encode_host(&msg).map_err(std::io::Error::other)?;
+                wr.write_all(&frame).await?;
+            }
+            Some(msg) = reply_rx.recv() => {
+                let frame = encode_host(&msg).map_err(std::io::Error::other)?;
                 wr.write_all(&frame).await?;
             }
             n = rd.read(&mut buf[..want]) => {
@@ -126,6 +183,9 @@ async fn session(daemon: &Daemon, name: &str, dir: &Path, stream: UnixStream) ->
                     guest_message::Message::Hello(h) => daemon.mark_ready(name, h.ready_uptime_ms),
                     guest_message::Message::Exited(x) => daemon.mark_exited(name, x.status),
                     guest_message::Message::Pong(_) => {}
+                    guest_message::Message::EvidenceRequest(req) => {
+                        serve_evidence(&daemon, name, launch_id.as_deref(), req, &evidence_slots, &replies);
+                    }
                     guest_message::Message::Output(o) => {
                         throttle.take(o.data.len()).await;
                         if log_len + o.data.len() as u64 <= MAX_WORKLOAD_LOG {

@@ -340,6 +340,7 @@ impl Daemon {
         let initrd = spec.initrd.as_deref().map(|p| crate::measure::seal("initramfs", p)).transpose().map_err(measure_err)?;
         if let Some(ms) = std::env::var(PAUSE_AFTER_MEASURE_ENV).ok().and_then(|v| v.parse().ok()) {
             // Tests only: a window to replace the files after measurement.
+            tracing::warn!(zone = %name, ms, "test hook: pausing after measurement");
             std::thread::sleep(Duration::from_millis(ms));
         }
         let loaded_cmdline =
@@ -404,12 +405,27 @@ impl Daemon {
 
     /// Fresh evidence about a live zone for `nonce`.
     pub async fn evidence(&self, name: &str, nonce: &[u8]) -> Result<Vec<u8>, DaemonError> {
+        self.launch_evidence(name, None, nonce).await
+    }
+
+    /// Fresh evidence about a live zone for `nonce`; with `launch_id`, only
+    /// if the zone is still that launch (a host channel connection belongs
+    /// to one launch of a name, never to the next zone of the same name).
+    pub async fn launch_evidence(&self, name: &str, launch_id: Option<&str>, nonce: &[u8]) -> Result<Vec<u8>, DaemonError> {
         attestation_proto::evidence::check_nonce(nonce).map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let r = self.get(name)?;
         let launch = r.launch.as_ref().filter(|_| r.state.is_live() && r.state != State::Stopping).ok_or_else(|| {
             DaemonError::FailedPrecondition(format!("zone {name} is {}; only a running zone has evidence", r.state.as_str()))
         })?;
+        if launch_id.is_some_and(|id| id != launch.launch_id) {
+            return Err(DaemonError::FailedPrecondition(format!("zone {name} was relaunched; this connection belongs to an earlier launch")));
+        }
         self.ledger.evidence(&launch.launch_id, nonce).await.map_err(ledger_error)
+    }
+
+    /// The launch ID of a zone's current launch, if it was measured.
+    pub fn launch_id(&self, name: &str) -> Option<String> {
+        self.get(name).ok().and_then(|r| r.launch.map(|l| l.launch_id))
     }
 
     /// The ledger (event log, PCR, keys).
