@@ -1,0 +1,318 @@
+//! Attestation benchmark, on this machine against the embedded swtpm:
+//!
+//! - evidence latency (p50/p99) of single requests through the ledger (log
+//!   snapshot, Merkle batch of one, TPM quote, encoding), next to the same
+//!   quote made by tpm2-tools' `tpm2_quote` (a process per quote, its own
+//!   swtpm) — the way script-driven attestation agents quote;
+//! - throughput of 100 concurrent requests, batched (one quote shared
+//!   through a Merkle root) vs one quote per request, with the swtpm as is
+//!   and with an artificial 100 ms per quote standing in for a hardware TPM;
+//! - verifier throughput on one core for logs of 10 and 1,000 events.
+//!
+//! Usage: `attest-bench [--runs N] [--concurrency N] [--slow-quote-ms MS] [--peer-runs N]`.
+//! Prints a markdown table, then one JSON line with every figure.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use attestation_proto::launch::{Artifact, LaunchRecord, RECORD_VERSION, sha256_hex};
+use attestation_proto::policy::Policy;
+use attestation_proto::verify::{Trust, ak_digest, verify};
+use hypervisor_agent::daemon::config::TpmSettings;
+use hypervisor_agent::ledger::Ledger;
+use serde_json::json;
+
+struct Args {
+    runs: usize,
+    concurrency: usize,
+    slow_quote_ms: u64,
+    peer_runs: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args { runs: 200, concurrency: 100, slow_quote_ms: 100, peer_runs: 30 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut num = || -> anyhow::Result<u64> {
+            let v = it.next().with_context(|| format!("{flag} needs a value"))?;
+            v.parse().with_context(|| format!("{flag}: {v:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--runs" => a.runs = usize::try_from(num()?)?.max(1),
+            "--concurrency" => a.concurrency = usize::try_from(num()?)?.max(1),
+            "--slow-quote-ms" => a.slow_quote_ms = num()?,
+            "--peer-runs" => a.peer_runs = usize::try_from(num()?)?,
+            other => bail!("unknown argument {other}; usage: attest-bench [--runs N] [--concurrency N] [--slow-quote-ms MS] [--peer-runs N]"),
+        }
+    }
+    Ok(a)
+}
+
+/// A loopback port whose successor is free too (swtpm's server and control ports).
+fn free_port_pair() -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free pair of loopback ports")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn sorted_ms(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn record(i: usize) -> LaunchRecord {
+    let cmdline = format!("console=ttyS0 reboot=k panic=-1 quiet zone.bench={i}");
+    LaunchRecord {
+        version: RECORD_VERSION,
+        host: "bench-host".into(),
+        zone: format!("bench-{i}"),
+        launch_id: format!("{i:032x}"),
+        kernel: Artifact::measure("/opt/zone/kernel/vmlinux", b"kernel"),
+        initrd: Some(Artifact::measure("/opt/zone/images/base.cpio", b"initrd")),
+        cmdline_sha256: sha256_hex(cmdline.as_bytes()),
+        cmdline,
+        vcpus: 1,
+        memory_mib: 64,
+        devices: vec![format!("virtio-vsock:cid={}", i + 3)],
+        launched_unix_ms: 0,
+    }
+}
+
+fn nonce(i: usize) -> Vec<u8> {
+    let mut n = vec![0u8; 32];
+    n[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    n[8..16].copy_from_slice(&(std::process::id() as u64).to_be_bytes());
+    n
+}
+
+/// A ledger on the embedded swtpm in `dir` (the swtpm stays up between ledgers).
+fn ledger(dir: &Path, port: u16, max_batch: usize, quote_ms: u64) -> anyhow::Result<Ledger> {
+    let settings = TpmSettings {
+        device: "/nonexistent/tpm".into(),
+        pcr: 15,
+        swtpm_port: port,
+        max_batch,
+        simulated_quote_latency_ms: quote_ms,
+    };
+    // The previous ledger's thread lets go of the TPM connection when its handle drops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Ledger::start(&settings, dir) {
+            Ok(l) => return Ok(l),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(e).context("starting the ledger"),
+        }
+    }
+}
+
+/// Verifications per second on this thread, for `secs` seconds.
+fn verifier_rate(evidence: &[u8], nonce: &[u8], trust: &Trust, policy: &Policy, secs: f64) -> anyhow::Result<(f64, usize)> {
+    let v = verify(evidence, nonce, trust, policy).map_err(|e| anyhow::anyhow!("genuine evidence rejected: {e}"))?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        verify(evidence, nonce, trust, policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+        n += 1;
+    }
+    Ok((n as f64 / start.elapsed().as_secs_f64(), v.events))
+}
+
+/// 100 concurrent requests: (requests per second, quotes made).
+fn concurrent(rt: &tokio::runtime::Runtime, l: &Ledger, n: usize, ids: &[String], trust: &Trust) -> anyhow::Result<(f64, usize, f64)> {
+    let start = Instant::now();
+    let results: Vec<(Vec<u8>, Vec<u8>)> = rt.block_on(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (l, id, nonce) = (l.clone(), ids[i % ids.len()].clone(), nonce(10_000 + i));
+                tokio::spawn(async move { l.evidence(&id, &nonce).await.map(|e| (e, nonce)) })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await??);
+        }
+        anyhow::Ok(out)
+    })?;
+    let wall = start.elapsed().as_secs_f64();
+    let mut quotes = std::collections::HashSet::new();
+    for (i, (ev, nonce)) in results.iter().enumerate() {
+        let decoded = attestation_proto::evidence::decode(ev).map_err(|e| anyhow::anyhow!(e))?;
+        quotes.insert(decoded.quote_attest);
+        let policy = Policy::admitting(&record(i % ids.len()));
+        verify(ev, nonce, trust, &policy).map_err(|e| anyhow::anyhow!("request {i}: {e}"))?;
+    }
+    Ok((n as f64 / wall, quotes.len(), wall))
+}
+
+/// Persistent handle of the tpm2-tools peer's AK.
+const PEER_AK: &str = "0x81010002";
+
+/// tpm2-tools quoting the same PCR on its own swtpm: a process per quote.
+fn peer_tpm2_quote(runs: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port_pair()?;
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state)?;
+    let mut swtpm = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--server")
+        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .spawn()
+        .context("cannot start swtpm for the tpm2-tools peer (apt-get install swtpm)")?;
+    let result = (|| {
+        let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new(args[0]).args(&args[1..]).env("TPM2TOOLS_TCTI", &tcti).current_dir(dir.path()).output()
+                .with_context(|| format!("cannot run {} (apt-get install tpm2-tools)", args[0]))?;
+            if !out.status.success() {
+                bail!("{} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        run(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"])?;
+        run(&["tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u", "ak.pub"])?;
+        // No resource manager on a bare swtpm: free the object slots, and
+        // keep the AK persistent so a quote loads nothing.
+        run(&["tpm2_flushcontext", "-t"])?;
+        run(&["tpm2_evictcontrol", "-C", "o", "-c", "ak.ctx", PEER_AK])?;
+        run(&["tpm2_flushcontext", "-t"])?;
+        let mut ms = Vec::new();
+        for i in 0..runs + 1 {
+            let q = hex::encode(nonce(20_000 + i));
+            let t = Instant::now();
+            run(&["tpm2_quote", "-c", PEER_AK, "-l", "sha256:15", "-q", &q, "-m", "q.msg", "-s", "q.sig", "-o", "q.pcrs", "-g", "sha256"])?;
+            if i > 0 {
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(ms)
+    })();
+    let _ = swtpm.kill();
+    let _ = swtpm.wait();
+    result
+}
+
+fn stop_embedded_swtpm(dir: &Path) {
+    let pid_file: PathBuf = dir.join("swtpm/swtpm.pid");
+    if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) on the pid of the swtpm this benchmark started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let port = free_port_pair()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = run(&args, dir.path(), port, &rt);
+    stop_embedded_swtpm(dir.path());
+    result
+}
+
+fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let l = ledger(dir, port, 256, 0)?;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = record(i);
+        l.record_launch(15, &r)?;
+        ids.push(r.launch_id);
+    }
+    let snap = l.snapshot()?;
+    let trust = Trust { ak_sha256: vec![ak_digest(&snap.ak_public)] };
+    let policy0 = Policy::admitting(&record(0));
+
+    // Single-request latency.
+    let mut lat = Vec::new();
+    for i in 0..args.runs + 5 {
+        let n = nonce(i);
+        let t = Instant::now();
+        let ev = rt.block_on(l.evidence(&ids[0], &n))?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if i >= 5 {
+            lat.push(ms);
+        }
+        if i == 0 {
+            verify(&ev, &n, &trust, &policy0).map_err(|e| anyhow::anyhow!("genuine evidence rejected: {e}"))?;
+        }
+    }
+    let lat = sorted_ms(lat);
+    let n10 = nonce(999);
+    let ev10 = rt.block_on(l.evidence(&ids[0], &n10))?;
+    let (verify10, events10) = verifier_rate(&ev10, &n10, &trust, &policy0, 2.0)?;
+    drop(l);
+
+    // Concurrency: batched vs one quote per request, swtpm speed and a slow TPM.
+    let mut conc = Vec::new();
+    for (quote_ms, max_batch) in [(0, 256), (0, 1), (args.slow_quote_ms, 256), (args.slow_quote_ms, 1)] {
+        let l = ledger(dir, port, max_batch, quote_ms)?;
+        let (rate, quotes, wall) = concurrent(rt, &l, args.concurrency, &ids, &trust)?;
+        conc.push(json!({"quote_delay_ms": quote_ms, "max_batch": max_batch, "requests_per_s": rate, "quotes": quotes, "wall_s": wall}));
+        drop(l);
+    }
+
+    // A log of 1,000 events.
+    let l = ledger(dir, port, 256, 0)?;
+    let have = l.snapshot()?.events;
+    for i in have..1000 {
+        l.record_launch(15, &record(i))?;
+    }
+    let n1000 = nonce(1999);
+    let ev1000 = rt.block_on(l.evidence(&ids[0], &n1000))?;
+    let (verify1000, events1000) = verifier_rate(&ev1000, &n1000, &trust, &policy0, 2.0)?;
+    drop(l);
+
+    let peer = if args.peer_runs > 0 { Some(sorted_ms(peer_tpm2_quote(args.peer_runs)?)) } else { None };
+
+    println!("| measurement | figure |");
+    println!("|---|---|");
+    println!("| evidence latency, 1 request at a time (ledger → swtpm quote → encoded evidence), {} runs | p50 {:.1} ms, p99 {:.1} ms |", lat.len(), percentile(&lat, 50.0), percentile(&lat, 99.0));
+    if let Some(p) = &peer {
+        println!("| peer: `tpm2_quote` on its own swtpm (process per quote), {} runs | p50 {:.1} ms, p99 {:.1} ms |", p.len(), percentile(p, 50.0), percentile(p, 99.0));
+    }
+    for c in &conc {
+        println!(
+            "| {} concurrent requests, quote +{} ms, {} | {:.0} requests/s ({} quotes, {:.2} s) |",
+            args.concurrency,
+            c["quote_delay_ms"],
+            if c["max_batch"] == 1 { "one quote per request".to_owned() } else { "batched".to_owned() },
+            c["requests_per_s"].as_f64().unwrap_or(f64::NAN),
+            c["quotes"],
+            c["wall_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("| verifier, log of {events10} events, 1 core | {verify10:.0} verifications/s |");
+    println!("| verifier, log of {events1000} events, 1 core | {verify1000:.0} verifications/s |");
+    let summary = json!({
+        "latency_ms": {"p50": percentile(&lat, 50.0), "p99": percentile(&lat, 99.0), "runs": lat.len()},
+        "peer_tpm2_quote_ms": peer.as_ref().map(|p| json!({"p50": percentile(p, 50.0), "p99": percentile(p, 99.0), "runs": p.len()})),
+        "concurrent": conc,
+        "verifier": [{"events": events10, "per_s": verify10, "evidence_bytes": ev10.len()}, {"events": events1000, "per_s": verify1000, "evidence_bytes": ev1000.len()}],
+    });
+    println!("{summary}");
+    Ok(())
+}
