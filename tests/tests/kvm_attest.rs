@@ -143,6 +143,23 @@ fn tpm2_tools_accept_the_exported_quote_and_log_and_reject_tampering() {
     let bad_log = tampered("eventlog.bin", 65 + 14 + 5);
     let rejected = checkquote(&f("quote.msg"), &bad_log);
     assert!(!rejected.status.success(), "tpm2_checkquote accepted a tampered event log");
+
+    // The keys a verifier pins: the same AK as in the evidence, and the EK
+    // certificate (the embedded swtpm has one), whose key is the EK's.
+    let keys = d.dir.path().join("keys");
+    let out = d.zonectl(&["eventlog", "--export-keys", keys.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(keys.join("ak.pem")).unwrap(), std::fs::read(dir.join("ak.pem")).unwrap());
+    let ak_pub = std::fs::read(keys.join("ak.pub")).unwrap();
+    assert_eq!(hex::encode(attestation_proto::verify::ak_digest(&ak_pub)), d.json(&["eventlog"])["ak_sha256"].as_str().unwrap());
+    let ek = attestation_proto::tpm::public::PublicArea::parse(&std::fs::read(keys.join("ek.pub")).unwrap()).unwrap();
+    let attestation_proto::tpm::public::KeyParams::Rsa(rsa) = ek.params else { panic!("the EK is RSA") };
+    let modulus = Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-modulus", "-in", keys.join("ek-cert.der").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(modulus.status.success(), "openssl cannot read ek-cert.der: {}", text(&modulus.stderr));
+    assert_eq!(text(&modulus.stdout).trim().to_lowercase(), format!("modulus={}", hex::encode(&rsa.modulus)));
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `zonectl eventlog`: the host's event log, the zone PCR and the AK.
+//! `zonectl eventlog`: the host's event log, the zone PCR and the AK; with
+//! `--export-keys`, the keys a verifier pins (AK, EK, EK certificate).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,31 @@ pub struct EventLogArgs {
     /// Also write the raw log (TCG crypto-agile format, for tpm2_eventlog) here.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Write the host's keys for verifiers into this directory: ak.pub
+    /// (TPMT_PUBLIC), ak.pem, ek.pub (TPMT_PUBLIC) and, when the TPM has one,
+    /// ek-cert.der (the EK certificate).
+    #[arg(long, value_name = "DIR")]
+    pub export_keys: Option<PathBuf>,
+}
+
+/// Writes the keys a verifier needs into `dir`; returns the files written.
+fn export_keys(reply: &attestation_proto::control::GetEventLogReply, dir: &std::path::Path) -> anyhow::Result<Vec<&'static str>> {
+    use anyhow::Context;
+    let ak = attestation_proto::tpm::public::PublicArea::parse(&reply.ak_public).context("the daemon's AK public area")?;
+    let mut files = vec![
+        ("ak.pub", reply.ak_public.clone()),
+        ("ak.pem", ak.to_spki_pem()?.into_bytes()),
+        ("ek.pub", reply.ek_public.clone()),
+    ];
+    if !reply.ek_certificate.is_empty() {
+        files.push(("ek-cert.der", reply.ek_certificate.clone()));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in &files {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(files.into_iter().map(|(n, _)| n).collect())
 }
 
 fn describe(e: &eventlog::Event) -> serde_json::Value {
@@ -45,6 +71,10 @@ pub fn run(g: &GlobalArgs, args: EventLogArgs) -> anyhow::Result<i32> {
     })?;
     if let Some(out) = &args.out {
         std::fs::write(out, &reply.event_log)?;
+    }
+    if let Some(dir) = &args.export_keys {
+        let written = export_keys(&reply, dir)?;
+        eprintln!("wrote {} to {}", written.join(", "), dir.display());
     }
     let events = eventlog::parse(&reply.event_log, &crate::eventlog::limits())?;
     let replay = eventlog::replay(&events, reply.pcr);
