@@ -1,0 +1,118 @@
+//! The agent-side `zone` NodeAttestor, run by `spire-agent` inside a zone:
+//! sends [`crate::server::AgentHello`] as the payload, then answers each
+//! challenge (the server's nonce) with fresh evidence about this zone,
+//! asked for over the zone's host channel (`zone_guest::evidence`).
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::{AgentData, parse};
+use crate::goplugin::Configurable;
+use crate::log::{Level, log};
+use crate::proto::agent_nodeattestor::node_attestor_server::NodeAttestor;
+use crate::proto::agent_nodeattestor::{Challenge, PayloadOrChallengeResponse, payload_or_challenge_response};
+use crate::server::{AgentHello, PROTOCOL_VERSION};
+
+/// Default wait for the host's evidence.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The agent plugin.
+#[derive(Debug)]
+pub struct AgentPlugin {
+    timeout: RwLock<Duration>,
+}
+
+impl Default for AgentPlugin {
+    fn default() -> Self {
+        Self { timeout: RwLock::new(DEFAULT_TIMEOUT) }
+    }
+}
+
+fn timeout_of(hcl: &str) -> Result<Duration, String> {
+    let data: AgentData = parse(hcl).map_err(|e| e.to_string())?;
+    match data.evidence_timeout_seconds {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(0) => Err("evidence_timeout_seconds must be at least 1".into()),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+impl Configurable for AgentPlugin {
+    fn configure(&self, _trust_domain: &str, hcl: &str) -> Result<(), String> {
+        *self.timeout.write().unwrap_or_else(|p| p.into_inner()) = timeout_of(hcl)?;
+        Ok(())
+    }
+
+    fn validate(&self, _trust_domain: &str, hcl: &str) -> Result<(), String> {
+        timeout_of(hcl).map(|_| ())
+    }
+}
+
+/// The payload the agent plugin sends first.
+pub fn payload() -> Vec<u8> {
+    serde_json::to_vec(&AgentHello { zone_attestor: PROTOCOL_VERSION }).unwrap_or_default()
+}
+
+fn message(data: payload_or_challenge_response::Data) -> PayloadOrChallengeResponse {
+    PayloadOrChallengeResponse { data: Some(data) }
+}
+
+type AidStream = Pin<Box<dyn Stream<Item = Result<PayloadOrChallengeResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl NodeAttestor for Arc<AgentPlugin> {
+    type AidAttestationStream = AidStream;
+
+    async fn aid_attestation(&self, request: Request<Streaming<Challenge>>) -> Result<Response<Self::AidAttestationStream>, Status> {
+        let timeout = *self.timeout.read().unwrap_or_else(|p| p.into_inner());
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let mut challenges = request.into_inner();
+        tokio::spawn(async move {
+            if tx.send(Ok(message(payload_or_challenge_response::Data::Payload(payload())))).await.is_err() {
+                return;
+            }
+            while let Ok(Some(Challenge { challenge: nonce })) = challenges.message().await {
+                let asked = nonce.clone();
+                let got = tokio::task::spawn_blocking(move || zone_guest::evidence::request(&asked, timeout)).await;
+                let reply = match got {
+                    Ok(Ok(evidence)) => {
+                        log(Level::Info, "evidence obtained from the host", &[("bytes", &evidence.len().to_string())]);
+                        Ok(message(payload_or_challenge_response::Data::ChallengeResponse(evidence)))
+                    }
+                    Ok(Err(e)) => {
+                        log(Level::Error, "no evidence from the host", &[("reason", &e.to_string())]);
+                        Err(Status::unavailable(format!("no evidence from the host: {e}")))
+                    }
+                    Err(e) => Err(Status::internal(format!("evidence task failed: {e}"))),
+                };
+                let failed = reply.is_err();
+                if tx.send(reply).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_payload_is_what_the_server_expects() {
+        crate::server::check_payload(&payload()).unwrap();
+    }
+
+    #[test]
+    fn timeouts_are_configurable() {
+        assert_eq!(timeout_of("").unwrap(), DEFAULT_TIMEOUT);
+        assert_eq!(timeout_of("evidence_timeout_seconds = 5").unwrap(), Duration::from_secs(5));
+        assert!(timeout_of("evidence_timeout_seconds = 0").is_err());
+        assert!(timeout_of("other = 1").is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! `plugin_data`: SPIRE prints the block back as HCL (v1 printer) without
+//! braces and passes it in `Configure`. Keys may arrive quoted (`"key" = …`,
+//! from JSON configs), which HCL 2 parsers refuse, so quotes around a key are
+//! removed first.
+
+use std::path::PathBuf;
+
+use attestation_proto::policy::Policy;
+use attestation_proto::verify::{Trust, ak_digest};
+use serde::Deserialize;
+
+/// A configuration error, for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not HCL, or unknown/mistyped keys.
+    #[error("plugin_data is not valid: {0}")]
+    Syntax(String),
+    /// Something is missing or wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Unquotes the attribute keys of HCL v1 output: `"key" = v` → `key = v`.
+pub fn unquote_keys(hcl: &str) -> String {
+    hcl.lines()
+        .map(|line| {
+            let t = line.trim_start();
+            let indent = &line[..line.len() - t.len()];
+            if let Some(rest) = t.strip_prefix('"') {
+                if let Some(end) = rest.find('"') {
+                    let (key, after) = (&rest[..end], rest[end + 1..].trim_start());
+                    if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') && after.starts_with('=') {
+                        return format!("{indent}{key} {after}");
+                    }
+                }
+            }
+            line.to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Parses `plugin_data` into `T` (empty text = all defaults).
+pub fn parse<T: for<'de> Deserialize<'de> + Default>(hcl: &str) -> Result<T, ConfigError> {
+    if hcl.trim().is_empty() {
+        return Ok(T::default());
+    }
+    hcl::from_str(&unquote_keys(hcl)).map_err(|e| ConfigError::Syntax(e.to_string()))
+}
+
+/// The server plugin's `plugin_data`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerData {
+    /// SHA-256 (hex) of each trusted host AK's TPMT_PUBLIC (`zonectl eventlog` prints it).
+    #[serde(default)]
+    pub trusted_ak_sha256: Vec<String>,
+    /// Files holding a trusted AK's TPMT_PUBLIC (`ak.pub` from `zonectl eventlog --export-keys`).
+    #[serde(default)]
+    pub trusted_ak_paths: Vec<PathBuf>,
+    /// The policy file (TOML, as `zonectl measure --policy` and `zonectl policy suggest` write it).
+    #[serde(default)]
+    pub policy_path: Option<PathBuf>,
+}
+
+/// What the server plugin runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The trust domain (from SPIRE's core configuration).
+    pub trust_domain: String,
+    /// The pinned AKs.
+    pub trust: Trust,
+    /// The policy.
+    pub policy: Policy,
+}
+
+/// A trust domain name as SPIFFE allows it: lower-case letters, digits, `.`, `-`, `_`.
+fn valid_trust_domain(td: &str) -> bool {
+    !td.is_empty() && td.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'))
+}
+
+impl ServerConfig {
+    /// Builds the configuration from SPIRE's `Configure` request (reads the files it names).
+    pub fn from_request(trust_domain: &str, hcl: &str) -> Result<Self, ConfigError> {
+        if !valid_trust_domain(trust_domain) {
+            return Err(ConfigError::Invalid(format!("trust domain {trust_domain:?} is not a valid SPIFFE trust domain name")));
+        }
+        let data: ServerData = parse(hcl)?;
+        let mut trust = Trust { ak_sha256: Vec::new() };
+        for h in &data.trusted_ak_sha256 {
+            let d = hex::decode(h.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok());
+            trust.ak_sha256.push(d.ok_or_else(|| {
+                ConfigError::Invalid(format!("trusted_ak_sha256 entry {h:?} is not 64 hex digits (`zonectl eventlog` prints the AK's)"))
+            })?);
+        }
+        for p in &data.trusted_ak_paths {
+            let bytes = std::fs::read(p).map_err(|e| ConfigError::Invalid(format!("cannot read trusted_ak_paths entry {}: {e}", p.display())))?;
+            attestation_proto::tpm::public::PublicArea::parse(&bytes).map_err(|e| {
+                ConfigError::Invalid(format!("{} is not an AK public area (ak.pub from `zonectl eventlog --export-keys`): {e}", p.display()))
+            })?;
+            trust.ak_sha256.push(ak_digest(&bytes));
+        }
+        if trust.ak_sha256.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no trusted host AK: set trusted_ak_sha256 (from `zonectl eventlog`) or trusted_ak_paths".into(),
+            ));
+        }
+        let path = data.policy_path.ok_or_else(|| {
+            ConfigError::Invalid("policy_path is required: a policy file from `zonectl measure --policy` or `zonectl policy suggest`".into())
+        })?;
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid(format!("cannot read policy_path {}: {e}", path.display())))?;
+        let policy = Policy::parse(&text).map_err(|e| ConfigError::Invalid(format!("policy_path {}: {e}", path.display())))?;
+        Ok(Self { trust_domain: trust_domain.to_owned(), trust, policy })
+    }
+}
+
+/// The agent plugin's `plugin_data`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentData {
+    /// Seconds to wait for the host's evidence (default 30).
+    #[serde(default)]
+    pub evidence_timeout_seconds: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_keys_are_unquoted() {
+        assert_eq!(unquote_keys("\"policy_path\" = \"/p\"\n  \"a_b\"= 1"), "policy_path = \"/p\"\n  a_b = 1");
+        assert_eq!(unquote_keys("x = \"\\\"q\\\" = 1\""), "x = \"\\\"q\\\" = 1\"");
+    }
+
+    #[test]
+    fn server_config_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("p.toml");
+        std::fs::write(&policy, format!("version = 1\n[[allow]]\nname = \"web-*\"\nkernel_sha256 = [\"{d}\"]\ninitrd_sha256 = [\"none\"]\ncmdline_sha256 = [\"{d}\"]\n", d = "ab".repeat(32))).unwrap();
+        let ak = "cd".repeat(32);
+        let hcl = format!("\"trusted_ak_sha256\" = [\"{ak}\"]\n\"policy_path\" = \"{}\"", policy.display());
+        let c = ServerConfig::from_request("example.org", &hcl).unwrap();
+        assert_eq!(c.trust.ak_sha256, vec![[0xcd; 32]]);
+        let err = |td: &str, hcl: &str| ServerConfig::from_request(td, hcl).unwrap_err().to_string();
+        assert!(err("example.org", "").contains("no trusted host AK"));
+        assert!(err("example.org", &format!("trusted_ak_sha256 = [\"{ak}\"]")).contains("policy_path is required"));
+        assert!(err("example.org", "trusted_ak_sha256 = [\"zz\"]").contains("64 hex digits"));
+        assert!(err("example.org", "unknown_key = 1").contains("not valid"));
+        assert!(err("Example Org", &hcl).contains("trust domain"));
+        assert!(err("example.org", &format!("trusted_ak_sha256 = [\"{ak}\"]\npolicy_path = \"/nonexistent\"")).contains("cannot read"));
+    }
+}
