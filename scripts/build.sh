@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the product's release binaries:
 # - static (glibc static-pie) into target/x86_64-unknown-linux-gnu/release/:
-#   zone-guest, the zone-bench probe and the vsock-probe (both ends of the
-#   vsock end-to-end test) — they run inside zones, which have no libraries;
+#   zone-guest, the zone-bench probe, the vsock-probe (both ends of the
+#   vsock end-to-end test) and the SPIRE plugins (zone-attestor-agent runs
+#   inside zones, zone-attestor-server next to spire-server) — zones have no
+#   libraries;
 # - dynamic into target/release/: hypervisor-agent and zonectl, which link
 #   Debian's libtss2 (shipped only as shared libraries).
 set -euo pipefail
@@ -13,8 +15,8 @@ need gcc build-essential
 
 cd "$ZONE_ROOT"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-  cargo build --release --locked --target "$ZONE_TARGET" -p zone-guest -p zone-tests --no-default-features --bins >&2
-for b in zone-guest zone-bench vsock-probe; do
+  cargo build --release --locked --target "$ZONE_TARGET" -p zone-guest -p zone-tests -p spire-plugin --no-default-features --bins >&2
+for b in zone-guest zone-bench vsock-probe zone-attestor-agent zone-attestor-server; do
   file -L "$ZONE_BIN_DIR/$b" | grep -q 'static' || die "$ZONE_BIN_DIR/$b is not statically linked"
 done
 cargo build --release --locked -p hypervisor-agent --bins >&2

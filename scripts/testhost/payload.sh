@@ -8,7 +8,9 @@
 #                                                     beyond the base image's, and
 #                                                     the TCTI the loader dlopens
 #   opt/zone/kernel/vmlinux                         zone kernel (scripts/kernel/build.sh, cached)
-#   opt/zone/images/{base,shell,vsock-test}.cpio    zone images (scripts/images/build.sh)
+#   opt/zone/images/{base,shell,vsock-test,spire-agent}.cpio  zone images (scripts/images/build.sh)
+#   opt/spire/bin/{spire-server,zone-attestor-server} SPIRE server (scripts/spire/install.sh,
+#                                                     dynamic: its libraries go with it) and our plugin
 #
 # The payload is rebuilt from those outputs every time (a copy; the expensive
 # parts are cached by the scripts that make them).
@@ -39,6 +41,12 @@ tcti=/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0
 [ -e "$tcti" ] || die "$tcti is missing: apt-get install libtss2-tcti-device0 (scripts/setup.sh installs libtss2-dev)"
 mkdir -p "$tmp/usr/lib/x86_64-linux-gnu"
 for lib in "$tcti" $(ldd "$ZONE_HOST_BIN_DIR/hypervisor-agent" "$tcti" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
+  cp -L "$lib" "$tmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
+done
+spire="$("$ZONE_ROOT/scripts/spire/install.sh")"
+mkdir -p "$tmp/opt/spire/bin"
+cp "$spire/spire-server" "$ZONE_BIN_DIR/zone-attestor-server" "$tmp/opt/spire/bin/"
+for lib in $(ldd "$spire/spire-server" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
   cp -L "$lib" "$tmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
 done
 cp "$kernel" "$tmp/opt/zone/kernel/vmlinux"

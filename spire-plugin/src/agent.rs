@@ -20,35 +20,59 @@ use crate::server::{AgentHello, PROTOCOL_VERSION};
 /// Default wait for the host's evidence.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the agent plugin runs with.
+#[derive(Debug, Clone)]
+struct Settings {
+    timeout: Duration,
+    /// Testing only: canned evidence.
+    canned_evidence: Option<Vec<u8>>,
+    /// Testing only: a payload of our choosing.
+    payload: Option<Vec<u8>>,
+}
+
 /// The agent plugin.
 #[derive(Debug)]
 pub struct AgentPlugin {
-    timeout: RwLock<Duration>,
+    settings: RwLock<Settings>,
 }
 
 impl Default for AgentPlugin {
     fn default() -> Self {
-        Self { timeout: RwLock::new(DEFAULT_TIMEOUT) }
+        Self { settings: RwLock::new(Settings { timeout: DEFAULT_TIMEOUT, canned_evidence: None, payload: None }) }
     }
 }
 
-fn timeout_of(hcl: &str) -> Result<Duration, String> {
+fn settings_of(hcl: &str) -> Result<Settings, String> {
     let data: AgentData = parse(hcl).map_err(|e| e.to_string())?;
-    match data.evidence_timeout_seconds {
-        None => Ok(DEFAULT_TIMEOUT),
-        Some(0) => Err("evidence_timeout_seconds must be at least 1".into()),
-        Some(s) => Ok(Duration::from_secs(s)),
-    }
+    let timeout = match data.evidence_timeout_seconds {
+        None => DEFAULT_TIMEOUT,
+        Some(0) => return Err("evidence_timeout_seconds must be at least 1".into()),
+        Some(s) => Duration::from_secs(s),
+    };
+    let canned_evidence = data
+        .test_evidence_path
+        .map(|p| std::fs::read(&p).map_err(|e| format!("cannot read test_evidence_path {}: {e}", p.display())))
+        .transpose()?;
+    Ok(Settings { timeout, canned_evidence, payload: data.test_payload.map(String::into_bytes) })
+}
+
+#[cfg(test)]
+fn timeout_of(hcl: &str) -> Result<Duration, String> {
+    settings_of(hcl).map(|s| s.timeout)
 }
 
 impl Configurable for AgentPlugin {
     fn configure(&self, _trust_domain: &str, hcl: &str) -> Result<(), String> {
-        *self.timeout.write().unwrap_or_else(|p| p.into_inner()) = timeout_of(hcl)?;
+        let s = settings_of(hcl)?;
+        if s.canned_evidence.is_some() || s.payload.is_some() {
+            log(Level::Warn, "test settings in use: this agent does not send fresh evidence", &[]);
+        }
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = s;
         Ok(())
     }
 
     fn validate(&self, _trust_domain: &str, hcl: &str) -> Result<(), String> {
-        timeout_of(hcl).map(|_| ())
+        settings_of(hcl).map(|_| ())
     }
 }
 
@@ -68,16 +92,21 @@ impl NodeAttestor for Arc<AgentPlugin> {
     type AidAttestationStream = AidStream;
 
     async fn aid_attestation(&self, request: Request<Streaming<Challenge>>) -> Result<Response<Self::AidAttestationStream>, Status> {
-        let timeout = *self.timeout.read().unwrap_or_else(|p| p.into_inner());
+        let settings = self.settings.read().unwrap_or_else(|p| p.into_inner()).clone();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut challenges = request.into_inner();
         tokio::spawn(async move {
-            if tx.send(Ok(message(payload_or_challenge_response::Data::Payload(payload())))).await.is_err() {
+            let first = settings.payload.clone().unwrap_or_else(payload);
+            if tx.send(Ok(message(payload_or_challenge_response::Data::Payload(first)))).await.is_err() {
                 return;
             }
             while let Ok(Some(Challenge { challenge: nonce })) = challenges.message().await {
-                let asked = nonce.clone();
-                let got = tokio::task::spawn_blocking(move || zone_guest::evidence::request(&asked, timeout)).await;
+                let (timeout, canned) = (settings.timeout, settings.canned_evidence.clone());
+                let got = tokio::task::spawn_blocking(move || match canned {
+                    Some(bytes) => Ok(bytes),
+                    None => zone_guest::evidence::request(&nonce, timeout),
+                })
+                .await;
                 let reply = match got {
                     Ok(Ok(evidence)) => {
                         log(Level::Info, "evidence obtained from the host", &[("bytes", &evidence.len().to_string())]);

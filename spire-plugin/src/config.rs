@@ -121,6 +121,14 @@ pub struct AgentData {
     /// Seconds to wait for the host's evidence (default 30).
     #[serde(default)]
     pub evidence_timeout_seconds: Option<u64>,
+    /// Testing only: answer every challenge with this file's bytes instead
+    /// of fresh evidence (a replaying or impersonating agent, which the
+    /// server plugin must deny).
+    #[serde(default)]
+    pub test_evidence_path: Option<PathBuf>,
+    /// Testing only: send this payload instead of the plugin's own.
+    #[serde(default)]
+    pub test_payload: Option<String>,
 }
 
 #[cfg(test)]

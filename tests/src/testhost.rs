@@ -101,6 +101,12 @@ pub fn run(script: &str) -> HostRun {
 /// `/tmp/daemon.pid`), `field ZONE KEY` (from `zonectl inspect -o json`),
 /// `wait_state ZONE STATE` and `rss_kib PID`, and starts the daemon.
 pub fn daemon_prelude() -> String {
+    daemon_prelude_with("")
+}
+
+/// [`daemon_prelude`] with `extra` appended to the daemon's config file
+/// (e.g. `[[forward]]` tables).
+pub fn daemon_prelude_with(extra: &str) -> String {
     format!(
         r#"
 mkdir -p /etc/za
@@ -112,6 +118,7 @@ kernel = "{KERNEL}"
 initrd = "{BASE_IMAGE}"
 cmdline = "console=ttyS0 reboot=k panic=-1 quiet"
 memory_mib = 128
+{extra}
 CFG
 export ZONE_SOCKET=/run/za/control.sock
 start_daemon() {{

@@ -29,6 +29,11 @@ pub struct Channel {
 
 /// Opens a new stream to the host channel port.
 pub(crate) fn connect() -> std::io::Result<File> {
+    connect_port(HOST_CHANNEL_PORT)
+}
+
+/// Opens a new vsock stream to host port `port`.
+pub(crate) fn connect_port(port: u32) -> std::io::Result<File> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -40,7 +45,7 @@ pub(crate) fn connect() -> std::io::Result<File> {
     let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
     addr.svm_family = libc::sa_family_t::try_from(libc::AF_VSOCK).unwrap_or_default();
     addr.svm_cid = HOST_CID;
-    addr.svm_port = HOST_CHANNEL_PORT;
+    addr.svm_port = port;
     // SAFETY: `addr` is a valid sockaddr_vm and the length matches it.
     let rc = unsafe {
         libc::connect(

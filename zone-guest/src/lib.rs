@@ -12,10 +12,12 @@
 //! does the system calls.
 //!
 //! Run by anything other than the kernel (PID != 1), `zone-guest evidence`
-//! asks the host for evidence about this zone ([`evidence`]).
+//! asks the host for evidence about this zone ([`evidence`]) and
+//! `zone-guest forward` reaches a host service the daemon forwards ([`forward`]).
 
 pub mod channel;
 pub mod evidence;
+pub mod forward;
 
 /// Printed on the console once the zone's userspace is up:
 /// `ZONE-GUEST-READY uptime_ms=<ms since boot>`.

@@ -48,8 +48,25 @@ fn main() {
 fn tool(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("evidence") => evidence_command(&args[1..]),
+        Some("forward") => match zone_guest::forward::parse_args(&args[1..]) {
+            Ok((listen, port)) => match zone_guest::forward::run(listen, port) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("zone-guest forward: cannot listen on {listen}: {e}");
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("zone-guest forward: {e}\n{}", zone_guest::forward::USAGE);
+                2
+            }
+        },
         _ => {
-            eprintln!("zone-guest runs as the zone's PID 1; as a command it knows one subcommand:\n{}", evidence::USAGE);
+            eprintln!(
+                "zone-guest runs as the zone's PID 1; as a command it knows two subcommands:\n{}\n{}",
+                evidence::USAGE,
+                zone_guest::forward::USAGE
+            );
             2
         }
     }

@@ -46,37 +46,36 @@ pub fn socket_path(zone_dir: &Path) -> PathBuf {
     zone_dir.join(format!("vsock.sock_{HOST_CHANNEL_PORT}"))
 }
 
-/// Listens on the zone's channel socket until aborted.
-pub fn spawn(daemon: Arc<Daemon>, name: String, zone_dir: PathBuf) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let path = socket_path(&zone_dir);
-        let _ = std::fs::remove_file(&path);
-        let listener = match UnixListener::bind(&path) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(zone = %name, path = %path.display(), error = %e, "cannot listen for the host channel");
-                return;
+/// Listens on the zone's channel socket until aborted (connections already
+/// accepted live on until they close: the VMM's end goes with the zone).
+pub async fn serve(daemon: Arc<Daemon>, name: String, zone_dir: PathBuf) {
+    let path = socket_path(&zone_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(zone = %name, path = %path.display(), error = %e, "cannot listen for the host channel");
+            return;
+        }
+    };
+    let evidence_slots = Arc::new(Semaphore::new(MAX_EVIDENCE_IN_FLIGHT));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (daemon, name, dir) = (Arc::clone(&daemon), name.clone(), zone_dir.clone());
+                let slots = Arc::clone(&evidence_slots);
+                tokio::spawn(async move {
+                    if let Err(e) = session(daemon, &name, &dir, stream, slots).await {
+                        tracing::warn!(zone = %name, error = %e, "host channel closed");
+                    }
+                });
             }
-        };
-        let evidence_slots = Arc::new(Semaphore::new(MAX_EVIDENCE_IN_FLIGHT));
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let (daemon, name, dir) = (Arc::clone(&daemon), name.clone(), zone_dir.clone());
-                    let slots = Arc::clone(&evidence_slots);
-                    tokio::spawn(async move {
-                        if let Err(e) = session(daemon, &name, &dir, stream, slots).await {
-                            tracing::warn!(zone = %name, error = %e, "host channel closed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(zone = %name, error = %e, "host channel accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            Err(e) => {
+                tracing::warn!(zone = %name, error = %e, "host channel accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    })
+    }
 }
 
 /// A token bucket in bytes.

@@ -169,6 +169,20 @@ pub struct DaemonConfig {
     pub host_id: String,
     /// TPM and evidence.
     pub tpm: TpmSettings,
+    /// Host services every zone may reach over its vsock (`[[forward]]`).
+    #[serde(rename = "forward")]
+    pub forwards: Vec<Forward>,
+}
+
+/// A host service forwarded into every zone: a guest connection to vsock
+/// host port `port` is connected to the TCP address `to` on the host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// vsock host port the zone connects to.
+    pub port: u32,
+    /// Host TCP address, e.g. `127.0.0.1:8081`.
+    pub to: std::net::SocketAddr,
 }
 
 impl Default for DaemonConfig {
@@ -181,6 +195,7 @@ impl Default for DaemonConfig {
             limits: Limits::default(),
             host_id: default_host_id(),
             tpm: TpmSettings::default(),
+            forwards: Vec::new(),
         }
     }
 }
@@ -234,6 +249,16 @@ impl DaemonConfig {
         if self.defaults.memory_mib > l.max_memory_mib {
             return Err(ConfigFileError::Value("defaults.memory_mib exceeds limits.max_memory_mib".into()));
         }
+        let mut ports = std::collections::HashSet::new();
+        for f in &self.forwards {
+            if f.port == 0 || f.port == attestation_proto::channel::HOST_CHANNEL_PORT || !ports.insert(f.port) {
+                return Err(ConfigFileError::Value(format!(
+                    "[[forward]] port = {}: use a port other than 0 and {} (the host channel), once each",
+                    f.port,
+                    attestation_proto::channel::HOST_CHANNEL_PORT
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -263,6 +288,18 @@ mod tests {
         let mut c = DaemonConfig::default();
         c.defaults.vcpus = 99;
         assert!(c.validate().unwrap_err().to_string().contains("max_vcpus"));
+    }
+
+    #[test]
+    fn forwards_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, "[[forward]]\nport = 8081\nto = \"127.0.0.1:8081\"\n").unwrap();
+        assert_eq!(DaemonConfig::load(&p, true).unwrap().forwards[0].port, 8081);
+        std::fs::write(&p, "[[forward]]\nport = 1024\nto = \"127.0.0.1:8081\"\n").unwrap();
+        assert!(DaemonConfig::load(&p, true).unwrap_err().to_string().contains("host channel"));
+        std::fs::write(&p, "[[forward]]\nport = 9\nto = \"not-an-address\"\n").unwrap();
+        assert!(DaemonConfig::load(&p, true).is_err());
     }
 }
 

@@ -9,6 +9,7 @@
 //! running zone.
 
 pub mod channel;
+pub mod forward;
 pub mod config;
 pub mod store;
 pub mod supervisor;
@@ -434,7 +435,23 @@ impl Daemon {
     }
 
     fn open_channel(self: &Arc<Self>, name: &str) {
-        let task = channel::spawn(Arc::clone(self), name.to_owned(), self.zone_dir(name));
+        let channel = channel::serve(Arc::clone(self), name.to_owned(), self.zone_dir(name));
+        let forwards: Vec<_> = self
+            .config
+            .forwards
+            .iter()
+            .map(|f| forward::serve(name.to_owned(), self.zone_dir(name), f.clone()))
+            .collect();
+        // One task per zone: aborting it stops the channel and the forwards.
+        let task = tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            set.spawn(channel);
+            for f in forwards {
+                set.spawn(f);
+            }
+            // Dropping the set (when this task is aborted) aborts them all.
+            while set.join_next().await.is_some() {}
+        });
         if let Some(e) = self.lock().get_mut(name) {
             if let Some(old) = e.channel.replace(task) {
                 old.abort();
@@ -463,6 +480,9 @@ impl Daemon {
             std::fs::read(outcome_path(&dir)).ok().and_then(|b| serde_json::from_slice(&b).ok());
         for sock in ["vsock.sock", "console.sock", &format!("vsock.sock_{}", attestation_proto::channel::HOST_CHANNEL_PORT)] {
             let _ = std::fs::remove_file(dir.join(sock));
+        }
+        for f in &self.config.forwards {
+            let _ = std::fs::remove_file(forward::socket_path(&dir, f.port));
         }
         let result = self.update(name, |e| {
             if let Some(task) = e.channel.take() {

@@ -1,0 +1,58 @@
+//! Host services forwarded into zones (`[[forward]]` in the config): for
+//! each, the daemon listens on the zone's `vsock.sock_<port>` (a guest
+//! connection to host port `port` arrives there, hybrid vsock) and connects
+//! every accepted connection to the configured TCP address. Zones reach
+//! nothing on the host but these ports and the host channel. At most
+//! [`MAX_CONNECTIONS`] connections per zone and port are open at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::{TcpStream, UnixListener};
+use tokio::sync::Semaphore;
+
+use super::config::Forward;
+
+/// Open connections per zone and forwarded port.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// The listening socket of a forwarded port.
+pub fn socket_path(zone_dir: &Path, port: u32) -> PathBuf {
+    zone_dir.join(format!("vsock.sock_{port}"))
+}
+
+/// Serves one forward for one zone until aborted.
+pub async fn serve(name: String, zone_dir: PathBuf, forward: Forward) {
+    let path = socket_path(&zone_dir, forward.port);
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(zone = %name, path = %path.display(), error = %e, "cannot listen for a forwarded port");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((mut guest, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(zone = %name, port = forward.port, "too many forwarded connections; refusing one");
+            continue;
+        };
+        let (name, to, port) = (name.clone(), forward.to, forward.port);
+        tokio::spawn(async move {
+            match TcpStream::connect(to).await {
+                Ok(mut host) => {
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut guest, &mut host).await {
+                        tracing::debug!(zone = %name, port, error = %e, "forwarded connection ended");
+                    }
+                }
+                Err(e) => tracing::warn!(zone = %name, port, to = %to, error = %e, "cannot reach a forwarded host service"),
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,178 @@
+//! SPIRE end to end in the test host (real KVM, the real TPM device, the
+//! real spire-server v1.15.3 with our server plugin, the real spire-agent
+//! v1.15.3 with our agent plugin inside a zone): the zone attests with the
+//! expected agent ID and selectors, a registration entry keyed on `zone:`
+//! selectors gives the zone's workload its X.509-SVID, and a zone outside
+//! the policy, another zone's (old) evidence, a malformed payload and an
+//! untrusted host AK are each denied, with the verifier's reason in
+//! spire-server's log.
+
+use zone_tests::testhost::{self, KERNEL, daemon_prelude_with};
+
+const FORWARD: &str = "[[forward]]\nport = 8081\nto = \"127.0.0.1:8081\"";
+
+/// An agent.conf for a misbehaving zone: `plugin_data` as given.
+fn agent_conf(plugin_data: &str) -> String {
+    format!(
+        r#"agent {{
+  data_dir = "/run/spire/data"
+  log_level = "DEBUG"
+  server_address = "127.0.0.1"
+  server_port = "8081"
+  socket_path = "/run/spire/agent.sock"
+  trust_domain = "example.org"
+  insecure_bootstrap = true
+}}
+plugins {{
+  NodeAttestor "zone" {{
+    plugin_cmd = "/opt/spire/bin/zone-attestor-agent"
+    plugin_data {{ {plugin_data} }}
+  }}
+  KeyManager "memory" {{
+    plugin_data {{}}
+  }}
+  WorkloadAttestor "unix" {{
+    plugin_data {{}}
+  }}
+}}"#
+    )
+}
+
+#[test]
+fn spire_issues_identities_only_to_verified_zones() {
+    let thief_conf = agent_conf(r#"test_evidence_path = "/opt/spire/stolen.ev""#);
+    let garbage_conf = agent_conf(r#"test_payload = "not a zone attestor payload""#);
+    let run = testhost::run(&format!(
+        r#"{prelude}
+S=/opt/spire/bin
+I=/opt/zone/images/spire-agent.cpio
+C="console=ttyS0 reboot=k panic=-1 quiet"
+mkdir -p /tmp/spire/server
+ak=$(zonectl eventlog -o json | sed -n 's/.*"ak_sha256": "\([0-9a-f]*\)".*/\1/p')
+
+# The policy, computed offline from the artifacts (the CI flow).
+zonectl measure --kernel {KERNEL} --initrd $I --cmdline "$C" --policy 'spire-*' -- /bin/sh /opt/spire/start.sh > /tmp/spire/policy.toml
+printf 'trusted_ak_sha256 = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$ak" > /tmp/spire/zone.hcl
+sum=$(busybox sha256sum $S/zone-attestor-server | cut -d' ' -f1)
+cat > /tmp/spire/server.conf <<CONF
+server {{
+  bind_address = "127.0.0.1"
+  bind_port = "8081"
+  socket_path = "/tmp/spire/server.sock"
+  trust_domain = "example.org"
+  data_dir = "/tmp/spire/server"
+  log_level = "DEBUG"
+}}
+plugins {{
+  DataStore "sql" {{
+    plugin_data {{
+      database_type = "sqlite3"
+      connection_string = "/tmp/spire/server/datastore.sqlite3"
+    }}
+  }}
+  KeyManager "memory" {{
+    plugin_data {{}}
+  }}
+  NodeAttestor "zone" {{
+    plugin_cmd = "$S/zone-attestor-server"
+    plugin_checksum = "$sum"
+    plugin_data_file = "/tmp/spire/zone.hcl"
+  }}
+}}
+CONF
+$S/spire-server run -config /tmp/spire/server.conf > /tmp/spire/server.log 2>&1 &
+server=$!
+for i in $(seq 600); do $S/spire-server healthcheck -socketPath /tmp/spire/server.sock > /dev/null 2>&1 && break; sleep 0.5; done
+echo "server_healthy=$($S/spire-server healthcheck -socketPath /tmp/spire/server.sock > /dev/null 2>&1 && echo yes || echo no)"
+sp() {{ $S/spire-server "$@" -socketPath /tmp/spire/server.sock; }}
+
+# Registration keyed on zone: selectors: a node alias for zones of this name
+# and initramfs, and the workload under it.
+initrd_sha=$(busybox sha256sum $I | cut -d' ' -f1)
+sp entry create -node -spiffeID spiffe://example.org/zones/spire-web -selector zone:name:spire-good -selector zone:initrd:sha256:$initrd_sha > /dev/null
+sp entry create -parentID spiffe://example.org/zones/spire-web -spiffeID spiffe://example.org/workload/hello -selector unix:uid:0 > /dev/null
+
+# wait_zone ZONE: until its workload has an SVID, its agent failed, or it stopped.
+wait_zone() {{
+  for i in $(seq 1800); do
+    zonectl logs "$1" 2>/dev/null | grep -q -E 'WORKLOAD-SVID-OK|SPIRE-AGENT-FAILED' && return 0
+    zonectl inspect "$1" -o json 2>/dev/null | grep -q -E '"state": "(stopped|failed)"' && return 0
+    sleep 0.5
+  done
+}}
+# launch ZONE INITRD [AGENT_CONF] [extra cmdline]
+launch() {{
+  cl="$C"; [ -n "${{4:-}}" ] && cl="$C $4"
+  zonectl launch "$1" --initrd "$2" --memory 384 --cmdline "$cl" --wait-timeout 900 -- /bin/sh /opt/spire/start.sh ${{3:-}} > /tmp/launch-$1.out 2>&1 || cat /tmp/launch-$1.out
+  wait_zone "$1"
+}}
+denials() {{ grep -c "$1" /tmp/spire/server.log; }}
+
+launch spire-good $I
+echo "good_svid=$(zonectl logs spire-good | grep -c WORKLOAD-SVID-OK)"
+echo "good_workload_id=$(zonectl logs spire-good | grep -o 'spiffe://example.org/workload/[a-z]*' | head -n 1)"
+agent_id=spiffe://example.org/spire/agent/zone/testhost/spire-good
+echo "agent_listed=$(sp agent list | grep -c "$agent_id")"
+sp agent show -spiffeID $agent_id > /tmp/spire/agent-show.txt 2>&1
+echo "selector_name=$(grep -c 'zone:name:spire-good' /tmp/spire/agent-show.txt)"
+echo "selector_initrd=$(grep -c "zone:initrd:sha256:$initrd_sha" /tmp/spire/agent-show.txt)"
+echo "selector_kernel=$(grep -c "zone:kernel:sha256:$(busybox sha256sum {KERNEL} | cut -d' ' -f1)" /tmp/spire/agent-show.txt)"
+echo "selector_host=$(grep -c 'zone:host:testhost' /tmp/spire/agent-show.txt)"
+echo "selector_cmdline=$(grep -c 'zone:cmdline:sha256:' /tmp/spire/agent-show.txt)"
+
+# 1. Outside the policy: the same image with another command line.
+launch spire-variant $I "" zone.variant=1
+echo "variant_failed=$(zonectl logs spire-variant | grep -c SPIRE-AGENT-FAILED)"
+echo "variant_reason=$(denials 'rejected by check policy')"
+zonectl destroy spire-variant > /dev/null 2>&1
+
+# 2. Another zone presents spire-good's evidence, made for an old nonce.
+# 3. A zone whose agent sends a malformed payload.
+# Both images are the SPIRE image with a second cpio archive appended
+# (agent settings and the stolen evidence).
+mkdir -p /tmp/extra/opt/spire
+zonectl evidence spire-good --nonce 00112233445566778899aabbccddeeff --out /tmp/extra/opt/spire/stolen.ev > /dev/null
+cat > /tmp/extra/opt/spire/thief.conf <<'CONF'
+{thief_conf}
+CONF
+cat > /tmp/extra/opt/spire/garbage.conf <<'CONF'
+{garbage_conf}
+CONF
+(cd /tmp/extra && find opt | busybox cpio -o -H newc > /tmp/extra.cpio 2>/dev/null)
+cat $I /tmp/extra.cpio > /tmp/spire-extra.cpio
+launch spire-thief /tmp/spire-extra.cpio /opt/spire/thief.conf
+echo "thief_failed=$(zonectl logs spire-thief | grep -c SPIRE-AGENT-FAILED)"
+echo "thief_reason=$(denials 'rejected by check freshness')"
+zonectl destroy spire-thief > /dev/null 2>&1
+launch spire-garbage /tmp/spire-extra.cpio /opt/spire/garbage.conf
+echo "garbage_failed=$(zonectl logs spire-garbage | grep -c SPIRE-AGENT-FAILED)"
+echo "garbage_reason=$(denials 'malformed payload')"
+zonectl destroy spire-garbage > /dev/null 2>&1
+
+# 4. The host's AK is no longer trusted (the server re-reads plugin_data_file on SIGUSR1).
+printf 'trusted_ak_sha256 = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$(printf 'ab%.0s' $(seq 32))" > /tmp/spire/zone.hcl
+kill -USR1 $server
+sleep 5
+launch spire-untrusted $I
+echo "untrusted_failed=$(zonectl logs spire-untrusted | grep -c SPIRE-AGENT-FAILED)"
+echo "untrusted_reason=$(denials 'rejected by check ak-trusted')"
+echo "agents_total=$(sp agent list | grep -c 'spiffe://example.org/spire/agent/zone/')"
+grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head -n 10
+"#,
+        prelude = daemon_prelude_with(FORWARD)
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    let n = |k: &str| v(k).parse::<u32>().unwrap_or_else(|_| panic!("{k}={}:\n{}", v(k), run.output));
+    assert_eq!(v("server_healthy"), "yes", "{}", run.output);
+    assert_eq!(n("good_svid"), 1, "the workload got no SVID:\n{}", run.output);
+    assert_eq!(v("good_workload_id"), "spiffe://example.org/workload/hello");
+    assert_eq!(n("agent_listed"), 1, "{}", run.output);
+    for s in ["selector_name", "selector_initrd", "selector_kernel", "selector_host", "selector_cmdline"] {
+        assert!(n(s) >= 1, "{s} missing in `spire-server agent show`:\n{}", run.output);
+    }
+    for (zone, reason) in [("variant", "policy"), ("thief", "freshness"), ("garbage", "malformed payload"), ("untrusted", "ak-trusted")] {
+        assert_eq!(n(&format!("{zone}_failed")), 1, "the {zone} zone was not refused:\n{}", run.output);
+        assert!(n(&format!("{zone}_reason")) >= 1, "spire-server's log lacks the {reason} denial:\n{}", run.output);
+    }
+    assert_eq!(n("agents_total"), 1, "only the verified zone is an agent:\n{}", run.output);
+}
