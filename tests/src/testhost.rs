@@ -71,12 +71,19 @@ pub fn payload_dir() -> PathBuf {
 /// returns its output. Panics, with the test host's diagnostics, if QEMU is
 /// missing or the host could not run the script.
 pub fn run(script: &str) -> HostRun {
+    run_with(script, &[])
+}
+
+/// [`run`] with settings of `scripts/testhost/run.sh` (e.g. `TESTHOST_TIMEOUT`,
+/// `TESTHOST_MEM_MB`).
+pub fn run_with(script: &str, settings: &[(&str, &str)]) -> HostRun {
     let payload = payload_dir();
     let mut file = tempfile::Builder::new().prefix("testhost-script").suffix(".sh").tempfile().expect("temp script");
     writeln!(file, "set -u\nexport PATH=/opt/zone/bin:$PATH\n{script}").expect("write script");
     let out = Command::new(repo_root().join("scripts/testhost/run.sh"))
         .arg(file.path())
         .arg(&payload)
+        .envs(settings.iter().copied())
         .output()
         .expect("cannot start scripts/testhost/run.sh");
     let run = HostRun {

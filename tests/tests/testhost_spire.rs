@@ -9,6 +9,9 @@
 
 use zone_tests::testhost::{self, KERNEL, daemon_prelude_with};
 
+/// SPIRE in nested, emulated virtualization is slow: more time and memory than the other test-host tests.
+const SETTINGS: &[(&str, &str)] = &[("TESTHOST_TIMEOUT", "2700"), ("TESTHOST_MEM_MB", "4096")];
+
 const FORWARD: &str = "[[forward]]\nport = 8081\nto = \"127.0.0.1:8081\"";
 
 /// An agent.conf for a misbehaving zone: `plugin_data` as given.
@@ -42,7 +45,7 @@ plugins {{
 fn spire_issues_identities_only_to_verified_zones() {
     let thief_conf = agent_conf(r#"test_evidence_path = "/opt/spire/stolen.ev""#);
     let garbage_conf = agent_conf(r#"test_payload = "not a zone attestor payload""#);
-    let run = testhost::run(&format!(
+    let run = testhost::run_with(&format!(
         r#"{prelude}
 S=/opt/spire/bin
 I=/opt/zone/images/spire-agent.cpio
@@ -160,7 +163,7 @@ echo "agents_total=$(sp agent list | grep -c 'spiffe://example.org/spire/agent/z
 grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head -n 10
 "#,
         prelude = daemon_prelude_with(FORWARD)
-    ));
+    ), SETTINGS);
     let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
     let n = |k: &str| v(k).parse::<u32>().unwrap_or_else(|_| panic!("{k}={}:\n{}", v(k), run.output));
     assert_eq!(v("server_healthy"), "yes", "{}", run.output);
