@@ -19,6 +19,9 @@ fn main() {
         std::process::exit(tool(&std::env::args().skip(1).collect::<Vec<_>>()));
     }
     mount_basics();
+    if let Err(e) = loopback_up() {
+        eprintln!("zone-guest: cannot bring up the loopback interface: {e}");
+    }
     let uptime_ms = uptime_ms();
     let request = std::fs::read_to_string("/proc/cmdline").map(|l| parse_cmdline(&l)).unwrap_or_else(|e| {
         eprintln!("zone-guest: cannot read /proc/cmdline ({e}); running no command");
@@ -141,6 +144,35 @@ fn mount_basics() {
             }
         }
     }
+}
+
+/// Brings up `lo` (127.0.0.1), which nothing else in a zone does: services
+/// inside the zone (e.g. `zone-guest forward` for spire-agent) listen there.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket we own.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid; the name and flags are set below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: SIOCGIFFLAGS on a valid socket with a valid, NUL-terminated ifreq.
+    if unsafe { libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the flags member of the union above.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::c_short::try_from(libc::IFF_UP).unwrap_or(1) };
+    // SAFETY: SIOCSIFFLAGS on a valid socket with a valid ifreq.
+    if unsafe { libc::ioctl(raw, libc::SIOCSIFFLAGS, &req) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn cstr(s: &str) -> CString {
