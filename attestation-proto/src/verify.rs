@@ -4,7 +4,8 @@
 //! The checks run in this order, and a rejection names the first that
 //! failed ([`Check`]):
 //!
-//! 1. **format** — sizes, versions, every structure parses (TPMS_ATTEST,
+//! 1. **format** — sizes, versions, canonical protobuf (no unknown or
+//!    repeated fields), every structure parses (TPMS_ATTEST,
 //!    TPMT_SIGNATURE, TPMT_PUBLIC, the event log, the launch record);
 //! 2. **ak-trusted** — SHA-256 of the AK's TPMT_PUBLIC is pinned, and the AK
 //!    is a restricted signing key (so it only signs TPM-made attestations);
@@ -157,6 +158,13 @@ fn check_format(bytes: &[u8], nonce: &[u8]) -> Result<Parsed, Rejection> {
     if ev.format_version != FORMAT_VERSION {
         return reject(f, format!("format version {} is not supported (expected {FORMAT_VERSION})", ev.format_version));
     }
+    // Protobuf decoding skips unknown fields and lets a repeated field
+    // override or merge with an earlier one; the daemon never writes either.
+    // Accept only the one byte form the daemon writes, so nothing in the
+    // evidence goes unread.
+    if evidence::encode(&ev) != bytes {
+        return reject(f, "evidence is not in canonical form (unknown, repeated or out-of-order fields, or non-minimal encodings)");
+    }
     if let Err(e) = evidence::check_nonce(nonce) {
         return reject(f, e.to_string());
     }
@@ -303,4 +311,37 @@ pub fn verify(bytes: &[u8], nonce: &[u8], trust: &Trust, policy: &Policy) -> Res
         events: events.len(),
         record,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `verify_signed` fuzz target: genuine evidence with an
+    /// unknown field appended verified, the field unread.
+    #[test]
+    fn unknown_or_repeated_fields_are_rejected() {
+        let ev = Evidence { format_version: FORMAT_VERSION, zone_pcr: 15, ..Evidence::default() };
+        let bytes = evidence::encode(&ev);
+        let run = |b: &[u8]| verify(b, &[7; 32], &Trust::default(), &Policy { version: 1, allow: vec![] }).unwrap_err();
+        // The canonical form gets past this check (and fails on the missing quote).
+        let r = run(&bytes);
+        assert_eq!(r.check, Check::Format);
+        assert!(r.detail.starts_with("quote_attest is 0 bytes"), "{}", r.detail);
+        // Field 797 (fixed32), unknown to this layout.
+        let mut unknown = bytes.clone();
+        unknown.extend_from_slice(&[0xed, 0x31, 19, 121, 204, 100]);
+        // zone_pcr = 15 a second time: the same message, another byte form.
+        let mut repeated = bytes.clone();
+        repeated.extend_from_slice(&[0x50, 15]);
+        // A non-minimal varint for format_version.
+        let mut long_varint = vec![0x08, 0x81, 0x00];
+        long_varint.extend_from_slice(&bytes[2..]);
+        for b in [unknown, repeated, long_varint] {
+            assert_eq!(evidence::decode(&b).unwrap(), ev);
+            let r = run(&b);
+            assert_eq!(r.check, Check::Format);
+            assert!(r.detail.contains("canonical form"), "{}", r.detail);
+        }
+    }
 }

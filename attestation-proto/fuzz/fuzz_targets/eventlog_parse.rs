@@ -1,0 +1,73 @@
+//! Event-log parsing: `parse` and the torn-tail `scan` agree, the events
+//! re-encode to exactly the bytes they were read from (the event codec is
+//! canonical; the Spec ID header is not, so it is checked on its own), and
+//! every zone event's payload goes through the launch/stop record decoders,
+//! which accept only their canonical encoding.
+#![no_main]
+
+use attestation_proto::eventlog::{self, Event, Limits, TAG_ZONE_LAUNCH, TAG_ZONE_STOP, ZoneEvent};
+use attestation_proto::launch::{LaunchRecord, StopRecord};
+use libfuzzer_sys::fuzz_target;
+
+fn records(e: &Event) {
+    // Records are canonical: whatever decodes re-encodes to the same bytes.
+    match e.zone_event() {
+        Some(ZoneEvent::Launch(p)) => {
+            if let Ok(r) = LaunchRecord::decode(p) {
+                assert_eq!(r.encode(), p);
+                assert_eq!(Event::tagged(e.pcr, TAG_ZONE_LAUNCH, p).data, e.data);
+            }
+        }
+        Some(ZoneEvent::Stop(p)) => {
+            if let Ok(r) = StopRecord::decode(p) {
+                assert_eq!(r.encode(), p);
+                assert_eq!(Event::tagged(e.pcr, TAG_ZONE_STOP, p).data, e.data);
+            }
+        }
+        Some(ZoneEvent::Redacted) => assert_eq!(e.redacted().data, e.data),
+        None => {}
+    }
+    // The decoders on the raw data as well (not a record, but must not panic).
+    let _ = LaunchRecord::decode(&e.data);
+    let _ = StopRecord::decode(&e.data);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let limits = Limits::default();
+    let parsed = eventlog::parse(data, &limits);
+    let Ok(scan) = eventlog::scan(data, &limits) else {
+        assert!(parsed.is_err(), "a bad header fails both");
+        return;
+    };
+    assert!(scan.complete_len <= data.len());
+    assert_eq!(scan.tail_error.is_none(), scan.complete_len == data.len());
+    match &parsed {
+        Ok(events) => assert_eq!(events, &scan.events),
+        Err(e) => assert_eq!(Some(e), scan.tail_error.as_ref()),
+    }
+    // The well-formed prefix parses on its own to the same events.
+    assert_eq!(eventlog::parse(&data[..scan.complete_len], &limits).as_ref(), Ok(&scan.events));
+
+    // Events are canonical: they re-encode to the bytes they came from.
+    let body: Vec<u8> = scan.events.iter().flat_map(Event::encode).collect();
+    let header_len = scan.complete_len.checked_sub(body.len()).expect("events fit in the prefix");
+    assert_eq!(&data[header_len..scan.complete_len], &body[..]);
+    assert_eq!(eventlog::parse(&data[..header_len], &limits), Ok(Vec::new()));
+    // Our own encoding of the events is accepted and reads back the same.
+    assert_eq!(eventlog::parse(&eventlog::encode(&scan.events), &limits).as_ref(), Ok(&scan.events));
+
+    // Tighter limits only ever cut the log shorter.
+    let tight = Limits { max_events: 3, max_event_data: 64 };
+    if let Ok(small) = eventlog::scan(data, &tight) {
+        assert!(small.events.len() <= scan.events.len());
+        assert_eq!(small.events[..], scan.events[..small.events.len()]);
+    }
+
+    for e in &scan.events {
+        records(e);
+        let _ = e.digest_matches_data();
+    }
+    for pcr in 0..24 {
+        let _ = eventlog::replay(&scan.events, pcr);
+    }
+});
