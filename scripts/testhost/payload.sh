@@ -8,9 +8,13 @@
 #                                                     beyond the base image's, and
 #                                                     the TCTI the loader dlopens
 #   opt/zone/kernel/vmlinux                         zone kernel (scripts/kernel/build.sh, cached)
-#   opt/zone/images/{base,shell,vsock-test,spire-agent}.cpio  zone images (scripts/images/build.sh)
+#   opt/zone/images/{base,shell,vsock-test}.cpio    zone images (scripts/images/build.sh)
+#
+# and, beside it (`<payload>-spire`, only for the SPIRE tests: ~250 MB more
+# initramfs that the other test-host runs need not unpack):
 #   opt/spire/bin/{spire-server,zone-attestor-server} SPIRE server (scripts/spire/install.sh,
 #                                                     dynamic: its libraries go with it) and our plugin
+#   opt/zone/images/spire-agent.cpio                 the SPIRE zone image
 #
 # The payload is rebuilt from those outputs every time (a copy; the expensive
 # parts are cached by the scripts that make them).
@@ -43,14 +47,22 @@ mkdir -p "$tmp/usr/lib/x86_64-linux-gnu"
 for lib in "$tcti" $(ldd "$ZONE_HOST_BIN_DIR/hypervisor-agent" "$tcti" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
   cp -L "$lib" "$tmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
 done
-spire="$("$ZONE_ROOT/scripts/spire/install.sh")"
-mkdir -p "$tmp/opt/spire/bin"
-cp "$spire/spire-server" "$ZONE_BIN_DIR/zone-attestor-server" "$tmp/opt/spire/bin/"
-for lib in $(ldd "$spire/spire-server" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
-  cp -L "$lib" "$tmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
-done
 cp "$kernel" "$tmp/opt/zone/kernel/vmlinux"
-cp "$ZONE_CACHE_DIR"/images/*.cpio "$tmp/opt/zone/images/"
-rm -rf "$payload"
+for img in "$ZONE_CACHE_DIR"/images/*.cpio; do
+  [ "$(basename "$img")" = spire-agent.cpio ] || cp "$img" "$tmp/opt/zone/images/"
+done
+
+spire="$("$ZONE_ROOT/scripts/spire/install.sh")"
+stmp="$payload-spire.new"
+rm -rf "$stmp"
+mkdir -p "$stmp/opt/spire/bin" "$stmp/opt/zone/images" "$stmp/usr/lib/x86_64-linux-gnu"
+cp "$spire/spire-server" "$ZONE_BIN_DIR/zone-attestor-server" "$stmp/opt/spire/bin/"
+for lib in $(ldd "$spire/spire-server" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
+  cp -L "$lib" "$stmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
+done
+cp "$ZONE_CACHE_DIR/images/spire-agent.cpio" "$stmp/opt/zone/images/"
+
+rm -rf "$payload" "$payload-spire"
 mv "$tmp" "$payload"
+mv "$stmp" "$payload-spire"
 echo "$payload"

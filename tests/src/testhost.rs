@@ -71,18 +71,35 @@ pub fn payload_dir() -> PathBuf {
 /// returns its output. Panics, with the test host's diagnostics, if QEMU is
 /// missing or the host could not run the script.
 pub fn run(script: &str) -> HostRun {
-    run_with(script, &[])
+    run_with(script, &[], false)
 }
 
 /// [`run`] with settings of `scripts/testhost/run.sh` (e.g. `TESTHOST_TIMEOUT`,
-/// `TESTHOST_MEM_MB`).
-pub fn run_with(script: &str, settings: &[(&str, &str)]) -> HostRun {
+/// `TESTHOST_MEM_MB`), and with the SPIRE payload (`<payload>-spire`:
+/// `/opt/spire/bin/{spire-server,zone-attestor-server}`,
+/// `/opt/zone/images/spire-agent.cpio`) when `spire` is set.
+pub fn run_with(script: &str, settings: &[(&str, &str)], spire: bool) -> HostRun {
     let payload = payload_dir();
+    let mut payloads = vec![payload.clone()];
+    if spire {
+        let mut name = payload.file_name().unwrap_or_default().to_owned();
+        name.push("-spire");
+        let extra = payload.with_file_name(name);
+        for f in ["opt/spire/bin/spire-server", "opt/spire/bin/zone-attestor-server", "opt/zone/images/spire-agent.cpio"] {
+            assert!(
+                extra.join(f).is_file(),
+                "SPIRE test-host payload incomplete: {} is missing. Run scripts/test.sh (or scripts/testhost/payload.sh); \
+                 SPIRE tests never skip",
+                extra.join(f).display()
+            );
+        }
+        payloads.push(extra);
+    }
     let mut file = tempfile::Builder::new().prefix("testhost-script").suffix(".sh").tempfile().expect("temp script");
     writeln!(file, "set -u\nexport PATH=/opt/zone/bin:$PATH\n{script}").expect("write script");
     let out = Command::new(repo_root().join("scripts/testhost/run.sh"))
         .arg(file.path())
-        .arg(&payload)
+        .args(&payloads)
         .envs(settings.iter().copied())
         .output()
         .expect("cannot start scripts/testhost/run.sh");

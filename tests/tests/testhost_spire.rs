@@ -163,7 +163,7 @@ echo "agents_total=$(sp agent list | grep -c 'spiffe://example.org/spire/agent/z
 grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head -n 10
 "#,
         prelude = daemon_prelude_with(FORWARD)
-    ), SETTINGS);
+    ), SETTINGS, true);
     let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
     let n = |k: &str| v(k).parse::<u32>().unwrap_or_else(|_| panic!("{k}={}:\n{}", v(k), run.output));
     assert_eq!(v("server_healthy"), "yes", "{}", run.output);
