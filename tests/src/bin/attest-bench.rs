@@ -7,7 +7,10 @@
 //! - throughput of 100 concurrent requests, batched (one quote shared
 //!   through a Merkle root) vs one quote per request, with the swtpm as is
 //!   and with an artificial 100 ms per quote standing in for a hardware TPM;
-//! - verifier throughput on one core for logs of 10 and 1,000 events.
+//! - verifier throughput on one core for logs of 10 and 1,000 events;
+//! - attestations per second through the SPIRE server plugin
+//!   (`zone-attestor-server`, driven over go-plugin's protocol as
+//!   spire-server drives it), each with fresh evidence for its nonce.
 //!
 //! Usage: `attest-bench [--runs N] [--concurrency N] [--slow-quote-ms MS] [--peer-runs N]`.
 //! Prints a markdown table, then one JSON line with every figure.
@@ -288,6 +291,17 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
 
     let peer = if args.peer_runs > 0 { Some(sorted_ms(peer_tpm2_quote(args.peer_runs)?)) } else { None };
 
+    // The SPIRE server plugin: sequential and 8 concurrent attestations.
+    let l = ledger(dir, port, 256, 0)?;
+    let plugin = spire::Plugin::start(dir, rt)?;
+    let policy_file = dir.join("policy.toml");
+    std::fs::write(&policy_file, Policy::admitting(&record(0)).to_toml())?;
+    plugin.configure(rt, &hex::encode(trust.ak_sha256[0]), &policy_file)?;
+    let plugin_seq = plugin.rate(rt, &l, &ids[0], 1, 3.0)?;
+    let plugin_conc = plugin.rate(rt, &l, &ids[0], 8, 3.0)?;
+    drop(plugin);
+    drop(l);
+
     println!("| measurement | figure |");
     println!("|---|---|");
     println!("| evidence latency, 1 request at a time (ledger → swtpm quote → encoded evidence), {} runs | p50 {:.1} ms, p99 {:.1} ms |", lat.len(), percentile(&lat, 50.0), percentile(&lat, 99.0));
@@ -307,12 +321,113 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
     }
     println!("| verifier, log of {events10} events, 1 core | {verify10:.0} verifications/s |");
     println!("| verifier, log of {events1000} events, 1 core | {verify1000:.0} verifications/s |");
+    println!("| SPIRE server plugin: payload → nonce → fresh evidence → verified agent ID, 1 at a time | {plugin_seq:.0} attestations/s |");
+    println!("| SPIRE server plugin, 8 concurrent attestations (evidence batched) | {plugin_conc:.0} attestations/s |");
     let summary = json!({
         "latency_ms": {"p50": percentile(&lat, 50.0), "p99": percentile(&lat, 99.0), "runs": lat.len()},
         "peer_tpm2_quote_ms": peer.as_ref().map(|p| json!({"p50": percentile(p, 50.0), "p99": percentile(p, 99.0), "runs": p.len()})),
         "concurrent": conc,
+        "spire_plugin_attestations_per_s": {"sequential": plugin_seq, "concurrent_8": plugin_conc},
         "verifier": [{"events": events10, "per_s": verify10, "evidence_bytes": ev10.len()}, {"events": events1000, "per_s": verify1000, "evidence_bytes": ev1000.len()}],
     });
     println!("{summary}");
     Ok(())
+}
+
+/// The SPIRE server plugin driven as spire-server drives it.
+mod spire {
+    use std::io::{BufRead, BufReader};
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    use anyhow::{Context, bail};
+    use hypervisor_agent::ledger::Ledger;
+    use spire_plugin::proto::config::config_client::ConfigClient;
+    use spire_plugin::proto::config::{ConfigureRequest, CoreConfiguration};
+    use spire_plugin::proto::server_nodeattestor::node_attestor_client::NodeAttestorClient;
+    use spire_plugin::proto::server_nodeattestor::{AttestRequest, attest_request, attest_response};
+    use tonic::transport::{Channel, Endpoint};
+
+    /// A running plugin process and a connection to it.
+    pub struct Plugin {
+        child: Child,
+        channel: Channel,
+    }
+
+    impl Drop for Plugin {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Plugin {
+        /// Starts the static plugin binary next to this program's build.
+        pub fn start(dir: &Path, rt: &tokio::runtime::Runtime) -> anyhow::Result<Self> {
+            let bin = std::env::var_os("ZONE_ATTESTOR_SERVER")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "target/x86_64-unknown-linux-gnu/release/zone-attestor-server".into());
+            let mut child = Command::new(&bin)
+                .env("NodeAttestor", "NodeAttestor")
+                .env("TMPDIR", dir)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {} (scripts/build.sh builds it; or set ZONE_ATTESTOR_SERVER)", bin.display()))?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().context("plugin stdout")?).read_line(&mut line)?;
+            let path = line.trim().split('|').nth(3).context("no handshake line")?.to_owned();
+            let channel = rt.block_on(Endpoint::try_from("http://plugin")?.connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            })))?;
+            Ok(Self { child, channel })
+        }
+
+        /// Configures trust in `ak` and the policy file.
+        pub fn configure(&self, rt: &tokio::runtime::Runtime, ak: &str, policy: &Path) -> anyhow::Result<()> {
+            let req = ConfigureRequest {
+                core_configuration: Some(CoreConfiguration { trust_domain: "example.org".into() }),
+                hcl_configuration: format!("trusted_ak_sha256 = [\"{ak}\"]\npolicy_path = \"{}\"", policy.display()),
+            };
+            rt.block_on(ConfigClient::new(self.channel.clone()).configure(req))?;
+            Ok(())
+        }
+
+        async fn attest_once(channel: Channel, ledger: Ledger, launch_id: String) -> anyhow::Result<()> {
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let msg = |r| AttestRequest { request: Some(r) };
+            tx.send(msg(attest_request::Request::Payload(spire_plugin::agent::payload()))).await?;
+            let mut replies = NodeAttestorClient::new(channel).attest(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            let Some(attest_response::Response::Challenge(nonce)) = replies.message().await?.and_then(|r| r.response) else {
+                bail!("no challenge");
+            };
+            let evidence = ledger.evidence(&launch_id, &nonce).await?;
+            tx.send(msg(attest_request::Request::ChallengeResponse(evidence))).await?;
+            match replies.message().await?.and_then(|r| r.response) {
+                Some(attest_response::Response::AgentAttributes(_)) => Ok(()),
+                other => bail!("attestation not admitted: {other:?}"),
+            }
+        }
+
+        /// Attestations per second with `concurrency` at once, for `secs` seconds.
+        pub fn rate(&self, rt: &tokio::runtime::Runtime, ledger: &Ledger, launch_id: &str, concurrency: usize, secs: f64) -> anyhow::Result<f64> {
+            let start = Instant::now();
+            let mut done = 0usize;
+            while start.elapsed().as_secs_f64() < secs {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..concurrency)
+                        .map(|_| tokio::spawn(Self::attest_once(self.channel.clone(), ledger.clone(), launch_id.to_owned())))
+                        .collect();
+                    for t in tasks {
+                        t.await??;
+                    }
+                    anyhow::Ok(())
+                })?;
+                done += concurrency;
+            }
+            Ok(done as f64 / start.elapsed().as_secs_f64())
+        }
+    }
 }
