@@ -5,7 +5,8 @@
 //! selectors gives the zone's workload its X.509-SVID, and a zone outside
 //! the policy, another zone's (old) evidence, a malformed payload and an
 //! untrusted host AK are each denied, with the verifier's reason in
-//! spire-server's log.
+//! spire-server's log; and the agent attests again, with fresh evidence,
+//! when its SVID rotates.
 
 use zone_tests::testhost::{self, KERNEL, daemon_prelude_with};
 
@@ -65,6 +66,8 @@ server {{
   trust_domain = "example.org"
   data_dir = "/tmp/spire/server"
   log_level = "DEBUG"
+  # Short agent SVIDs: agents rotate (and, being re-attestable, attest again) within the test.
+  agent_ttl = "60s"
 }}
 plugins {{
   DataStore "sql" {{
@@ -160,6 +163,10 @@ launch spire-untrusted $I
 echo "untrusted_failed=$(zonectl logs spire-untrusted | grep -c SPIRE-AGENT-FAILED)"
 echo "untrusted_reason=$(denials 'rejected by check ak-trusted')"
 echo "agents_total=$(sp agent list | grep -c 'spiffe://example.org/spire/agent/zone/')"
+# Re-attestation: spire-good's agent proved itself again, with fresh evidence,
+# when its 60 s SVID rotated (spire-server refuses to renew re-attestable agents).
+for i in $(seq 240); do [ "$(grep -c 'zone attested.*spire/agent/zone/testhost/spire-good' /tmp/spire/server.log)" -ge 2 ] && break; sleep 0.5; done
+echo "good_attestations=$(grep 'zone attested' /tmp/spire/server.log | grep -c 'spire/agent/zone/testhost/spire-good')"
 grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head -n 10
 "#,
         prelude = daemon_prelude_with(FORWARD)
@@ -178,4 +185,5 @@ grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head 
         assert!(n(&format!("{zone}_reason")) >= 1, "spire-server's log lacks the {reason} denial:\n{}", run.output);
     }
     assert_eq!(n("agents_total"), 1, "only the verified zone is an agent:\n{}", run.output);
+    assert!(n("good_attestations") >= 2, "the agent did not re-attest when its SVID rotated:\n{}", run.output);
 }
