@@ -2,8 +2,8 @@
 //! real spire-server v1.15.3 with our server plugin, the real spire-agent
 //! v1.15.3 with our agent plugin inside a zone): the zone attests with the
 //! expected agent ID and selectors, a registration entry keyed on `zone:`
-//! selectors gives the zone's workload its X.509-SVID, and a zone outside
-//! the policy, another zone's (old) evidence, a malformed payload and an
+//! selectors gives the zone's workload its X.509-SVID, and zones outside
+//! the policy (another command line, another initramfs), another zone's (old) evidence, a malformed payload and an
 //! untrusted host AK are each denied, with the verifier's reason in
 //! spire-server's log; and the agent attests again, with fresh evidence,
 //! when its SVID rotates.
@@ -129,7 +129,7 @@ echo "selector_cmdline=$(grep -c 'zone:cmdline:sha256:' /tmp/spire/agent-show.tx
 # 1. Outside the policy: the same image with another command line.
 launch spire-variant $I "" zone.variant=1
 echo "variant_failed=$(zonectl logs spire-variant | grep -c SPIRE-AGENT-FAILED)"
-echo "variant_reason=$(denials 'rejected by check policy')"
+echo "variant_reason=$(denials 'rejected by check policy: cmdline sha256')"
 zonectl destroy spire-variant > /dev/null 2>&1
 
 # 2. Another zone presents spire-good's evidence, made for an old nonce.
@@ -150,6 +150,12 @@ launch spire-thief /tmp/spire-extra.cpio /opt/spire/thief.conf
 echo "thief_failed=$(zonectl logs spire-thief | grep -c SPIRE-AGENT-FAILED)"
 echo "thief_reason=$(denials 'rejected by check freshness')"
 zonectl destroy spire-thief > /dev/null 2>&1
+# 1b. Outside the policy: another initramfs (the same with files appended),
+# with honest, fresh evidence.
+launch spire-otherinitrd /tmp/spire-extra.cpio
+echo "otherinitrd_failed=$(zonectl logs spire-otherinitrd | grep -c SPIRE-AGENT-FAILED)"
+echo "otherinitrd_reason=$(denials 'rejected by check policy: initrd sha256')"
+zonectl destroy spire-otherinitrd > /dev/null 2>&1
 launch spire-garbage /tmp/spire-extra.cpio /opt/spire/garbage.conf
 echo "garbage_failed=$(zonectl logs spire-garbage | grep -c SPIRE-AGENT-FAILED)"
 echo "garbage_reason=$(denials 'malformed payload')"
@@ -180,7 +186,13 @@ grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head 
     for s in ["selector_name", "selector_initrd", "selector_kernel", "selector_host", "selector_cmdline"] {
         assert!(n(s) >= 1, "{s} missing in `spire-server agent show`:\n{}", run.output);
     }
-    for (zone, reason) in [("variant", "policy"), ("thief", "freshness"), ("garbage", "malformed payload"), ("untrusted", "ak-trusted")] {
+    for (zone, reason) in [
+        ("variant", "policy (cmdline)"),
+        ("otherinitrd", "policy (initrd)"),
+        ("thief", "freshness"),
+        ("garbage", "malformed payload"),
+        ("untrusted", "ak-trusted"),
+    ] {
         assert_eq!(n(&format!("{zone}_failed")), 1, "the {zone} zone was not refused:\n{}", run.output);
         assert!(n(&format!("{zone}_reason")) >= 1, "spire-server's log lacks the {reason} denial:\n{}", run.output);
     }
