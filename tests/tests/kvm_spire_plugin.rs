@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ use spire_plugin::proto::init::InitRequest;
 use spire_plugin::proto::init::init_client::InitClient;
 use spire_plugin::proto::server_nodeattestor::node_attestor_client::NodeAttestorClient;
 use spire_plugin::proto::server_nodeattestor::{AgentAttributes, AttestRequest, attest_request, attest_response};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_zone-attestor-server-under-test");
 
@@ -33,28 +32,13 @@ struct Plugin {
 }
 
 fn start(dir: &Path) -> Plugin {
-    let mut child = Command::new(PLUGIN)
-        .env("NodeAttestor", "NodeAttestor")
-        .env("TMPDIR", dir)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.join("plugin.stderr")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let parts: Vec<&str> = line.trim().split('|').collect();
-    assert_eq!(parts.len(), 5, "handshake line {line:?}");
-    assert_eq!((parts[0], parts[1], parts[2], parts[4]), ("1", "1", "unix", "grpc"), "{line:?}");
-    let socket = PathBuf::from(parts[3]);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let path = socket.clone();
-    let channel = rt
-        .block_on(Endpoint::try_from("http://plugin").unwrap().connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-        })))
-        .unwrap();
-    Plugin { child, socket, rt, channel }
+    let stderr = Stdio::from(std::fs::File::create(dir.join("plugin.stderr")).unwrap());
+    let p = zone_tests::plugin::start(Path::new(PLUGIN), dir, stderr, &rt).unwrap();
+    let parts: Vec<&str> = p.handshake.split('|').collect();
+    assert_eq!(parts.len(), 5, "handshake line {:?}", p.handshake);
+    assert_eq!((parts[0], parts[1], parts[2], parts[4]), ("1", "1", "unix", "grpc"), "{:?}", p.handshake);
+    Plugin { child: p.child, socket: p.socket, rt, channel: p.channel }
 }
 
 impl Plugin {

@@ -54,16 +54,8 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// A loopback port whose successor is free too (swtpm's server and control ports).
 fn free_port_pair() -> anyhow::Result<u16> {
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0")?;
-        let port = l.local_addr()?.port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free pair of loopback ports")
+    zone_tests::free_port_pair().context("no free pair of loopback ports")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -336,9 +328,8 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
 
 /// The SPIRE server plugin driven as spire-server drives it.
 mod spire {
-    use std::io::{BufRead, BufReader};
     use std::path::Path;
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Child, Stdio};
     use std::time::Instant;
 
     use anyhow::{Context, bail};
@@ -347,7 +338,7 @@ mod spire {
     use spire_plugin::proto::config::{ConfigureRequest, CoreConfiguration};
     use spire_plugin::proto::server_nodeattestor::node_attestor_client::NodeAttestorClient;
     use spire_plugin::proto::server_nodeattestor::{AttestRequest, attest_request, attest_response};
-    use tonic::transport::{Channel, Endpoint};
+    use tonic::transport::Channel;
 
     /// A running plugin process and a connection to it.
     pub struct Plugin {
@@ -368,21 +359,9 @@ mod spire {
             let bin = std::env::var_os("ZONE_ATTESTOR_SERVER")
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| "target/x86_64-unknown-linux-gnu/release/zone-attestor-server".into());
-            let mut child = Command::new(&bin)
-                .env("NodeAttestor", "NodeAttestor")
-                .env("TMPDIR", dir)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot start {} (scripts/build.sh builds it; or set ZONE_ATTESTOR_SERVER)", bin.display()))?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().context("plugin stdout")?).read_line(&mut line)?;
-            let path = line.trim().split('|').nth(3).context("no handshake line")?.to_owned();
-            let channel = rt.block_on(Endpoint::try_from("http://plugin")?.connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
-            })))?;
-            Ok(Self { child, channel })
+            let p = zone_tests::plugin::start(&bin, dir, Stdio::null(), rt)
+                .with_context(|| format!("{} (scripts/build.sh builds it; or set ZONE_ATTESTOR_SERVER)", bin.display()))?;
+            Ok(Self { child: p.child, channel: p.channel })
         }
 
         /// Configures trust in `ak` and the policy file.

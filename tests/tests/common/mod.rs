@@ -19,14 +19,7 @@ pub struct Daemon {
 
 /// A free loopback TCP port P with P+1 free too (the embedded swtpm's pair).
 pub fn free_port_pair() -> u16 {
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 65534 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free pair of loopback ports");
+    zone_tests::free_port_pair().expect("no free pair of loopback ports")
 }
 
 impl Daemon {
