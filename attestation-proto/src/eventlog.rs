@@ -51,6 +51,14 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Limits for a host's whole log (what the daemon keeps and `zonectl
+    /// eventlog` shows): generous, still bounded.
+    pub fn host_log() -> Self {
+        Self { max_events: 1_000_000, ..Self::default() }
+    }
+}
+
 /// A log that cannot be used.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EventLogError {

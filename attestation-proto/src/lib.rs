@@ -16,6 +16,7 @@
 //! | [`evidence`] | evidence (`proto/zone/evidence/v1/evidence.proto`) and its nonce binding |
 //! | [`policy`] | the verifier's policy file: allowed kernel/initrd/cmdline digests |
 //! | [`verify`] | **the verifier**: every check, in order, each rejection named |
+//! | [`zone`] | the boot contract with zone-guest: the zone command on the kernel command line, console markers, power port |
 //!
 //! It does no I/O and needs no TPM and no async runtime (the gRPC stubs sit
 //! behind the `grpc` feature): the verifier that will live here runs inside
@@ -30,6 +31,10 @@ pub mod evidence;
 pub mod launch;
 pub mod policy;
 pub mod verify;
+pub mod zone;
+
+/// Where `hypervisor-agent` serves its control API unless configured otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/zone-attestor/control.sock";
 
 /// The control API (`zone.v1`).
 #[allow(missing_docs, clippy::all)]

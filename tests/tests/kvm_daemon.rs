@@ -32,7 +32,7 @@ fn lifecycle_launch_list_inspect_stop_destroy() {
     let stopped = d.json(&["stop", "web"]);
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     assert!(!alive(pid), "the VMM must be gone after stop");
-    assert!(!d.state().join("zones/web/vsock.sock_1024").exists(), "sockets are released");
+    assert!(!d.state().join("zones/web/sock/vsock.sock_1024").exists(), "sockets are released");
 
     d.json(&["destroy", "web"]);
     assert!(!d.state().join("zones/web").exists());
@@ -82,7 +82,7 @@ fn a_killed_vmm_fails_its_zone_and_releases_it() {
     let z = d.wait_state("victim", "failed");
     assert!(z["failure"].as_str().unwrap().contains("killed by signal 9"), "{z}");
     assert!(z["vmm_pid"].is_null());
-    assert!(!d.state().join("zones/victim/vsock.sock_1024").exists());
+    assert!(!d.state().join("zones/victim/sock/vsock.sock_1024").exists());
     // Its name can be reused after destroy.
     d.json(&["destroy", "victim"]);
     d.launch("victim");

@@ -24,8 +24,8 @@ use anyhow::{Context, bail};
 use attestation_proto::launch::{Artifact, LaunchRecord, RECORD_VERSION, sha256_hex};
 use attestation_proto::policy::Policy;
 use attestation_proto::verify::{Trust, ak_digest, verify};
-use hypervisor_agent::daemon::config::TpmSettings;
-use hypervisor_agent::ledger::Ledger;
+use host_attest::TpmSettings;
+use host_attest::Ledger;
 use serde_json::json;
 
 struct Args {
@@ -333,7 +333,7 @@ mod spire {
     use std::time::Instant;
 
     use anyhow::{Context, bail};
-    use hypervisor_agent::ledger::Ledger;
+    use host_attest::Ledger;
     use spire_plugin::proto::config::config_client::ConfigClient;
     use spire_plugin::proto::config::{ConfigureRequest, CoreConfiguration};
     use spire_plugin::proto::server_nodeattestor::node_attestor_client::NodeAttestorClient;

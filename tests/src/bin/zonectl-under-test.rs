@@ -2,5 +2,5 @@
 //! spawn it as a child process (`CARGO_BIN_EXE_zonectl-under-test`).
 
 fn main() {
-    hypervisor_agent::cli::main()
+    zonectl::cli::main()
 }

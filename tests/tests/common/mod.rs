@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_hypervisor-agent-under-test");
 pub const ZONECTL: &str = env!("CARGO_BIN_EXE_zonectl-under-test");
+pub const VMM: &str = env!("CARGO_BIN_EXE_zone-vmm-under-test");
 pub const STUB: &str = concat!(env!("OUT_DIR"), "/stub.elf");
 
 pub struct Daemon {
@@ -32,6 +33,10 @@ impl Daemon {
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("agent.toml")
     }
+    /// The name of this daemon's cgroup parent (unique per test daemon).
+    pub fn cgroup_parent(&self) -> String {
+        format!("zat-{}", self.dir.path().file_name().unwrap().to_string_lossy().trim_start_matches('.'))
+    }
 
     /// A daemon with the stub guest as default kernel, `limits` in its
     /// `[limits]` table and `tpm` in its `[tpm]` table; its TPM is an embedded
@@ -50,10 +55,12 @@ impl Daemon {
             d.config(),
             format!(
                 "state_dir = {:?}\nsocket = {:?}\nhost_id = \"test-host\"\n[defaults]\nkernel = {STUB:?}\ncmdline = \"h\"\nmemory_mib = 32\n\
-                 [limits]\n{limits}\n[tpm]\ndevice = \"/nonexistent/tpm\"\nswtpm_port = {}\n{tpm}\n",
+                 [limits]\n{limits}\n[tpm]\ndevice = \"/nonexistent/tpm\"\nswtpm_port = {}\n{tpm}\n\
+                 [jail]\nvmm = {VMM:?}\ncgroup_parent = {:?}\n",
                 d.state(),
                 d.socket(),
-                free_port_pair()
+                free_port_pair(),
+                d.cgroup_parent(),
             ),
         )
         .unwrap();
@@ -130,6 +137,11 @@ impl Daemon {
         z
     }
 
+    /// The daemon's PID.
+    pub fn pid(&self) -> i64 {
+        i64::from(self.child.as_ref().expect("the daemon runs").id())
+    }
+
     pub fn kill9(&mut self) {
         let mut c = self.child.take().unwrap();
         c.kill().unwrap();
@@ -189,6 +201,30 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         self.stop_swtpm();
+        remove_cgroup_parent(&self.cgroup_parent());
+    }
+}
+
+/// Removes a test daemon's (empty) cgroup parent from every hierarchy.
+pub fn remove_cgroup_parent(name: &str) {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    for line in own.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or("/"));
+        let base = match controllers {
+            "" => PathBuf::from("/sys/fs/cgroup"),
+            c => PathBuf::from("/sys/fs/cgroup").join(c.split(',').find(|c| !c.starts_with("name=")).unwrap_or(c)).join(path.trim_start_matches('/')),
+        };
+        for candidate in [base.join(name), PathBuf::from("/sys/fs/cgroup/unified").join(name), PathBuf::from("/sys/fs/cgroup").join(name)] {
+            if let Ok(rd) = std::fs::read_dir(&candidate) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(&candidate);
+            }
+        }
     }
 }
 

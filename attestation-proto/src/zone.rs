@@ -1,0 +1,167 @@
+//! The boot contract between the host and `zone-guest`: how the zone's
+//! command travels on the kernel command line, the markers zone-guest prints
+//! on the console, and the port it powers the zone off through.
+//!
+//! The host (daemon, `zonectl run`) encodes the command with
+//! [`encode_command`]; zone-guest reads `/proc/cmdline` back with
+//! [`parse_cmdline`]. Both live here so the two sides cannot drift: a
+//! round-trip test holds them together.
+//!
+//! | item | value |
+//! |---|---|
+//! | zone command | the words after the first ` -- ` of the kernel command line; arguments with whitespace (or empty) in double quotes |
+//! | [`ONESHOT_PARAM`] | `zone.oneshot` before ` -- `: power off right after readiness when there is no command |
+//! | [`READY_MARKER`] | `ZONE-GUEST-READY uptime_ms=<ms>` on the console once userspace is up |
+//! | [`EXIT_MARKER`] | `ZONE-GUEST-EXIT status=<0..=255>` before power-off |
+//! | [`POWER_PORT`] | I/O port 0x501: one byte written = power off with that status |
+//! | host channel | vsock host port [`crate::channel::HOST_CHANNEL_PORT`] |
+
+/// Printed on the console once the zone's userspace is up:
+/// `ZONE-GUEST-READY uptime_ms=<ms since boot>`.
+pub const READY_MARKER: &str = "ZONE-GUEST-READY";
+/// Printed before power-off: `ZONE-GUEST-EXIT status=<0..=255>`.
+pub const EXIT_MARKER: &str = "ZONE-GUEST-EXIT";
+/// Kernel parameter that makes a zone without a command power off right
+/// after it is ready (instead of staying up).
+pub const ONESHOT_PARAM: &str = "zone.oneshot";
+/// The zone power port: a byte written there powers the zone off with that
+/// status (QEMU's `isa-debug-exit` port, so images also power off under QEMU).
+pub const POWER_PORT: u16 = 0x501;
+/// The word that separates the kernel's parameters from the zone's command.
+pub const COMMAND_SEPARATOR: &str = "--";
+
+/// A zone command that the kernel command line cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// An argument holds a double quote or a control character.
+    #[error(
+        "the zone command argument {0:?} contains a double quote or control character, which the kernel command line \
+         cannot carry"
+    )]
+    Unencodable(String),
+}
+
+/// `cmdline` followed by ` -- ` and the zone's command, arguments with
+/// whitespace (or empty ones) in double quotes. No command: `cmdline` as is.
+pub fn encode_command(cmdline: &str, command: &[String]) -> Result<String, CommandError> {
+    if command.is_empty() {
+        return Ok(cmdline.to_owned());
+    }
+    let mut out = format!("{cmdline} {COMMAND_SEPARATOR}");
+    for arg in command {
+        if arg.contains('"') || arg.chars().any(char::is_control) {
+            return Err(CommandError::Unencodable(arg.clone()));
+        }
+        out.push(' ');
+        if arg.is_empty() || arg.contains(char::is_whitespace) {
+            out.push('"');
+            out.push_str(arg);
+            out.push('"');
+        } else {
+            out.push_str(arg);
+        }
+    }
+    Ok(out)
+}
+
+/// What the kernel command line asks of zone-guest.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BootRequest {
+    /// The zone's command and its arguments (empty: none).
+    pub command: Vec<String>,
+    /// Power off after readiness when there is no command.
+    pub oneshot: bool,
+}
+
+/// Splits a kernel command line into words the way the kernel does: on
+/// whitespace, with double quotes grouping (and removed).
+pub fn split_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Parses `/proc/cmdline` (or any full kernel command line).
+pub fn parse_cmdline(line: &str) -> BootRequest {
+    let words = split_words(line);
+    let (kernel, command) = match words.iter().position(|w| w == COMMAND_SEPARATOR) {
+        Some(i) => (&words[..i], words[i + 1..].to_vec()),
+        None => (&words[..], Vec::new()),
+    };
+    BootRequest { command, oneshot: kernel.iter().any(|w| w == ONESHOT_PARAM) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_follows_double_dash() {
+        let r = parse_cmdline("console=ttyS0 reboot=k -- /bin/sh -c \"echo hi there\"\n");
+        assert_eq!(r.command, vec!["/bin/sh", "-c", "echo hi there"]);
+        assert!(!r.oneshot);
+        let r = parse_cmdline("console=ttyS0 zone.oneshot");
+        assert!(r.command.is_empty());
+        assert!(r.oneshot);
+        // zone.oneshot after `--` is an argument of the command, not a flag.
+        let r = parse_cmdline("a -- echo zone.oneshot");
+        assert!(!r.oneshot);
+        assert_eq!(r.command, vec!["echo", "zone.oneshot"]);
+    }
+
+    #[test]
+    fn empty_quoted_argument_survives() {
+        assert_eq!(split_words("a \"\" b"), vec!["a", "", "b"]);
+    }
+
+    #[test]
+    fn encoding_quotes_what_needs_it() {
+        let c = encode_command("console=ttyS0", &["/bin/sh".into(), "-c".into(), "echo hi".into()]).unwrap();
+        assert_eq!(c, "console=ttyS0 -- /bin/sh -c \"echo hi\"");
+        assert_eq!(encode_command("x", &[]).unwrap(), "x");
+        assert_eq!(encode_command("x", &["a\"b".into()]), Err(CommandError::Unencodable("a\"b".into())));
+        assert!(encode_command("x", &["a\nb".into()]).is_err());
+    }
+
+    /// What the host encodes is what zone-guest runs, for awkward arguments too.
+    #[test]
+    fn encode_then_parse_round_trips() {
+        let cases: Vec<Vec<String>> = vec![
+            vec!["/bin/true".into()],
+            vec!["/bin/sh".into(), "-c".into(), "echo hi; exit 3".into()],
+            vec!["x".into(), String::new(), "  two  spaces ".into(), "--".into(), "zone.oneshot".into()],
+            vec!["ünï".into(), "a=b".into(), "'single'".into()],
+        ];
+        for command in cases {
+            for base in ["console=ttyS0 reboot=k panic=-1", "", "q \"quoted -- param\""] {
+                let line = encode_command(base, &command).unwrap();
+                let parsed = parse_cmdline(&line);
+                assert_eq!(parsed.command, command, "{line}");
+                assert!(!parsed.oneshot);
+            }
+        }
+    }
+}

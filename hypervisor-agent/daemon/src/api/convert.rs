@@ -1,0 +1,62 @@
+//! Daemon records ↔ API messages, and daemon errors → gRPC status codes.
+
+use attestation_proto::control as pb;
+
+use crate::manager::DaemonError;
+use crate::store::{State, ZoneRecord};
+
+/// The gRPC status for a daemon error: one code per error kind, so clients
+/// (zonectl, the SPIRE plugin) can branch on it.
+pub fn status(e: DaemonError) -> tonic::Status {
+    let msg = e.to_string();
+    match e {
+        DaemonError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+        DaemonError::NotFound(_) => tonic::Status::not_found(msg),
+        DaemonError::AlreadyExists(_) => tonic::Status::already_exists(msg),
+        DaemonError::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
+        DaemonError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
+        DaemonError::Internal(_) => tonic::Status::internal(msg),
+    }
+}
+
+fn state(s: State) -> pb::ZoneState {
+    match s {
+        State::Creating => pb::ZoneState::Creating,
+        State::Booting => pb::ZoneState::Booting,
+        State::Running => pb::ZoneState::Running,
+        State::Stopping => pb::ZoneState::Stopping,
+        State::Stopped => pb::ZoneState::Stopped,
+        State::Failed => pb::ZoneState::Failed,
+    }
+}
+
+/// A zone record as an API message.
+pub fn zone(r: &ZoneRecord) -> pb::Zone {
+    pb::Zone {
+        name: r.name.clone(),
+        state: state(r.state) as i32,
+        spec: Some(pb::ZoneSpec {
+            kernel: r.spec.kernel.display().to_string(),
+            initrd: r.spec.initrd.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            cmdline: r.spec.cmdline.clone(),
+            vcpus: u32::from(r.spec.vcpus),
+            memory_mib: r.spec.memory_mib,
+            command: r.spec.command.clone(),
+        }),
+        failure: r.failure.clone().unwrap_or_default(),
+        created_unix_ms: r.created_unix_ms,
+        ready_uptime_ms: r.ready_uptime_ms.unwrap_or(0),
+        launch_to_ready_ms: r.launch_to_ready_ms.unwrap_or(0),
+        vmm_pid: r.vmm.map(|h| h.pid).unwrap_or(0),
+        exit_status: r.exit_status,
+        guest_cid: r.guest_cid,
+        measurement: r.launch.as_ref().map(|l| pb::Measurement {
+            launch_id: l.launch_id.clone(),
+            kernel_sha256: l.kernel.sha256.clone(),
+            initrd_sha256: l.initrd_sha256().to_owned(),
+            cmdline_sha256: l.cmdline_sha256.clone(),
+            cmdline: l.cmdline.clone(),
+            launch_record: l.encode(),
+        }),
+    }
+}

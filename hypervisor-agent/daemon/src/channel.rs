@@ -1,0 +1,207 @@
+//! The daemon's end of each zone's host channel.
+//!
+//! Every zone has its own listening socket, `vsock.sock_1024` in the zone's
+//! directory: the VMM connects there when the guest connects to host port
+//! 1024 (hybrid vsock). The zone is therefore known from the socket a
+//! connection arrived on, never from what the guest says.
+//!
+//! A zone can only hurt itself through its channel: frames are bounded
+//! ([`attestation_proto::channel::MAX_MESSAGE`]), the workload's output is
+//! throttled to [`OUTPUT_RATE`] bytes per second (the daemon simply stops
+//! reading, and vsock flow control then blocks the guest's writer), its log
+//! is capped at [`MAX_WORKLOAD_LOG`] bytes, a malformed frame closes the
+//! connection with one log line, and at most [`MAX_EVIDENCE_IN_FLIGHT`]
+//! evidence requests per zone wait for the TPM (more are refused at once).
+//!
+//! Evidence requests are answered about the zone the connection belongs to,
+//! and only while it is the launch that was current when the connection was
+//! accepted. They are served off the session's loop, so heartbeats and
+//! output keep flowing while the TPM quotes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use attestation_proto::channel::{Decoder, encode_host};
+use attestation_proto::guest::{
+    EvidenceReply, EvidenceRequest, GuestMessage, HostMessage, Ping, evidence_reply, guest_message, host_message,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::manager::Daemon;
+use crate::zone_dir::ZoneDir;
+
+/// Workload output accepted per second and zone (the burst is the same).
+pub const OUTPUT_RATE: f64 = 1024.0 * 1024.0;
+/// Largest workload log kept per zone.
+pub const MAX_WORKLOAD_LOG: u64 = 64 * 1024 * 1024;
+/// Evidence requests of one zone that may wait for the TPM at once.
+pub const MAX_EVIDENCE_IN_FLIGHT: usize = 4;
+/// Heartbeat period.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// Serves the zone's channel listener (`sock/vsock.sock_1024`) until aborted
+/// (connections already accepted live on until they close: the VMM's end
+/// goes with the zone).
+pub async fn serve(daemon: Arc<Daemon>, name: String, zone_dir: ZoneDir, listener: UnixListener) {
+    let evidence_slots = Arc::new(Semaphore::new(MAX_EVIDENCE_IN_FLIGHT));
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (daemon, name, dir) = (Arc::clone(&daemon), name.clone(), zone_dir.clone());
+                let slots = Arc::clone(&evidence_slots);
+                tokio::spawn(async move {
+                    if let Err(e) = session(daemon, &name, &dir, stream, slots).await {
+                        tracing::warn!(zone = %name, error = %e, "host channel closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(zone = %name, error = %e, "host channel accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A token bucket in bytes.
+#[derive(Debug)]
+struct Throttle {
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Self { tokens: OUTPUT_RATE, last: tokio::time::Instant::now() }
+    }
+
+    /// Waits until `n` bytes may pass.
+    async fn take(&mut self, n: usize) {
+        let n = n as f64;
+        loop {
+            let now = tokio::time::Instant::now();
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * OUTPUT_RATE).min(OUTPUT_RATE);
+            self.last = now;
+            if self.tokens >= n.min(OUTPUT_RATE) {
+                self.tokens -= n;
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs_f64((n.min(OUTPUT_RATE) - self.tokens) / OUTPUT_RATE)).await;
+        }
+    }
+}
+
+/// Serves one evidence request in the background; the reply goes to `replies`.
+fn serve_evidence(
+    daemon: &Arc<Daemon>,
+    name: &str,
+    launch_id: Option<&str>,
+    req: EvidenceRequest,
+    slots: &Arc<Semaphore>,
+    replies: &mpsc::Sender<HostMessage>,
+) {
+    let id = req.id;
+    let reply = move |result| HostMessage { message: Some(host_message::Message::EvidenceReply(EvidenceReply { id, result: Some(result) })) };
+    let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+        let busy = format!("zone {name} already has {MAX_EVIDENCE_IN_FLIGHT} evidence requests waiting for the TPM; retry when one is answered");
+        // A full reply queue means the zone is not reading: dropping is fine.
+        let _ = replies.try_send(reply(evidence_reply::Result::Error(busy)));
+        return;
+    };
+    let (daemon, name, launch_id, replies) = (Arc::clone(daemon), name.to_owned(), launch_id.map(str::to_owned), replies.clone());
+    tokio::spawn(async move {
+        let result = match daemon.launch_evidence(&name, launch_id.as_deref(), &req.nonce).await {
+            Ok(bytes) => evidence_reply::Result::Evidence(bytes),
+            Err(e) => {
+                tracing::warn!(zone = %name, error = %e, "evidence request over the host channel refused");
+                evidence_reply::Result::Error(e.to_string())
+            }
+        };
+        let _ = replies.send(reply(result)).await;
+        drop(permit);
+    });
+}
+
+async fn session(
+    daemon: Arc<Daemon>,
+    name: &str,
+    dir: &ZoneDir,
+    stream: UnixStream,
+    evidence_slots: Arc<Semaphore>,
+) -> std::io::Result<()> {
+    // The launch this connection belongs to: evidence is only ever about it.
+    let launch_id = daemon.launch_id(name);
+    let (replies, mut reply_rx) = mpsc::channel::<HostMessage>(MAX_EVIDENCE_IN_FLIGHT + 1);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(dir.workload_log()).await?;
+    let mut log_len = log.metadata().await?.len();
+    let mut dropped_note = false;
+    let mut decoder = Decoder::new();
+    let mut throttle = Throttle::new();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut seq = 0u64;
+    let mut buf = vec![0u8; attestation_proto::channel::MAX_MESSAGE + 4];
+    loop {
+        let want = decoder.wanted().min(buf.len());
+        tokio::select! {
+            _ = ping.tick() => {
+                seq += 1;
+                let msg = HostMessage { message: Some(host_message::Message::Ping(Ping { seq })) };
+                let frame = encode_host(&msg).map_err(std::io::Error::other)?;
+                wr.write_all(&frame).await?;
+            }
+            Some(msg) = reply_rx.recv() => {
+                let frame = encode_host(&msg).map_err(std::io::Error::other)?;
+                wr.write_all(&frame).await?;
+            }
+            n = rd.read(&mut buf[..want]) => {
+                let n = n?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let msg = decoder.push::<GuestMessage>(&buf[..n]).map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("zone sent a bad frame: {e}"))
+                })?;
+                let Some(GuestMessage { message: Some(msg) }) = msg else { continue };
+                match msg {
+                    guest_message::Message::Hello(h) => daemon.mark_ready(name, h.ready_uptime_ms),
+                    guest_message::Message::Exited(x) => daemon.mark_exited(name, x.status),
+                    guest_message::Message::Pong(_) => {}
+                    guest_message::Message::EvidenceRequest(req) => {
+                        serve_evidence(&daemon, name, launch_id.as_deref(), req, &evidence_slots, &replies);
+                    }
+                    guest_message::Message::Output(o) => {
+                        throttle.take(o.data.len()).await;
+                        if log_len + o.data.len() as u64 <= MAX_WORKLOAD_LOG {
+                            log.write_all(&o.data).await?;
+                            log_len += o.data.len() as u64;
+                        } else if !dropped_note {
+                            dropped_note = true;
+                            log.write_all(b"\n[hypervisor-agent: workload log limit reached; further output dropped]\n").await?;
+                            tracing::warn!(zone = %name, "workload log limit reached; dropping output");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_limits_the_rate() {
+        let mut t = Throttle::new();
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            t.take(1024 * 1024).await;
+        }
+        // 1 MiB burst, then 1 MiB/s: 4 MiB take about 3 s.
+        let took = start.elapsed().as_secs_f64();
+        assert!((2.9..3.5).contains(&took), "{took}");
+    }
+}

@@ -1,0 +1,28 @@
+//! `hypervisor-agent`: the zone attestor's host daemon. It owns the zones of
+//! this host (records, jailed VMM processes, host channels), the TPM and the
+//! event log (through `host-attest`), and serves the gRPC control API on a
+//! Unix socket.
+//!
+//! | module | concept |
+//! |---|---|
+//! | [`manager`] | the zone manager: launch, stop, destroy, readiness, evidence requests |
+//! | [`store`] | zone records |
+//! | [`zone_dir`] | the layout of a zone's directory: every path, how each file is written and read |
+//! | [`jail`] | the daemon's half of each VMM's jail: uids, cgroups, jail directories, spawning in new namespaces |
+//! | [`supervisor`] | identifying, watching and signalling VMM processes |
+//! | [`channel`] | the daemon's end of each zone's host channel |
+//! | [`forward`] | host services forwarded into zones |
+//! | [`config`] | the TOML configuration |
+//! | [`api`] | the gRPC control API on a Unix socket |
+//! | [`agent`] | the `hypervisor-agent` program |
+
+pub mod agent;
+pub mod api;
+pub mod channel;
+pub mod config;
+pub mod forward;
+pub mod jail;
+pub mod manager;
+pub mod store;
+pub mod supervisor;
+pub mod zone_dir;

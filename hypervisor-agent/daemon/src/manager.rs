@@ -1,0 +1,711 @@
+//! The zone manager: owns the zones of this host.
+//!
+//! It keeps one record per zone ([`crate::store`]), starts one jailed VMM
+//! process per zone and watches it ([`crate::jail`], [`crate::supervisor`]),
+//! talks to each zone's `zone-guest` over that zone's own host channel
+//! ([`crate::channel`]), and is what the gRPC control API (`crate::api`)
+//! drives. A create writes the record first and then acts; on start the
+//! daemon reloads every record and re-adopts the VMMs that still run, so a
+//! daemon restart never touches a running zone.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use attestation_proto::launch::{LaunchRecord, RECORD_VERSION, StopRecord};
+use host_attest::ledger::{Ledger, LedgerError};
+use host_attest::measure::{self, MeasureError};
+use zone_vmm::launch::{self as vmm_launch, LaunchConfig};
+use zone_vmm::outcome::ExitReason;
+
+use crate::config::DaemonConfig;
+use crate::jail::{self, Jailer, spawn};
+use crate::store::{Spec, State, Store, StoreError, VmmHandle, ZoneRecord};
+use crate::zone_dir::ZoneDir;
+use crate::{channel, forward, supervisor};
+
+/// Lowest guest CID (0–2 are reserved by vsock).
+const FIRST_GUEST_CID: u32 = 3;
+/// Tests only: pause this many ms after measuring a zone's artifacts (the
+/// window in which a test replaces the files on disk).
+#[cfg(feature = "test-hooks")]
+pub const PAUSE_AFTER_MEASURE_ENV: &str = "HYPERVISOR_AGENT_PAUSE_AFTER_MEASURE_MS";
+/// Tests only: paths the next VMMs try to open from inside their jail (comma-separated).
+#[cfg(feature = "test-hooks")]
+pub const VMM_PROBE_ENV: &str = "HYPERVISOR_AGENT_VMM_PROBE";
+/// Tests only: the next VMMs make a forbidden system call on vCPU 0.
+#[cfg(feature = "test-hooks")]
+pub const VMM_FORBIDDEN_SYSCALL_ENV: &str = "HYPERVISOR_AGENT_VMM_FORBIDDEN_SYSCALL";
+/// How long a stop waits for the VMM before killing it.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a request failed; each maps to one gRPC status code in `api`.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The zone does not exist.
+    #[error("no zone named {0:?}; `zonectl list` shows the zones")]
+    NotFound(String),
+    /// The zone exists already.
+    #[error("a zone named {0:?} already exists; pick another name or `zonectl destroy {0}` first")]
+    AlreadyExists(String),
+    /// A configured limit or the disk would be exceeded.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The zone is not in a state that allows this.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for DaemonError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Full { .. } => Self::ResourceExhausted(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What a launch asks for; empty fields take the daemon's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchRequest {
+    /// Zone name.
+    pub name: String,
+    /// Kernel path.
+    pub kernel: Option<PathBuf>,
+    /// Initramfs path.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// vCPUs.
+    pub vcpus: Option<u32>,
+    /// Memory (MiB).
+    pub memory_mib: Option<u64>,
+    /// The zone's command.
+    pub command: Vec<String>,
+}
+
+struct Entry {
+    record: ZoneRecord,
+    launched: Instant,
+    channel: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    config: DaemonConfig,
+    store: Store,
+    ledger: Ledger,
+    jailer: Jailer,
+    zones: Mutex<BTreeMap<String, Entry>>,
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon").field("state_dir", &self.config.state_dir).finish_non_exhaustive()
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn measure_error(e: MeasureError) -> DaemonError {
+    DaemonError::InvalidArgument(e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Internal(e.to_string())
+}
+
+fn ledger_error(e: LedgerError) -> DaemonError {
+    match e {
+        LedgerError::NotMeasured(m) => DaemonError::FailedPrecondition(m),
+        other => DaemonError::Internal(other.to_string()),
+    }
+}
+
+/// 16 random bytes, hex.
+fn new_launch_id() -> Result<String, DaemonError> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| DaemonError::Internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+/// Longest zone name: the zone's vsock sockets (`<zone dir>/vsock.sock_<port>`)
+/// must fit a Unix socket address (107 bytes) under the default state directory.
+pub const MAX_NAME: usize = 48;
+
+/// Checks a zone name: `[a-z0-9][a-z0-9-]{0,47}`.
+pub fn validate_name(name: &str) -> Result<(), DaemonError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(DaemonError::InvalidArgument(format!(
+            "invalid zone name {name:?}: use 1-{MAX_NAME} characters of a-z, 0-9 and '-', not starting with '-'"
+        )))
+    }
+}
+
+impl Daemon {
+    /// Opens the TPM and the event log (reconciling them), loads the zone
+    /// records and re-adopts the VMMs that still run.
+    pub async fn start(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
+        let store = Store::open(&config.state_dir)?;
+        let jailer = Jailer::new(&config.jail, &config.state_dir, config.limits.max_zones)
+            .map_err(|e| DaemonError::FailedPrecondition(format!("cannot set up the VMM jail: {e}")))?;
+        let (tpm, dir) = (config.tpm.clone(), config.state_dir.clone());
+        let ledger = tokio::task::spawn_blocking(move || Ledger::start(&tpm, &dir))
+            .await
+            .map_err(|e| DaemonError::Internal(e.to_string()))?
+            .map_err(|e| DaemonError::FailedPrecondition(format!("cannot start the measurement ledger: {e}")))?;
+        let (records, incomplete) = store.load_all()?;
+        for name in incomplete {
+            tracing::warn!(zone = %name, "removing a zone directory left without a record by an interrupted create");
+            store.remove(&name)?;
+        }
+        let (changes, _) = watch::channel(0);
+        let daemon = Arc::new(Self { config, store, ledger, jailer, zones: Mutex::new(BTreeMap::new()), changes });
+        for record in records {
+            let name = record.name.clone();
+            let live_vmm = record.vmm.filter(|h| record.state.is_live() && supervisor::is_alive(*h));
+            daemon.lock().insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
+            match (record.state.is_live(), live_vmm) {
+                (true, Some(handle)) => {
+                    tracing::info!(zone = %name, pid = handle.pid, "re-adopting running zone");
+                    daemon.watch_vmm(&name, handle)?;
+                    let gid = record.jail.as_ref().map_or(0, |j| j.gid);
+                    if let Err(e) = daemon.open_channel(&name, gid) {
+                        tracing::error!(zone = %name, error = %e, "cannot reopen the zone's host channel");
+                    }
+                }
+                (true, None) => daemon.finish(&name, None),
+                (false, _) => {}
+            }
+        }
+        Ok(daemon)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DaemonConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.zones.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn zone_dir(&self, name: &str) -> ZoneDir {
+        self.store.zone_dir(name)
+    }
+
+    /// Applies `f` to a zone's record, persists it and announces the change.
+    fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) -> Result<ZoneRecord, DaemonError> {
+        let record = {
+            let mut zones = self.lock();
+            let entry = zones.get_mut(name).ok_or_else(|| DaemonError::NotFound(name.into()))?;
+            f(entry);
+            entry.record.clone()
+        };
+        self.store.save(&record)?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(record)
+    }
+
+    /// All zones.
+    pub fn list(&self) -> Vec<ZoneRecord> {
+        self.lock().values().map(|e| e.record.clone()).collect()
+    }
+
+    /// One zone.
+    pub fn get(&self, name: &str) -> Result<ZoneRecord, DaemonError> {
+        self.lock().get(name).map(|e| e.record.clone()).ok_or_else(|| DaemonError::NotFound(name.into()))
+    }
+
+    /// The zone's directory, if the zone exists.
+    pub fn dir_of(&self, name: &str) -> Result<ZoneDir, DaemonError> {
+        self.get(name).map(|_| self.zone_dir(name))
+    }
+
+    fn resolve(&self, req: &LaunchRequest) -> Result<Spec, DaemonError> {
+        let d = &self.config.defaults;
+        let l = &self.config.limits;
+        let kernel = req.kernel.clone().or_else(|| d.kernel.clone()).ok_or_else(|| {
+            DaemonError::InvalidArgument(
+                "no kernel given and the daemon has no defaults.kernel; pass --kernel or set it in the config".into(),
+            )
+        })?;
+        let initrd = req.initrd.clone().or_else(|| d.initrd.clone());
+        for (what, path) in [("kernel", Some(&kernel)), ("initrd", initrd.as_ref())] {
+            if let Some(p) = path {
+                if !p.is_absolute() || !p.is_file() {
+                    return Err(DaemonError::InvalidArgument(format!(
+                        "the {what} {} is not an existing file (give an absolute path the daemon can read)",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        let vcpus = req.vcpus.unwrap_or(u32::from(d.vcpus));
+        if vcpus == 0 || vcpus > u32::from(l.max_vcpus) {
+            return Err(DaemonError::InvalidArgument(format!(
+                "vcpus = {vcpus} is outside 1..={} (limits.max_vcpus)",
+                l.max_vcpus
+            )));
+        }
+        let memory_mib = req.memory_mib.unwrap_or(d.memory_mib);
+        if !(zone_vmm::vstate::layout::MIN_MEMORY_MIB..=l.max_memory_mib).contains(&memory_mib) {
+            return Err(DaemonError::InvalidArgument(format!(
+                "memory = {memory_mib} MiB is outside {}..={} MiB (limits.max_memory_mib)",
+                zone_vmm::vstate::layout::MIN_MEMORY_MIB,
+                l.max_memory_mib
+            )));
+        }
+        let cmdline = req.cmdline.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| d.cmdline.clone());
+        zone_vmm::boot::cmdline::boot_cmdline(&cmdline, &req.command, 1)
+            .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        Ok(Spec { kernel, initrd, cmdline, vcpus: vcpus as u8, memory_mib, command: req.command.clone() })
+    }
+
+    /// Creates and boots a zone; returns once its VMM runs.
+    pub fn launch(self: &Arc<Self>, req: LaunchRequest) -> Result<ZoneRecord, DaemonError> {
+        validate_name(&req.name)?;
+        let sock = self.zone_dir(&req.name).vsock();
+        if sock.as_os_str().len() > zone_vmm::devices::virtio::vsock::MAX_UDS_PATH {
+            return Err(DaemonError::InvalidArgument(format!(
+                "the zone's socket path {} is too long for a Unix socket; use a shorter zone name or state_dir",
+                sock.display()
+            )));
+        }
+        let spec = self.resolve(&req)?;
+        let name = req.name.clone();
+        // Reserve the name and check the limits under one lock.
+        let record = {
+            let mut zones = self.lock();
+            if zones.contains_key(&name) {
+                return Err(DaemonError::AlreadyExists(name));
+            }
+            let live: Vec<&ZoneRecord> = zones.values().map(|e| &e.record).filter(|r| r.state.is_live()).collect();
+            let l = &self.config.limits;
+            if live.len() >= l.max_zones {
+                return Err(DaemonError::ResourceExhausted(format!(
+                    "{} zones already run, the limit (limits.max_zones) is {}; stop or destroy one first",
+                    live.len(),
+                    l.max_zones
+                )));
+            }
+            let used: u64 = live.iter().map(|r| r.spec.memory_mib).sum();
+            if used + spec.memory_mib > l.max_total_memory_mib {
+                return Err(DaemonError::ResourceExhausted(format!(
+                    "{used} MiB are in use and {} MiB more would exceed limits.max_total_memory_mib = {} MiB",
+                    spec.memory_mib, l.max_total_memory_mib
+                )));
+            }
+            let cids: Vec<u32> = live.iter().map(|r| r.guest_cid).collect();
+            let guest_cid = (FIRST_GUEST_CID..).find(|c| !cids.contains(c)).unwrap_or(FIRST_GUEST_CID);
+            let record = ZoneRecord {
+                name: name.clone(),
+                state: State::Creating,
+                spec,
+                failure: None,
+                created_unix_ms: now_unix_ms(),
+                ready_uptime_ms: None,
+                launch_to_ready_ms: None,
+                vmm: None,
+                exit_status: None,
+                guest_cid,
+                launch: None,
+                jail: None,
+            };
+            zones.insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
+            record
+        };
+        match self.create(&record) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if let Ok(r) = self.get(&name) {
+                    self.record_stop(&r, &format!("failed: {e}"));
+                    if let Some(j) = &r.jail {
+                        jail::release(j);
+                    }
+                }
+                self.lock().remove(&name);
+                let _ = self.store.remove(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn create(self: &Arc<Self>, record: &ZoneRecord) -> Result<ZoneRecord, DaemonError> {
+        let name = &record.name;
+        let dir = self.store.create_dir(name)?;
+        self.store.save(record)?;
+        let spec = &record.spec;
+        // The jail first: its gid owns the zone's socket directory.
+        let jail = self
+            .jailer
+            .prepare(name, record.guest_cid - FIRST_GUEST_CID, spec.vcpus, spec.memory_mib)
+            .map_err(internal)?;
+        self.update(name, |e| e.record.jail = Some(jail.clone()))?;
+        dir.create_sock_dir(jail.gid).map_err(internal)?;
+        let kvm = zone_vmm::vstate::kvm::open(Path::new(zone_vmm::vstate::kvm::KVM_PATH))
+            .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
+
+        // Measure: read each artifact once into a sealed memfd; the VMM boots those bytes.
+        let seal = |what: &'static str, path: &Path| {
+            measure::seal(what, measure::open_artifact(what, path)?, &path.display().to_string())
+        };
+        let kernel = seal("kernel", &spec.kernel).map_err(measure_error)?;
+        let initrd = spec.initrd.as_deref().map(|p| seal("initramfs", p)).transpose().map_err(measure_error)?;
+        #[cfg(feature = "test-hooks")]
+        if let Some(ms) = std::env::var(PAUSE_AFTER_MEASURE_ENV).ok().and_then(|v| v.parse().ok()) {
+            // Tests only: a window to replace the files after measurement.
+            tracing::warn!(zone = %name, ms, "test hook: pausing after measurement");
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        // The command line, computed once: measured here, loaded verbatim by the VMM.
+        let cmdline = zone_vmm::boot::cmdline::boot_cmdline(&spec.cmdline, &spec.command, 1)
+            .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        let launch_record = LaunchRecord {
+            version: RECORD_VERSION,
+            host: self.config.host_id.clone(),
+            zone: name.clone(),
+            launch_id: new_launch_id()?,
+            kernel: kernel.artifact.clone(),
+            initrd: initrd.as_ref().map(|i| i.artifact.clone()),
+            cmdline_sha256: attestation_proto::launch::sha256_hex(cmdline.as_bytes()),
+            cmdline: cmdline.clone(),
+            vcpus: u32::from(spec.vcpus),
+            memory_mib: spec.memory_mib,
+            devices: vec![format!("virtio-vsock:cid={}", record.guest_cid)],
+            launched_unix_ms: now_unix_ms(),
+        };
+        // The record knows its launch before the log does, so a crash in
+        // between can still be closed with a stop event after a restart.
+        self.update(name, |e| e.record.launch = Some(launch_record.clone()))?;
+        self.ledger.record_launch(self.config.tpm.pcr, &launch_record).map_err(ledger_error)?;
+
+        // The sockets the VMM serves: bound here (the jailed VMM creates no files).
+        let vsock = ZoneDir::bind(&dir.vsock(), None).map_err(internal)?;
+        let console = ZoneDir::bind(&dir.console_socket(), None).map_err(internal)?;
+        self.open_channel(name, jail.gid)?;
+        let config = LaunchConfig {
+            zone: name.clone(),
+            cmdline,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            guest_cid: record.guest_cid,
+            initrd: initrd.is_some(),
+            jail: self.jailer.spec(&jail, &dir.sock_dir()),
+            #[cfg(feature = "test-hooks")]
+            test_hooks: test_hooks(),
+        };
+        let config_fd = measure::seal_bytes("launch", &config.encode()).map_err(internal)?;
+        let (console_log, outcome, vmm_log) = dir.open_for_vmm().map_err(internal)?;
+        let null = File::open("/dev/null").map_err(internal)?;
+        // SAFETY: `kvm` owns its descriptor and outlives the borrow (until spawn returns).
+        let kvm_fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(kvm.as_raw_fd()) };
+        let mut fds = vec![
+            (vmm_launch::CONFIG_FD, config_fd.as_fd()),
+            (vmm_launch::KVM_FD, kvm_fd),
+            (vmm_launch::KERNEL_FD, kernel.fd.as_fd()),
+            (vmm_launch::CONSOLE_LOG_FD, console_log.as_fd()),
+            (vmm_launch::OUTCOME_FD, outcome.as_fd()),
+            (vmm_launch::VSOCK_LISTENER_FD, vsock.as_fd()),
+            (vmm_launch::CONSOLE_LISTENER_FD, console.as_fd()),
+        ];
+        if let Some(i) = &initrd {
+            fds.push((vmm_launch::INITRD_FD, i.fd.as_fd()));
+        }
+        let cgroups = jail.cgroups.clone();
+        let place = move |pid: u32| jail::cgroup::enter(&cgroups, pid).map_err(|e| e.to_string());
+        let pid = spawn::spawn(&spawn::VmmCommand {
+            program: self.jailer.vmm(),
+            fds,
+            log: vmm_log.as_fd(),
+            null: null.as_fd(),
+            place: &place,
+        })
+        .map_err(internal)?;
+        let handle = supervisor::handle_of(pid);
+        tracing::info!(zone = %name, pid, uid = jail.uid, kernel = %launch_record.kernel.sha256, "VMM started in its jail");
+        let record = self.update(name, |e| {
+            e.record.state = State::Booting;
+            e.record.vmm = Some(handle);
+            e.launched = Instant::now();
+        })?;
+        self.watch_vmm(name, handle)?;
+        Ok(record)
+    }
+
+    /// Logs the end of a zone's launch (no-op if it was never logged or already ended).
+    fn record_stop(&self, record: &ZoneRecord, reason: &str) {
+        let Some(launch) = &record.launch else { return };
+        let stop = StopRecord {
+            version: RECORD_VERSION,
+            zone: record.name.clone(),
+            launch_id: launch.launch_id.clone(),
+            reason: reason.to_owned(),
+            stopped_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.ledger.record_stop(self.config.tpm.pcr, &stop) {
+            tracing::error!(zone = %record.name, error = %e, "cannot log the zone's stop event");
+        }
+    }
+
+    /// Fresh evidence about a live zone for `nonce`.
+    pub async fn evidence(&self, name: &str, nonce: &[u8]) -> Result<Vec<u8>, DaemonError> {
+        self.launch_evidence(name, None, nonce).await
+    }
+
+    /// Fresh evidence about a live zone for `nonce`; with `launch_id`, only
+    /// if the zone is still that launch (a host channel connection belongs
+    /// to one launch of a name, never to the next zone of the same name).
+    pub async fn launch_evidence(&self, name: &str, launch_id: Option<&str>, nonce: &[u8]) -> Result<Vec<u8>, DaemonError> {
+        attestation_proto::evidence::check_nonce(nonce).map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        let r = self.get(name)?;
+        let launch = r.launch.as_ref().filter(|_| r.state.is_live() && r.state != State::Stopping).ok_or_else(|| {
+            DaemonError::FailedPrecondition(format!("zone {name} is {}; only a running zone has evidence", r.state.as_str()))
+        })?;
+        if launch_id.is_some_and(|id| id != launch.launch_id) {
+            return Err(DaemonError::FailedPrecondition(format!("zone {name} was relaunched; this connection belongs to an earlier launch")));
+        }
+        self.ledger.evidence(&launch.launch_id, nonce).await.map_err(ledger_error)
+    }
+
+    /// The launch ID of a zone's current launch, if it was measured.
+    pub fn launch_id(&self, name: &str) -> Option<String> {
+        self.get(name).ok().and_then(|r| r.launch.map(|l| l.launch_id))
+    }
+
+    /// The ledger (event log, PCR, keys).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Starts the daemon's side of a zone's host channel and forwards: their
+    /// listeners in `sock/` (group `gid`: the zone's VMM connects to them).
+    fn open_channel(self: &Arc<Self>, name: &str, gid: u32) -> Result<(), DaemonError> {
+        let dir = self.zone_dir(name);
+        let listen = |port: u32| -> Result<tokio::net::UnixListener, DaemonError> {
+            let l = ZoneDir::bind(&dir.port_socket(port), Some(gid)).map_err(internal)?;
+            l.set_nonblocking(true).map_err(internal)?;
+            tokio::net::UnixListener::from_std(l).map_err(internal)
+        };
+        let channel_listener = listen(attestation_proto::channel::HOST_CHANNEL_PORT)?;
+        let channel = channel::serve(Arc::clone(self), name.to_owned(), dir.clone(), channel_listener);
+        let mut forwards = Vec::new();
+        for f in &self.config.forwards {
+            forwards.push(forward::serve(name.to_owned(), listen(f.port)?, f.clone()));
+        }
+        // One task per zone: aborting it stops the channel and the forwards.
+        let task = tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            set.spawn(channel);
+            for f in forwards {
+                set.spawn(f);
+            }
+            // Dropping the set (when this task is aborted) aborts them all.
+            while set.join_next().await.is_some() {}
+        });
+        if let Some(e) = self.lock().get_mut(name) {
+            if let Some(old) = e.channel.replace(task) {
+                old.abort();
+            }
+        }
+        Ok(())
+    }
+
+    fn watch_vmm(self: &Arc<Self>, name: &str, handle: VmmHandle) -> Result<(), DaemonError> {
+        let watch = supervisor::Watch::new(handle.pid).map_err(|e| DaemonError::Internal(e.to_string()))?;
+        let daemon = Arc::clone(self);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let status = watch.exited().await;
+            // finish() logs a stop event: a TPM command, so off the async workers.
+            let _ = tokio::task::spawn_blocking(move || daemon.finish(&name, Some(status))).await;
+        });
+        Ok(())
+    }
+
+    /// Records how a zone's VMM ended and releases what it held. `status` is
+    /// `Some(wait status)` when the VMM was seen exiting, `None` when it was
+    /// already gone at daemon start.
+    fn finish(&self, name: &str, status: Option<Option<i32>>) {
+        let dir = self.zone_dir(name);
+        let outcome = dir.read_outcome();
+        dir.remove_sockets();
+        let result = self.update(name, |e| {
+            if let Some(task) = e.channel.take() {
+                task.abort();
+            }
+            if let Some(j) = e.record.jail.take() {
+                jail::release(&j);
+            }
+            e.record.vmm = None;
+            let stopping = e.record.state == State::Stopping;
+            match &outcome {
+                Some(o) if o.reason.is_normal() => {
+                    e.record.state = State::Stopped;
+                    if let ExitReason::PowerOff { status } = o.reason {
+                        e.record.exit_status.get_or_insert(i32::from(status));
+                    }
+                }
+                Some(o) => {
+                    e.record.state = State::Failed;
+                    e.record.failure = Some(o.reason.describe());
+                }
+                // Killed by its seccomp filter before it could report the call
+                // (a violation while SIGSYS was blocked, e.g. inside pthread_kill).
+                None if status.flatten().is_some_and(supervisor::killed_by_seccomp) => {
+                    e.record.state = State::Failed;
+                    e.record.failure = Some(
+                        "seccomp violation: the VMM was killed by SIGSYS (the kernel log names the system call)".into(),
+                    );
+                }
+                None if stopping => e.record.state = State::Stopped,
+                None => {
+                    e.record.state = State::Failed;
+                    e.record.failure = Some(match status {
+                        Some(s) => format!("the VMM process died ({})", supervisor::describe_status(s)),
+                        None => "the VMM process ended while the daemon was not running and left no outcome".into(),
+                    });
+                }
+            }
+        });
+        match result {
+            Ok(r) => {
+                let reason = r.failure.as_deref().map_or_else(|| r.state.as_str().to_owned(), |f| format!("failed: {f}"));
+                self.record_stop(&r, &reason);
+                tracing::info!(zone = %name, state = r.state.as_str(), failure = ?r.failure, "zone ended");
+            }
+            Err(e) => tracing::error!(zone = %name, error = %e, "cannot record the end of the zone"),
+        }
+    }
+
+    /// Called by the host channel: zone-guest said hello.
+    pub fn mark_ready(&self, name: &str, ready_uptime_ms: u64) {
+        let _ = self.update(name, |e| {
+            if matches!(e.record.state, State::Booting | State::Running) {
+                e.record.ready_uptime_ms = Some(ready_uptime_ms);
+                if e.record.state == State::Booting {
+                    e.record.launch_to_ready_ms = Some(e.launched.elapsed().as_millis() as u64);
+                }
+                e.record.state = State::Running;
+            }
+        });
+    }
+
+    /// Called by the host channel: the workload exited.
+    pub fn mark_exited(&self, name: &str, status: i32) {
+        let _ = self.update(name, |e| e.record.exit_status = Some(status));
+    }
+
+    /// Waits until the zone has left `creating`/`booting`, or `timeout` passes.
+    pub async fn wait(&self, name: &str, timeout: Duration) -> Result<ZoneRecord, DaemonError> {
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self.get(name)?;
+            if !matches!(r.state, State::Creating | State::Booting) {
+                return Ok(r);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Stops a zone's VMM (SIGTERM, then SIGKILL after a grace period).
+    pub async fn stop(&self, name: &str) -> Result<ZoneRecord, DaemonError> {
+        let record = self.get(name)?;
+        let Some(handle) = record.vmm.filter(|_| record.state.is_live()) else {
+            return Ok(record);
+        };
+        self.update(name, |e| e.record.state = State::Stopping)?;
+        supervisor::signal(handle, libc::SIGTERM);
+        let mut rx = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        loop {
+            let r = self.get(name)?;
+            if !r.state.is_live() {
+                return Ok(r);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                tracing::warn!(zone = %name, "the VMM ignored SIGTERM; killing it");
+                supervisor::signal(handle, libc::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+                return self.get(name);
+            }
+        }
+    }
+
+    /// Stops the zone if needed, then deletes it.
+    pub async fn destroy(&self, name: &str) -> Result<(), DaemonError> {
+        let r = self.stop(name).await?;
+        if r.state.is_live() {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "zone {name} is still {} after stopping it; retry `zonectl destroy {name}`",
+                r.state.as_str()
+            )));
+        }
+        self.lock().remove(name);
+        self.store.remove(name)?;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Path of a zone's log file for `source`.
+    pub fn log_path(&self, name: &str, workload: bool) -> Result<PathBuf, DaemonError> {
+        let dir = self.dir_of(name)?;
+        Ok(if workload { dir.workload_log() } else { dir.console_log() })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+}
+
+/// The VMM test hooks the environment asks for (test builds only).
+#[cfg(feature = "test-hooks")]
+fn test_hooks() -> vmm_launch::TestHooks {
+    vmm_launch::TestHooks {
+        probe_paths: std::env::var(VMM_PROBE_ENV)
+            .map(|v| v.split(',').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+            .unwrap_or_default(),
+        forbidden_syscall_on_vcpu: std::env::var(VMM_FORBIDDEN_SYSCALL_ENV).is_ok_and(|v| v == "1"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_names_are_checked() {
+        for ok in ["a", "web-1", "0", &"x".repeat(MAX_NAME)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a/b", "..", &"x".repeat(MAX_NAME + 1), "zoné"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

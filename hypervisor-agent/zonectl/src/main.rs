@@ -1,0 +1,5 @@
+//! `zonectl`: launch, inspect and attest zones.
+
+fn main() {
+    zonectl::cli::main()
+}
