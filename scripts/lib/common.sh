@@ -8,10 +8,11 @@ ZONE_CACHE_DIR="${ZONE_CACHE_DIR:-/var/cache/zone-attestor}"
 # The only Rust target on these machines; static binaries are built for it explicitly
 # so that build scripts and proc-macros stay dynamic (crt-static breaks them).
 ZONE_TARGET="x86_64-unknown-linux-gnu"
-# Where the static release binaries land (zone-guest and the probes that run in zones).
+# Where the static release binaries land (zone-vmm, zonectl, zone-guest, the
+# SPIRE plugins and the probes that run in zones).
 ZONE_BIN_DIR="$ZONE_ROOT/target/$ZONE_TARGET/release"
-# Where the host binaries land (hypervisor-agent, zonectl): dynamically linked,
-# because Debian ships libtss2 (the TPM stack) only as shared libraries.
+# Where the daemon lands (hypervisor-agent): dynamically linked, because
+# Debian ships libtss2 (the TPM stack) only as shared libraries.
 ZONE_HOST_BIN_DIR="$ZONE_ROOT/target/release"
 export ZONE_ROOT ZONE_CACHE_DIR ZONE_TARGET ZONE_BIN_DIR ZONE_HOST_BIN_DIR
 

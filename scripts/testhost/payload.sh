@@ -2,11 +2,15 @@
 # Assembles the test-host payload: what the tests copy into the test host's
 # root. Prints the payload directory.
 #
-#   opt/zone/bin/{zone-guest,zone-bench,vsock-probe}   static binaries
-#   opt/zone/bin/{zonectl,hypervisor-agent}           dynamic (libtss2), with
-#   usr/lib/x86_64-linux-gnu/…                        the libraries they need
+#   opt/zone/bin/{zone-vmm,zonectl,zone-guest,        static binaries
+#                 zone-bench,vsock-probe}
+#   opt/zone/bin/hypervisor-agent                     dynamic (libtss2), with
+#   usr/lib/x86_64-linux-gnu/…                        the libraries it needs
 #                                                     beyond the base image's, and
 #                                                     the TCTI the loader dlopens
+#   opt/zone/test-bin/{hypervisor-agent,zone-vmm}     the same with their test hooks
+#                                                     (tests that need them put
+#                                                     test-bin first in PATH)
 #   opt/zone/kernel/vmlinux                         zone kernel (scripts/kernel/build.sh, cached)
 #   opt/zone/images/{base,shell,vsock-test}.cpio    zone images (scripts/images/build.sh)
 #
@@ -22,10 +26,10 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-for b in zone-guest zone-bench vsock-probe; do
+for b in zone-vmm zonectl zone-guest zone-bench vsock-probe zone-vmm-under-test; do
   [ -x "$ZONE_BIN_DIR/$b" ] || die "no static $b in $ZONE_BIN_DIR: run scripts/build.sh first"
 done
-for b in zonectl hypervisor-agent; do
+for b in hypervisor-agent hypervisor-agent-under-test; do
   [ -x "$ZONE_HOST_BIN_DIR/$b" ] || die "no $b in $ZONE_HOST_BIN_DIR: run scripts/build.sh first"
 done
 kernel="$("$ZONE_ROOT/scripts/kernel/build.sh" | tail -n 1)"
@@ -35,9 +39,11 @@ kernel="$("$ZONE_ROOT/scripts/kernel/build.sh" | tail -n 1)"
 payload="${ZONE_TESTHOST_PAYLOAD:-$ZONE_CACHE_DIR/payload}"
 tmp="$payload.new"
 rm -rf "$tmp"
-mkdir -p "$tmp/opt/zone/bin" "$tmp/opt/zone/kernel" "$tmp/opt/zone/images"
-cp "$ZONE_BIN_DIR"/{zone-guest,zone-bench,vsock-probe} "$tmp/opt/zone/bin/"
-cp "$ZONE_HOST_BIN_DIR"/{zonectl,hypervisor-agent} "$tmp/opt/zone/bin/"
+mkdir -p "$tmp/opt/zone/bin" "$tmp/opt/zone/test-bin" "$tmp/opt/zone/kernel" "$tmp/opt/zone/images"
+cp "$ZONE_BIN_DIR"/{zone-vmm,zonectl,zone-guest,zone-bench,vsock-probe} "$tmp/opt/zone/bin/"
+cp "$ZONE_HOST_BIN_DIR/hypervisor-agent" "$tmp/opt/zone/bin/"
+cp "$ZONE_HOST_BIN_DIR/hypervisor-agent-under-test" "$tmp/opt/zone/test-bin/hypervisor-agent"
+cp "$ZONE_BIN_DIR/zone-vmm-under-test" "$tmp/opt/zone/test-bin/zone-vmm"
 # Shared libraries of the host binaries, plus the TPM device TCTI that
 # libtss2-tctildr dlopens (and its own libraries), at their /usr/lib paths
 # (the test host's /lib is a symlink to usr/lib).

@@ -136,3 +136,61 @@ fn a_full_state_disk_is_a_clear_error_and_harms_no_zone() {
     assert!(alive(first["vmm_pid"].as_i64().unwrap()));
     assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1, "no half-made zone remains");
 }
+
+/// The backtick-quoted `zonectl …` and `hypervisor-agent …` commands in a message.
+fn suggestions(message: &str) -> Vec<String> {
+    message
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with("zonectl ") || s.starts_with("hypervisor-agent "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_command_zonectl_suggests_works_and_help_says_what_each_program_is() {
+    let help = text(&Command::new(ZONECTL).arg("--help").output().unwrap().stdout);
+    let first = help.lines().next().unwrap_or_default();
+    assert!(first.starts_with("zonectl") && first.contains("zones"), "zonectl --help opens with: {first}");
+    assert!(!help.contains("image builder and the zonectl CLI"), "{help}");
+    let help = text(&Command::new(AGENT).arg("--help").output().unwrap().stdout);
+    assert!(help.lines().next().unwrap_or_default().contains("host daemon"), "{help}");
+
+    // No daemon yet: zonectl says how to start one; the suggested command starts it.
+    let mut d = Daemon::new("");
+    let out = d.zonectl(&["list"]);
+    let hints = suggestions(&text(&out.stderr));
+    assert_eq!(hints, ["hypervisor-agent daemon --config FILE"], "{}", text(&out.stderr));
+    let args: Vec<String> = hints[0].replace("FILE", &d.config().display().to_string()).split(' ').skip(1).map(str::to_owned).collect();
+    let mut child = Command::new(AGENT).args(&args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !d.zonectl(&["list"]).status.success() {
+        assert!(t.elapsed() < Duration::from_secs(20), "`{}` did not start the daemon", hints[0]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let d = {
+        d.restart();
+        d
+    };
+
+    // The hints of refused requests name commands that exist and do what they say.
+    d.launch("a");
+    let out = d.zonectl(&["launch", "a", "--no-wait"]);
+    let hints = suggestions(&text(&out.stderr));
+    assert_eq!(hints, ["zonectl destroy a"], "{}", text(&out.stderr));
+    let out = d.zonectl(&hints[0].split(' ').skip(1).collect::<Vec<_>>());
+    assert!(out.status.success(), "`{}`: {}", hints[0], text(&out.stderr));
+    let out = d.zonectl(&["inspect", "a"]);
+    let hints = suggestions(&text(&out.stderr));
+    assert_eq!(hints, ["zonectl list"], "{}", text(&out.stderr));
+    assert!(d.zonectl(&["list"]).status.success());
+    // A zone that never becomes ready (the stub): the hint shows its console.
+    let out = d.zonectl(&["launch", "slow", "--wait-timeout", "1"]);
+    let hints = suggestions(&text(&out.stderr));
+    assert_eq!(hints, ["zonectl logs slow --console"], "{}", text(&out.stderr));
+    let out = d.zonectl(&hints[0].split(' ').skip(1).collect::<Vec<_>>());
+    assert!(out.status.success(), "`{}`: {}", hints[0], text(&out.stderr));
+}

@@ -75,8 +75,10 @@ echo "stopped_evidence_rc=$(zonectl evidence alpha --nonce $n_alpha --out /tmp/x
 
 #[test]
 fn on_the_real_tpm_device_measured_bytes_boot_and_crashes_reconcile() {
+    // The daemon and VMM built with their test hooks (pause after measurement, fault injection).
     let run = testhost::run(&format!(
-        r#"{prelude}{HELPERS}
+        r#"export PATH=/opt/zone/test-bin:$PATH
+{prelude}{HELPERS}
 restart_daemon() {{
   pid=$(cat /tmp/daemon.pid); kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
   start_daemon

@@ -29,8 +29,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::manager::Daemon;
 use crate::zone_dir::ZoneDir;
+
+/// What a zone's channel tells the zone manager, and asks of it (the
+/// manager implements it; the channel knows nothing else of the daemon).
+pub trait ZoneHost: Send + Sync + 'static {
+    /// The zone's current launch, if it was measured.
+    fn launch_id(&self, zone: &str) -> Option<String>;
+    /// zone-guest said hello.
+    fn mark_ready(&self, zone: &str, ready_uptime_ms: u64);
+    /// The workload exited.
+    fn mark_exited(&self, zone: &str, status: i32);
+    /// Fresh evidence about the zone's launch `launch_id` for `nonce`, or why not.
+    fn evidence(
+        &self,
+        zone: &str,
+        launch_id: Option<&str>,
+        nonce: &[u8],
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send;
+}
 
 /// Workload output accepted per second and zone (the burst is the same).
 pub const OUTPUT_RATE: f64 = 1024.0 * 1024.0;
@@ -44,7 +61,7 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// Serves the zone's channel listener (`sock/vsock.sock_1024`) until aborted
 /// (connections already accepted live on until they close: the VMM's end
 /// goes with the zone).
-pub async fn serve(daemon: Arc<Daemon>, name: String, zone_dir: ZoneDir, listener: UnixListener) {
+pub async fn serve<H: ZoneHost>(daemon: Arc<H>, name: String, zone_dir: ZoneDir, listener: UnixListener) {
     let evidence_slots = Arc::new(Semaphore::new(MAX_EVIDENCE_IN_FLIGHT));
     loop {
         match listener.accept().await {
@@ -94,8 +111,8 @@ impl Throttle {
 }
 
 /// Serves one evidence request in the background; the reply goes to `replies`.
-fn serve_evidence(
-    daemon: &Arc<Daemon>,
+fn serve_evidence<H: ZoneHost>(
+    daemon: &Arc<H>,
     name: &str,
     launch_id: Option<&str>,
     req: EvidenceRequest,
@@ -112,11 +129,11 @@ fn serve_evidence(
     };
     let (daemon, name, launch_id, replies) = (Arc::clone(daemon), name.to_owned(), launch_id.map(str::to_owned), replies.clone());
     tokio::spawn(async move {
-        let result = match daemon.launch_evidence(&name, launch_id.as_deref(), &req.nonce).await {
+        let result = match daemon.evidence(&name, launch_id.as_deref(), &req.nonce).await {
             Ok(bytes) => evidence_reply::Result::Evidence(bytes),
             Err(e) => {
                 tracing::warn!(zone = %name, error = %e, "evidence request over the host channel refused");
-                evidence_reply::Result::Error(e.to_string())
+                evidence_reply::Result::Error(e)
             }
         };
         let _ = replies.send(reply(result)).await;
@@ -124,8 +141,8 @@ fn serve_evidence(
     });
 }
 
-async fn session(
-    daemon: Arc<Daemon>,
+async fn session<H: ZoneHost>(
+    daemon: Arc<H>,
     name: &str,
     dir: &ZoneDir,
     stream: UnixStream,

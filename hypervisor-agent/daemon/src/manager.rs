@@ -359,10 +359,12 @@ impl Daemon {
         self.store.save(record)?;
         let spec = &record.spec;
         // The jail first: its gid owns the zone's socket directory.
+        let prepare_started = Instant::now();
         let jail = self
             .jailer
             .prepare(name, record.guest_cid - FIRST_GUEST_CID, spec.vcpus, spec.memory_mib)
             .map_err(internal)?;
+        let prepare_us = prepare_started.elapsed().as_micros();
         self.update(name, |e| e.record.jail = Some(jail.clone()))?;
         dir.create_sock_dir(jail.gid).map_err(internal)?;
         let kvm = zone_vmm::vstate::kvm::open(Path::new(zone_vmm::vstate::kvm::KVM_PATH))
@@ -436,6 +438,7 @@ impl Daemon {
         }
         let cgroups = jail.cgroups.clone();
         let place = move |pid: u32| jail::cgroup::enter(&cgroups, pid).map_err(|e| e.to_string());
+        let spawn_started = Instant::now();
         let pid = spawn::spawn(&spawn::VmmCommand {
             program: self.jailer.vmm(),
             fds,
@@ -444,8 +447,17 @@ impl Daemon {
             place: &place,
         })
         .map_err(internal)?;
+        let spawn_us = spawn_started.elapsed().as_micros();
         let handle = supervisor::handle_of(pid);
-        tracing::info!(zone = %name, pid, uid = jail.uid, kernel = %launch_record.kernel.sha256, "VMM started in its jail");
+        tracing::info!(
+            zone = %name,
+            pid,
+            uid = jail.uid,
+            kernel = %launch_record.kernel.sha256,
+            prepare_us,
+            spawn_us,
+            "VMM started in its jail"
+        );
         let record = self.update(name, |e| {
             e.record.state = State::Booting;
             e.record.vmm = Some(handle);
@@ -681,6 +693,24 @@ impl Daemon {
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.config.state_dir
+    }
+}
+
+impl channel::ZoneHost for Daemon {
+    fn launch_id(&self, zone: &str) -> Option<String> {
+        Daemon::launch_id(self, zone)
+    }
+
+    fn mark_ready(&self, zone: &str, ready_uptime_ms: u64) {
+        Daemon::mark_ready(self, zone, ready_uptime_ms);
+    }
+
+    fn mark_exited(&self, zone: &str, status: i32) {
+        Daemon::mark_exited(self, zone, status);
+    }
+
+    async fn evidence(&self, zone: &str, launch_id: Option<&str>, nonce: &[u8]) -> Result<Vec<u8>, String> {
+        self.launch_evidence(zone, launch_id, nonce).await.map_err(|e| e.to_string())
     }
 }
 

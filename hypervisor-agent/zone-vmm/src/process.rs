@@ -144,6 +144,7 @@ fn write_outcome(file: &File, outcome: &Outcome) -> Result<(), ProcessError> {
 
 /// Runs the zone the daemon launched; returns the process exit code.
 pub fn run() -> Result<i32, ProcessError> {
+    let started = std::time::Instant::now();
     block_stop_signals()?;
     // SAFETY (for every `take_fd` below): these are the descriptors the daemon
     // hands over by the contract in `launch`, each taken exactly once.
@@ -152,7 +153,13 @@ pub fn run() -> Result<i32, ProcessError> {
     let outcome_file = File::from(unsafe { take_fd(launch::OUTCOME_FD) });
     seccomp::enable(config.jail.seccomp, outcome_file.as_raw_fd())?;
     crate::jail::enter(&config.jail)?;
-    tracing::info!(zone = %config.zone, uid = config.jail.uid, seccomp = ?config.jail.seccomp, "entered the jail");
+    tracing::info!(
+        zone = %config.zone,
+        uid = config.jail.uid,
+        seccomp = ?config.jail.seccomp,
+        jail_us = started.elapsed().as_micros(),
+        "entered the jail"
+    );
     #[cfg(feature = "test-hooks")]
     test_hooks::after_jail(&config.test_hooks);
 
@@ -192,6 +199,7 @@ pub fn run() -> Result<i32, ProcessError> {
     };
     stop_on_signals(zone.stopper())?;
     serve_console_input(console_listener, zone.console_input())?;
+    tracing::info!(start_us = started.elapsed().as_micros(), "starting the vCPUs");
     let outcome = zone.run(None)?;
     tracing::info!(outcome = %outcome.reason.describe(), "zone ended");
     write_outcome(&outcome_file, &outcome)?;

@@ -134,6 +134,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 pub fn main() -> ! {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ZONECTL_LOG").unwrap_or_else(|_| "warn".into()),
         )

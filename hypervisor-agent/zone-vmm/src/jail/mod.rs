@@ -9,7 +9,9 @@
 //! 1. makes every mount private to its namespace, mounts a small tmpfs on the
 //!    jail directory, binds `/dev/null`, `/dev/urandom` and the zone's socket
 //!    directory (read-only) into it, makes it read-only and pivots into it
-//!    (the host's file system is then out of reach);
+//!    (the host's file system is then out of reach; on a host whose root is
+//!    the initial ramfs, which cannot be pivoted away, it moves the jail's
+//!    root over `/` and chroots, as `switch_root` does);
 //! 2. sets rlimits: open files, file size, no core dumps, few processes;
 //! 3. drops every capability from the bounding set and becomes the zone's
 //!    unprivileged user and group (no supplementary groups), so permitted,
@@ -118,11 +120,25 @@ fn pivot(spec: &JailSpec) -> Result<(), JailError> {
     // pivot_root(".", "."): the old root ends up stacked on the new one and
     // is detached right after, so nothing of the host stays reachable.
     // SAFETY: both arguments are valid NUL-terminated strings.
-    check(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as libc::c_int, || {
-        "pivot_root".into()
-    })?;
-    // SAFETY: as above.
-    check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) }, || "detaching the host's root".into())?;
+    let pivoted = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
+    if pivoted == 0 {
+        // SAFETY: as above.
+        check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) }, || "detaching the host's root".into())?;
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // The host's root is the initial ramfs, which cannot be pivoted away
+        // (hosts booted from an initramfs, like the test host): move the
+        // jail's root over "/" and chroot into it, as switch_root does. The
+        // old root is covered, and without CAP_SYS_ADMIN and CAP_SYS_CHROOT
+        // (dropped next) nothing can uncover or escape to it.
+        // SAFETY: valid NUL-terminated strings.
+        check(unsafe { libc::mount(dot.as_ptr(), slash.as_ptr(), std::ptr::null(), libc::MS_MOVE, std::ptr::null()) }, || {
+            "moving the jail's root over / (initramfs host)".into()
+        })?;
+        // SAFETY: as above.
+        check(unsafe { libc::chroot(dot.as_ptr()) }, || "chroot into the jail (initramfs host)".into())?;
+    } else {
+        return Err(JailError { step: "pivot_root".into(), source: std::io::Error::last_os_error() });
+    }
     // SAFETY: as above.
     check(unsafe { libc::chdir(slash.as_ptr()) }, || "chdir /".into())
 }

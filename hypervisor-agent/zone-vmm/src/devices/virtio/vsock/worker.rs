@@ -45,6 +45,21 @@ pub struct WorkerEvents {
     pub queues: Vec<EventFd>,
 }
 
+/// Handles an epoll event of the host side (the listener on `U`, a
+/// handshaking stream, a connection's stream); other tokens are ignored.
+pub fn on_host_event(muxer: &mut Muxer, token: u64, set: EventSet, driver_ready: bool, now: Instant) {
+    match token {
+        LISTENER_TOKEN => muxer.backend_mut().accept(now),
+        t if t & CONN_TAG != 0 => {
+            let readable = set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR);
+            let writable = set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR);
+            muxer.on_host_event(t, readable, writable);
+        }
+        t if t & HANDSHAKE_TAG != 0 => muxer.on_handshake_event(t, driver_ready, now),
+        _ => {}
+    }
+}
+
 /// Runs the loop until `events.stop` is signalled.
 pub fn run(mut muxer: Muxer, events: WorkerEvents, control: mpsc::Receiver<Control>) {
     let mut fixed = vec![(&events.stop, STOP_TOKEN), (&events.control, CONTROL_TOKEN)];
@@ -101,15 +116,7 @@ pub fn run(mut muxer: Muxer, events: WorkerEvents, control: mpsc::Receiver<Contr
                         let _ = evt.read();
                     }
                 }
-                LISTENER_TOKEN => muxer.backend_mut().accept(now),
-                t if t & CONN_TAG != 0 => {
-                    let readable =
-                        set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR);
-                    let writable = set.intersects(EventSet::OUT | EventSet::HANG_UP | EventSet::ERROR);
-                    muxer.on_host_event(t, readable, writable);
-                }
-                t if t & HANDSHAKE_TAG != 0 => muxer.on_handshake_event(t, queues.is_some(), now),
-                _ => {}
+                t => on_host_event(&mut muxer, t, set, queues.is_some(), now),
             }
         }
         muxer.expire(now);
