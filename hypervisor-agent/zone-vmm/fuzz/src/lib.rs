@@ -50,8 +50,9 @@ impl Host {
         Self { muxer: Muxer::new(GUEST_CID, backend), uds, listener, accepted: Vec::new(), peers: Vec::new(), _dir: dir }
     }
 
-    /// Back to no connections.
+    /// Back to no connections (and nothing left in `U`'s backlog).
     pub fn reset(&mut self) {
+        self.muxer.backend_mut().accept(Instant::now());
         self.muxer.reset();
         self.accepted.clear();
         self.peers.clear();
@@ -87,13 +88,39 @@ impl Host {
         if self.peers.len() >= 8 {
             return;
         }
-        if let Ok(mut s) = UnixStream::connect(&self.uds) {
-            let _ = s.set_nonblocking(true);
+        if let Some(mut s) = connect_nonblocking(&self.uds) {
             let _ = s.write_all(format!("CONNECT {port}\n").as_bytes());
             let _ = s.write(data);
             self.peers.push(s);
         }
     }
+}
+
+/// `connect(2)` that fails instead of waiting when the listener's backlog is full.
+fn connect_nonblocking(path: &std::path::Path) -> Option<UnixStream> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain old data; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return None;
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is ours.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+    let rc = unsafe { libc::connect(fd, (&raw const addr).cast(), len) };
+    (rc == 0).then_some(stream)
 }
 
 thread_local! {
