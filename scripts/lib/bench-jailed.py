@@ -76,7 +76,7 @@ try:
         if time.monotonic() - t > 30:
             sys.exit("bench-jailed: the daemon did not start: " + open(log.name).read())
         time.sleep(0.05)
-    phases = {k: [] for k in ("api_ms", "prepare_ms", "spawn_ms", "jail_ms", "start_ms")}
+    phases = {k: [] for k in ("api_ms", "prepare_ms", "spawn_ms", "clone_ms", "place_ms", "exec_ms", "jail_ms", "start_ms")}
     for i in range(args.runs + 1):
         name = f"s{i}"
         t0 = time.monotonic()
@@ -85,7 +85,7 @@ try:
         if '"state": "stopped"' not in out.stdout:
             sys.exit(f"bench-jailed: {name} did not end as stopped: {out.stdout} {out.stderr}")
         daemon_log = re.sub(r"\x1b\[[0-9;]*m", "", open(log.name).read())
-        m = re.findall(rf"VMM started in its jail zone={name} .*?prepare_us=(\d+) spawn_us=(\d+)", daemon_log)
+        m = re.findall(rf"VMM started in its jail zone={name} .*?prepare_us=(\d+) spawn_us=(\d+) clone_us=(\d+) place_us=(\d+) exec_us=(\d+)", daemon_log)
         vmm_log = open(os.path.join(state, "zones", name, "vmm.log")).read()
         jail = re.search(r"jail_us=(\d+)", vmm_log)
         start = re.search(r"start_us=(\d+)", vmm_log)
@@ -97,6 +97,8 @@ try:
         phases["api_ms"].append(api_ms)
         phases["prepare_ms"].append(int(m[-1][0]) / 1000)
         phases["spawn_ms"].append(int(m[-1][1]) / 1000)
+        for k, v in zip(("clone_ms", "place_ms", "exec_ms"), m[-1][2:]):
+            phases[k].append(int(v) / 1000)
         phases["jail_ms"].append(int(jail.group(1)) / 1000)
         phases["start_ms"].append(int(start.group(1)) / 1000)
         zonectl("destroy", name)

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -437,17 +438,31 @@ impl Daemon {
             fds.push((vmm_launch::INITRD_FD, i.fd.as_fd()));
         }
         let cgroups = jail.cgroups.clone();
-        let place = move |pid: u32| jail::cgroup::enter(&cgroups, pid).map_err(|e| e.to_string());
-        let spawn_started = Instant::now();
-        let pid = spawn::spawn(&spawn::VmmCommand {
+        let migrate = move |pid: u32| jail::cgroup::enter(&cgroups, pid).map_err(|e| e.to_string());
+        let cgroup_dir = match (self.jailer.clone_into_cgroup(), jail.cgroups.first()) {
+            (true, Some(dir)) => Some(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(dir)
+                    .map_err(internal)?,
+            ),
+            _ => None,
+        };
+        let place = match (&cgroup_dir, jail.cgroups.is_empty()) {
+            (Some(d), _) => spawn::Placement::Into(d.as_fd()),
+            (None, false) => spawn::Placement::Migrate(&migrate),
+            (None, true) => spawn::Placement::None,
+        };
+        let (pid, times) = spawn::spawn(&spawn::VmmCommand {
             program: self.jailer.vmm(),
             fds,
             log: vmm_log.as_fd(),
             null: null.as_fd(),
-            place: &place,
+            place,
         })
         .map_err(internal)?;
-        let spawn_us = spawn_started.elapsed().as_micros();
+        let spawn_us = times.clone_us + times.place_us + times.exec_us;
         let handle = supervisor::handle_of(pid);
         tracing::info!(
             zone = %name,
@@ -456,6 +471,9 @@ impl Daemon {
             kernel = %launch_record.kernel.sha256,
             prepare_us,
             spawn_us,
+            clone_us = times.clone_us,
+            place_us = times.place_us,
+            exec_us = times.exec_us,
             "VMM started in its jail"
         );
         let record = self.update(name, |e| {

@@ -200,6 +200,11 @@ impl Backend {
         }
     }
 
+    /// Whether a child can be born in a group of this hierarchy (v2's `CLONE_INTO_CGROUP`).
+    pub fn clone_into(&self) -> bool {
+        matches!(self, Self::V2 { .. })
+    }
+
     /// Short name for logs.
     pub fn version(&self) -> &'static str {
         match self {

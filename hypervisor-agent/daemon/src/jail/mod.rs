@@ -217,6 +217,11 @@ impl Jailer {
         self.cgroups.is_some()
     }
 
+    /// Whether a VMM can be born in its cgroup (v2), rather than moved there (v1).
+    pub fn clone_into_cgroup(&self) -> bool {
+        self.cgroups.as_ref().is_some_and(Backend::clone_into)
+    }
+
     /// The uid (= gid) of slot `slot`.
     pub fn uid_of(&self, slot: u32) -> Result<u32, JailSetupError> {
         if slot >= self.config.uid_count {

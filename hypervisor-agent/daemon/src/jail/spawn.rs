@@ -17,6 +17,48 @@ use std::path::{Path, PathBuf};
 
 use zone_vmm::launch::FIRST_FREE_FD;
 
+/// `clone3(2)`'s argument (`struct clone_args`, up to `cgroup`: version 2, 88 bytes).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Start the child directly in the cgroup (v2) whose directory fd is `clone_args.cgroup`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Where the VMM's cgroup membership comes from.
+pub enum Placement<'a> {
+    /// Born in the cgroup v2 group whose directory this is (`CLONE_INTO_CGROUP`):
+    /// no migration afterwards.
+    Into(BorrowedFd<'a>),
+    /// Moved into its groups after `clone`, before it may run (cgroup v1).
+    Migrate(&'a dyn Fn(u32) -> Result<(), String>),
+    /// No cgroup (`jail.allow_unconfined`).
+    None,
+}
+
+/// How long each step of a spawn took (µs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpawnTimes {
+    /// clone with the new namespaces (in the parent).
+    pub clone_us: u128,
+    /// Moving the child into its cgroup(s) (cgroup v1 only).
+    pub place_us: u128,
+    /// From releasing the child to its execve having succeeded.
+    pub exec_us: u128,
+}
+
 /// The namespaces a zone VMM gets.
 pub const NAMESPACES: libc::c_int =
     libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_NEWNET;
@@ -71,8 +113,18 @@ pub struct VmmCommand<'a> {
     pub log: BorrowedFd<'a>,
     /// stdin (`/dev/null`).
     pub null: BorrowedFd<'a>,
-    /// Called with the child's PID before it may run (cgroup placement).
-    pub place: &'a dyn Fn(u32) -> Result<(), String>,
+    /// Its cgroup.
+    pub place: Placement<'a>,
+}
+
+impl std::fmt::Debug for Placement<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Into(_) => "Into",
+            Self::Migrate(_) => "Migrate",
+            Self::None => "None",
+        })
+    }
 }
 
 impl std::fmt::Debug for VmmCommand<'_> {
@@ -81,8 +133,9 @@ impl std::fmt::Debug for VmmCommand<'_> {
     }
 }
 
-/// Starts `cmd`; returns the VMM's PID (in the daemon's namespace).
-pub fn spawn(cmd: &VmmCommand<'_>) -> Result<u32, SpawnError> {
+/// Starts `cmd`; returns the VMM's PID (in the daemon's namespace) and how
+/// long the steps took.
+pub fn spawn(cmd: &VmmCommand<'_>) -> Result<(u32, SpawnTimes), SpawnError> {
     // Everything the child needs is prepared here: it must not allocate.
     let program = CString::new(cmd.program.as_os_str().as_encoded_bytes())
         .map_err(|_| os("program path")(std::io::ErrorKind::InvalidInput.into()))?;
@@ -99,10 +152,25 @@ pub fn spawn(cmd: &VmmCommand<'_>) -> Result<u32, SpawnError> {
     let (err_r, err_w) = pipe()?;
     let (go_r_fd, err_w_fd) = (go_r.as_raw_fd(), err_w.as_raw_fd());
 
-    // SAFETY: a fork-like clone (no new stack, SIGCHLD on exit). In the child
-    // only async-signal-safe system calls run, on memory prepared above, and
-    // it ends in execve or _exit.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::c_long::from(NAMESPACES | libc::SIGCHLD), 0, 0, 0, 0) };
+    let mut times = SpawnTimes::default();
+    let started = std::time::Instant::now();
+    let pid = match &cmd.place {
+        Placement::Into(cgroup) => {
+            let args = CloneArgs {
+                flags: u64::try_from(NAMESPACES).unwrap_or(0) | CLONE_INTO_CGROUP,
+                exit_signal: u64::try_from(libc::SIGCHLD).unwrap_or(17),
+                cgroup: u64::try_from(cgroup.as_raw_fd()).unwrap_or(u64::MAX),
+                ..CloneArgs::default()
+            };
+            // SAFETY: a fork-like clone3 (no new stack) with a valid clone_args of
+            // its size. In the child only async-signal-safe system calls run, on
+            // memory prepared above, and it ends in execve or _exit.
+            unsafe { libc::syscall(libc::SYS_clone3, &raw const args, std::mem::size_of::<CloneArgs>()) }
+        }
+        // SAFETY: a fork-like clone (no new stack, SIGCHLD on exit); the child
+        // does as above.
+        _ => unsafe { libc::syscall(libc::SYS_clone, libc::c_long::from(NAMESPACES | libc::SIGCHLD), 0, 0, 0, 0) },
+    };
     if pid == 0 {
         // Child. SAFETY (whole block): raw system calls on descriptors this
         // process holds and on the prepared buffers; no allocation, no locks.
@@ -161,6 +229,7 @@ pub fn spawn(cmd: &VmmCommand<'_>) -> Result<u32, SpawnError> {
         return Err(os("clone with new namespaces (is this root?)")(std::io::Error::last_os_error()));
     }
     let pid = u32::try_from(pid).map_err(|_| os("clone")(std::io::ErrorKind::InvalidData.into()))?;
+    times.clone_us = started.elapsed().as_micros();
     drop((go_r, err_w));
     let reap = || {
         // SAFETY: kill and waitpid of our own child.
@@ -169,10 +238,15 @@ pub fn spawn(cmd: &VmmCommand<'_>) -> Result<u32, SpawnError> {
             libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
         }
     };
-    if let Err(e) = (cmd.place)(pid) {
-        reap();
-        return Err(SpawnError::Cgroup(e));
+    let placing = std::time::Instant::now();
+    if let Placement::Migrate(place) = &cmd.place {
+        if let Err(e) = place(pid) {
+            reap();
+            return Err(SpawnError::Cgroup(e));
+        }
     }
+    times.place_us = placing.elapsed().as_micros();
+    let released = std::time::Instant::now();
     let go = [1u8];
     // SAFETY: writing one byte from a valid buffer to our pipe.
     if unsafe { libc::write(go_w.as_raw_fd(), go.as_ptr().cast(), 1) } != 1 {
@@ -195,7 +269,8 @@ pub fn spawn(cmd: &VmmCommand<'_>) -> Result<u32, SpawnError> {
         got += n as usize;
     }
     if got == 0 {
-        return Ok(pid);
+        times.exec_us = released.elapsed().as_micros();
+        return Ok((pid, times));
     }
     reap();
     Err(SpawnError::Exec {
