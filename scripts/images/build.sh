@@ -12,14 +12,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 for b in zone-guest vsock-probe zone-attestor-agent; do
   [ -x "$ZONE_BIN_DIR/$b" ] || die "no static $b: run scripts/build.sh first"
 done
-[ -x "$ZONE_HOST_BIN_DIR/zonectl" ] || die "no zonectl: run scripts/build.sh first"
+[ -x "$ZONE_BIN_DIR/zonectl" ] || die "no zonectl: run scripts/build.sh first"
 
 spire="$("$ZONE_ROOT/scripts/spire/install.sh")"
 out="$ZONE_CACHE_DIR/images"
 mkdir -p "$out"
 for recipe in "$ZONE_ROOT"/images/*.toml; do
   name="$(basename "$recipe" .toml)"
-  "$ZONE_HOST_BIN_DIR/zonectl" image build "$recipe" -O "$out/$name.cpio" \
+  "$ZONE_BIN_DIR/zonectl" image build "$recipe" -O "$out/$name.cpio" \
     --input "zone-guest=$ZONE_BIN_DIR/zone-guest" --input busybox=/bin/busybox \
     --input "vsock-probe=$ZONE_BIN_DIR/vsock-probe" \
     --input "spire-agent=$spire/spire-agent" --input "zone-attestor-agent=$ZONE_BIN_DIR/zone-attestor-agent" -o json \
