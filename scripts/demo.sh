@@ -46,7 +46,7 @@ zonectl logs default --console | grep ZONE-GUEST-READY
 echo
 # Its verified identity: fresh evidence for a random nonce, checked offline
 # against the host's attestation key and a policy admitting the zone.
-ak=\$(zonectl eventlog -o json | sed -n 's/.*"ak_sha256": "\\([0-9a-f]*\\)".*/\\1/p')
+ak=\$(zonectl eventlog -o json | sed -n 's/.*"trust_entry": "\\([^"]*\\)".*/\\1/p')
 nonce=\$(od -An -tx1 -N16 /dev/urandom | tr -d ' \\n')
 zonectl evidence default --nonce "\$nonce" --out /tmp/default.evidence > /dev/null
 zonectl policy suggest default > /tmp/default.policy

@@ -7,9 +7,21 @@
 //!   count u32 (1), hashAlg u16 (0x000b), 32 digest bytes, eventSize u32, data.
 //!
 //! Zone events are `EV_EVENT_TAG` events whose data is a
-//! TCG_PCClientTaggedEvent (taggedEventID u32, size u32, payload): the
-//! payload is a launch or stop record ([`crate::launch`]) and the digest is
-//! SHA-256 of the whole event data. Replaying a log means
+//! TCG_PCClientTaggedEvent (taggedEventID u32, size u32, payload). The
+//! payload is the launch's 16-byte *launch tag* followed by a record
+//! ([`crate::launch`]: launch, stop, or the host's checkpoint, whose tag is
+//! all zeros), and the digest extended is
+//!
+//! ```text
+//! SHA-256("zone-attestor/event/v2\0" ‖ taggedEventID ‖ launch tag ‖ SHA-256(record))
+//! launch tag = SHA-256("zone-attestor/launch-tag/v1\0" ‖ launch id)[..16]
+//! ```
+//!
+//! so that a zone's evidence can withhold another zone's record (a
+//! *redacted* event keeps the tag, the launch tag and the record's digest)
+//! while the verifier still replays the log and knows that no redacted event
+//! is one of the zone's own: an event cannot be hidden from the zone it is
+//! about. A launch tag reveals nothing about the launch. Replaying a log means
 //! `PCR = SHA-256(PCR ‖ digest)` from 32 zero bytes for every event that
 //! is not `EV_NO_ACTION`; `tpm2_eventlog` and `tpm2_checkquote -e` read
 //! the same bytes.
@@ -29,9 +41,37 @@ pub const ALG_SHA256: u16 = 0x000b;
 pub const TAG_ZONE_LAUNCH: u32 = 0x5a4f_4e01;
 /// Tagged-event id of a zone stop (payload: stop record).
 pub const TAG_ZONE_STOP: u32 = 0x5a4f_4e02;
-/// Tagged-event id of another zone's event whose data was withheld (empty
-/// payload; only its digest counts).
+/// Tagged-event id of the host's checkpoint (payload: checkpoint record).
+pub const TAG_CHECKPOINT: u32 = 0x5a4f_4e03;
+/// Tagged-event id of another zone's event whose record was withheld
+/// (payload: the original taggedEventID, launch tag and record digest).
 pub const TAG_REDACTED: u32 = 0x5a4f_4eff;
+/// Length of a launch tag.
+pub const LAUNCH_TAG_LEN: usize = 16;
+
+const EVENT_DIGEST_LABEL: &[u8] = b"zone-attestor/event/v2\0";
+const LAUNCH_TAG_LABEL: &[u8] = b"zone-attestor/launch-tag/v1\0";
+
+/// The launch tag of `launch_id`.
+pub fn launch_tag(launch_id: &str) -> [u8; LAUNCH_TAG_LEN] {
+    let mut h = Sha256::new();
+    h.update(LAUNCH_TAG_LABEL);
+    h.update(launch_id.as_bytes());
+    let full: [u8; 32] = h.finalize().into();
+    let mut tag = [0u8; LAUNCH_TAG_LEN];
+    tag.copy_from_slice(&full[..LAUNCH_TAG_LEN]);
+    tag
+}
+
+/// The digest a zone event extends: see the module documentation.
+pub fn zone_digest(tag: u32, launch_tag: &[u8; LAUNCH_TAG_LEN], record_sha256: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(EVENT_DIGEST_LABEL);
+    h.update(tag.to_le_bytes());
+    h.update(launch_tag);
+    h.update(record_sha256);
+    h.finalize().into()
+}
 
 const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
 const HEADER_PREFIX_LEN: usize = 32;
@@ -47,7 +87,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_events: 100_000, max_event_data: crate::launch::MAX_RECORD_LEN + 8 }
+        Self { max_events: 100_000, max_event_data: crate::launch::MAX_RECORD_LEN + 8 + LAUNCH_TAG_LEN }
     }
 }
 
@@ -110,35 +150,106 @@ pub struct Event {
 /// What a zone event says, from its tagged-event data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZoneEvent<'a> {
-    /// A launch; the payload is a launch record.
-    Launch(&'a [u8]),
-    /// A stop; the payload is a stop record.
-    Stop(&'a [u8]),
-    /// Another zone's event, data withheld.
-    Redacted,
+    /// A launch; the record is a launch record.
+    Launch {
+        /// The launch's tag.
+        launch_tag: [u8; LAUNCH_TAG_LEN],
+        /// The launch record's bytes.
+        record: &'a [u8],
+    },
+    /// A stop; the record is a stop record.
+    Stop {
+        /// The launch's tag.
+        launch_tag: [u8; LAUNCH_TAG_LEN],
+        /// The stop record's bytes.
+        record: &'a [u8],
+    },
+    /// The host's checkpoint; the record is a checkpoint record.
+    Checkpoint {
+        /// The checkpoint record's bytes.
+        record: &'a [u8],
+    },
+    /// Another zone's launch or stop, its record withheld.
+    Redacted {
+        /// The original taggedEventID.
+        tag: u32,
+        /// The launch's tag.
+        launch_tag: [u8; LAUNCH_TAG_LEN],
+        /// SHA-256 of the withheld record.
+        record_sha256: [u8; 32],
+    },
+}
+
+impl ZoneEvent<'_> {
+    /// The digest this event must have.
+    pub fn digest(&self) -> [u8; 32] {
+        match *self {
+            Self::Launch { launch_tag, record } => zone_digest(TAG_ZONE_LAUNCH, &launch_tag, &Sha256::digest(record).into()),
+            Self::Stop { launch_tag, record } => zone_digest(TAG_ZONE_STOP, &launch_tag, &Sha256::digest(record).into()),
+            Self::Checkpoint { record } => zone_digest(TAG_CHECKPOINT, &[0; LAUNCH_TAG_LEN], &Sha256::digest(record).into()),
+            Self::Redacted { tag, launch_tag, record_sha256 } => zone_digest(tag, &launch_tag, &record_sha256),
+        }
+    }
+
+    /// The launch tag, for launches, stops and redacted events.
+    pub fn launch_tag(&self) -> Option<[u8; LAUNCH_TAG_LEN]> {
+        match *self {
+            Self::Launch { launch_tag, .. } | Self::Stop { launch_tag, .. } | Self::Redacted { launch_tag, .. } => Some(launch_tag),
+            Self::Checkpoint { .. } => None,
+        }
+    }
+}
+
+fn tagged_data(tag: u32, payload: &[&[u8]]) -> Vec<u8> {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let mut data = Vec::with_capacity(8 + len);
+    data.extend_from_slice(&tag.to_le_bytes());
+    data.extend_from_slice(&len_u32(len).to_le_bytes());
+    for p in payload {
+        data.extend_from_slice(p);
+    }
+    data
 }
 
 impl Event {
-    /// A zone event with tag `tag` and `payload`, its digest computed over the data.
-    pub fn tagged(pcr: u32, tag: u32, payload: &[u8]) -> Self {
-        let mut data = Vec::with_capacity(8 + payload.len());
-        data.extend_from_slice(&tag.to_le_bytes());
-        data.extend_from_slice(&len_u32(payload.len()).to_le_bytes());
-        data.extend_from_slice(payload);
-        Self { pcr, event_type: EV_EVENT_TAG, digest: Sha256::digest(&data).into(), data }
+    /// A zone launch or stop event of launch `launch_id` (`tag` is
+    /// [`TAG_ZONE_LAUNCH`] or [`TAG_ZONE_STOP`]) carrying `record`.
+    pub fn zone(pcr: u32, tag: u32, launch_id: &str, record: &[u8]) -> Self {
+        let lt = launch_tag(launch_id);
+        let data = tagged_data(tag, &[&lt, record]);
+        Self { pcr, event_type: EV_EVENT_TAG, digest: zone_digest(tag, &lt, &Sha256::digest(record).into()), data }
     }
 
-    /// The same event with its data withheld (digest kept).
+    /// The host's checkpoint event carrying `record`.
+    pub fn checkpoint(pcr: u32, record: &[u8]) -> Self {
+        let lt = [0u8; LAUNCH_TAG_LEN];
+        let data = tagged_data(TAG_CHECKPOINT, &[&lt, record]);
+        Self { pcr, event_type: EV_EVENT_TAG, digest: zone_digest(TAG_CHECKPOINT, &lt, &Sha256::digest(record).into()), data }
+    }
+
+    /// The same event with its record withheld (tag, launch tag and record
+    /// digest kept, so it still replays and still says whose it is).
+    /// Events that are not launches or stops are returned unchanged.
     pub fn redacted(&self) -> Self {
-        let mut data = Vec::with_capacity(8);
-        data.extend_from_slice(&TAG_REDACTED.to_le_bytes());
-        data.extend_from_slice(&0u32.to_le_bytes());
-        Self { pcr: self.pcr, event_type: EV_EVENT_TAG, digest: self.digest, data }
+        match self.zone_event() {
+            Some(z @ (ZoneEvent::Launch { .. } | ZoneEvent::Stop { .. })) => {
+                let (tag, lt, record) = match z {
+                    ZoneEvent::Launch { launch_tag, record } => (TAG_ZONE_LAUNCH, launch_tag, record),
+                    ZoneEvent::Stop { launch_tag, record } => (TAG_ZONE_STOP, launch_tag, record),
+                    _ => unreachable!("matched above"),
+                };
+                let rd: [u8; 32] = Sha256::digest(record).into();
+                let data = tagged_data(TAG_REDACTED, &[&tag.to_le_bytes(), &lt, &rd]);
+                Self { pcr: self.pcr, event_type: EV_EVENT_TAG, digest: self.digest, data }
+            }
+            _ => self.clone(),
+        }
     }
 
-    /// Whether the digest is SHA-256 of the data.
+    /// Whether the digest is what the event's data says it must be (for
+    /// zone events, redacted ones included).
     pub fn digest_matches_data(&self) -> bool {
-        <[u8; 32]>::from(Sha256::digest(&self.data)) == self.digest
+        self.zone_event().is_some_and(|z| z.digest() == self.digest)
     }
 
     /// Reads the tagged-event data of a zone event (`None` for other events).
@@ -152,10 +263,30 @@ impl Event {
         if payload.len() != len {
             return None;
         }
+        let split = |p: &[u8]| -> Option<([u8; LAUNCH_TAG_LEN], usize)> {
+            Some((p.get(..LAUNCH_TAG_LEN)?.try_into().ok()?, LAUNCH_TAG_LEN))
+        };
         match tag {
-            TAG_ZONE_LAUNCH => Some(ZoneEvent::Launch(payload)),
-            TAG_ZONE_STOP => Some(ZoneEvent::Stop(payload)),
-            TAG_REDACTED if payload.is_empty() => Some(ZoneEvent::Redacted),
+            TAG_ZONE_LAUNCH | TAG_ZONE_STOP => {
+                let (launch_tag, at) = split(payload)?;
+                let record = &payload[at..];
+                Some(if tag == TAG_ZONE_LAUNCH { ZoneEvent::Launch { launch_tag, record } } else { ZoneEvent::Stop { launch_tag, record } })
+            }
+            TAG_CHECKPOINT => {
+                let (launch_tag, at) = split(payload)?;
+                (launch_tag == [0; LAUNCH_TAG_LEN]).then(|| ZoneEvent::Checkpoint { record: &payload[at..] })
+            }
+            TAG_REDACTED if payload.len() == 4 + LAUNCH_TAG_LEN + 32 => {
+                let tag = u32::from_le_bytes(payload[..4].try_into().ok()?);
+                if tag != TAG_ZONE_LAUNCH && tag != TAG_ZONE_STOP {
+                    return None;
+                }
+                Some(ZoneEvent::Redacted {
+                    tag,
+                    launch_tag: payload[4..4 + LAUNCH_TAG_LEN].try_into().ok()?,
+                    record_sha256: payload[4 + LAUNCH_TAG_LEN..].try_into().ok()?,
+                })
+            }
             _ => None,
         }
     }
@@ -297,6 +428,21 @@ fn parse_event(c: &mut Cursor<'_>, index: usize, limits: &Limits) -> Result<Even
     Ok(Event { pcr, event_type, digest, data })
 }
 
+/// Parses exactly one TCG_PCR_EVENT2 (no header, nothing after it).
+pub fn parse_event_bytes(bytes: &[u8], limits: &Limits) -> Result<Event, EventLogError> {
+    let mut c = Cursor { bytes, pos: 0 };
+    let e = parse_event(&mut c, 1, limits)?;
+    if c.pos != bytes.len() {
+        return Err(EventLogError::Event { index: 1, offset: c.pos, detail: "trailing bytes after the event".into() });
+    }
+    Ok(e)
+}
+
+/// Replays `events` that extend `pcr`, starting from `start`.
+pub fn replay_from(start: [u8; 32], events: &[Event], pcr: u32) -> [u8; 32] {
+    events.iter().filter(|e| e.pcr == pcr && e.event_type != EV_NO_ACTION).fold(start, |acc, e| extend(&acc, &e.digest))
+}
+
 /// Parses a whole log; any defect is an error.
 pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Vec<Event>, EventLogError> {
     let scan = scan(bytes, limits)?;
@@ -344,19 +490,42 @@ mod tests {
 
     #[test]
     fn round_trip_and_replay() {
-        let events = vec![Event::tagged(15, TAG_ZONE_LAUNCH, b"{}"), Event::tagged(15, TAG_ZONE_STOP, b"{\"a\":1}")];
+        let events = vec![Event::zone(15, TAG_ZONE_LAUNCH, "id-1", b"{}"), Event::zone(15, TAG_ZONE_STOP, "id-1", b"{\"a\":1}")];
         let bytes = encode(&events);
         let back = parse(&bytes, &Limits::default()).unwrap();
         assert_eq!(back, events);
         assert!(back.iter().all(Event::digest_matches_data));
-        assert_eq!(back[0].zone_event(), Some(ZoneEvent::Launch(b"{}")));
+        assert_eq!(back[0].zone_event(), Some(ZoneEvent::Launch { launch_tag: launch_tag("id-1"), record: b"{}" }));
         let expected = extend(&extend(&[0; 32], &events[0].digest), &events[1].digest);
         assert_eq!(replay(&back, 15), expected);
         assert_eq!(replay(&back, 14), [0; 32]);
-        let r = events[0].redacted();
-        assert_eq!(r.zone_event(), Some(ZoneEvent::Redacted));
-        assert_eq!(r.digest, events[0].digest);
-        assert!(!r.digest_matches_data());
+    }
+
+    #[test]
+    fn a_redacted_event_still_replays_and_says_whose_it_is() {
+        let stop = Event::zone(15, TAG_ZONE_STOP, "id-1", b"{\"secret\":1}");
+        let r = stop.redacted();
+        assert_eq!(r.digest, stop.digest);
+        assert!(r.digest_matches_data(), "the redacted form still proves its digest");
+        assert!(!r.data.windows(6).any(|w| w == b"secret"), "the record is withheld");
+        match r.zone_event() {
+            Some(ZoneEvent::Redacted { tag, launch_tag: lt, .. }) => {
+                assert_eq!(tag, TAG_ZONE_STOP);
+                assert_eq!(lt, launch_tag("id-1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A redacted event cannot claim another launch than the one it belongs to.
+        let mut forged = r.clone();
+        forged.data[12] ^= 1;
+        assert!(!forged.digest_matches_data());
+        // Nor be turned into a launch when it was a stop.
+        let mut retagged = r.clone();
+        retagged.data[8..12].copy_from_slice(&TAG_ZONE_LAUNCH.to_le_bytes());
+        assert!(!retagged.digest_matches_data());
+        let cp = Event::checkpoint(15, b"{}");
+        assert!(cp.digest_matches_data());
+        assert_eq!(cp.redacted(), cp, "a checkpoint is the host's, never withheld");
     }
 
     #[test]
@@ -372,7 +541,7 @@ mod tests {
 
     #[test]
     fn torn_tails_and_limits() {
-        let events = vec![Event::tagged(15, TAG_ZONE_LAUNCH, b"{}"); 3];
+        let events = vec![Event::zone(15, TAG_ZONE_LAUNCH, "id", b"{}"); 3];
         let bytes = encode(&events);
         for cut in 65..bytes.len() {
             let s = scan(&bytes[..cut], &Limits::default()).unwrap();
@@ -386,8 +555,8 @@ mod tests {
         assert!(matches!(parse(&bytes, &limits), Err(EventLogError::Event { index: 1, .. })));
         // A size field claiming 4 GiB allocates nothing.
         let mut huge = encode(&events[..1]);
-        let n = huge.len();
-        huge[n - 14..n - 10].copy_from_slice(&u32::MAX.to_le_bytes());
+        let (n, d) = (huge.len(), events[0].data.len());
+        huge[n - d - 4..n - d].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse(&huge, &Limits::default()).is_err());
     }
 }

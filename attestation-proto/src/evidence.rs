@@ -17,10 +17,11 @@
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-pub use crate::evidence_pb::{Evidence, MerkleProof, PcrValue};
+pub use crate::evidence_pb::{Checkpoint, Evidence, MerkleProof, PcrValue};
 
-/// The layout version this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The layout version this crate writes and reads (2: structured zone-event
+/// digests, checkpoints, the EK certificate).
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest evidence accepted (bytes).
 pub const MAX_EVIDENCE_LEN: usize = 8 * 1024 * 1024;
 /// Shortest nonce accepted (bytes).
@@ -29,6 +30,18 @@ pub const MIN_NONCE_LEN: usize = 8;
 pub const MAX_NONCE_LEN: usize = 64;
 
 const BINDING_LABEL: &[u8] = b"zone-attestor evidence v1\0";
+const CHECKPOINT_LABEL: &[u8] = b"zone-attestor checkpoint v1\0";
+
+/// The qualifying data of a checkpoint's quote: `SHA-256(label ‖ digest of
+/// the checkpoint event)`, so a checkpoint quote can never pass for an
+/// evidence quote (whose qualifying data is a batch root of nonce leaves), nor
+/// the other way round.
+pub fn checkpoint_qualifying_data(checkpoint_event_digest: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(CHECKPOINT_LABEL);
+    h.update(checkpoint_event_digest);
+    h.finalize().into()
+}
 
 /// A nonce of the wrong size.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

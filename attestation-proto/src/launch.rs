@@ -106,6 +106,45 @@ pub struct StopRecord {
     pub stopped_unix_ms: u64,
 }
 
+/// A checkpoint of the log: which launches were live when it was made.
+///
+/// The ledger appends one every so many events and has the TPM quote the
+/// zone PCR right after it; evidence then carries that checkpoint and only
+/// the events after it, so its size and the cost of checking it do not grow
+/// with the host's history (see [`crate::verify`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRecord {
+    /// [`RECORD_VERSION`].
+    pub version: u32,
+    /// 1 for the first checkpoint of a TPM boot, then one more each time.
+    pub seq: u64,
+    /// Events of the log before this one.
+    pub events_before: u64,
+    /// SHA-256 (hex) of the launch record of every launch logged before and
+    /// not stopped, sorted.
+    pub live: Vec<String>,
+}
+
+impl CheckpointRecord {
+    /// The canonical bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_canonical(self)
+    }
+
+    /// Parses canonical bytes and checks every field.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let r: Self = decode_canonical(bytes, |r: &Self| r.version)?;
+        if r.live.iter().any(|d| !is_hex_digest(d)) || r.live.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(RecordError::Field("live must be sorted, distinct SHA-256 hex digests".into()));
+        }
+        if r.seq == 0 {
+            return Err(RecordError::Field("seq starts at 1".into()));
+        }
+        Ok(r)
+    }
+}
+
 /// SHA-256 of `bytes` as lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

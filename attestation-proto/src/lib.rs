@@ -9,6 +9,7 @@
 //! | [`control`] | the gRPC control API of `hypervisor-agent` (`proto/zone/v1/*.proto`) |
 //! | [`guest`] | the host channel between zone-guest and the daemon (`proto/zone/guest/v1/agent.proto`) |
 //! | [`channel`] | the host channel's framing: length-prefixed, bounded messages |
+//! | [`ek`] | the TPM's EK certificate: who made the TPM |
 //! | [`tpm`] | TPM 2.0 structures (TPMS_ATTEST, TPMT_SIGNATURE, TPMT_PUBLIC), Names, PCR digests, tpm2-tools' PCR file |
 //! | [`merkle`] | SHA-256 Merkle tree (RFC 6962 shape) batching many nonces under one quote |
 //! | [`launch`] | the launch and stop records the host measures and logs |
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod ek;
 pub mod merkle;
 pub mod tpm;
 pub mod eventlog;

@@ -1,33 +1,56 @@
-//! The verifier: checks a zone's evidence against pinned attestation keys,
-//! a nonce and a policy. Pure: no I/O, no TPM, no async runtime.
+//! The verifier: checks a zone's evidence against trusted attestation keys
+//! (each bound to the host it speaks for), a nonce and a policy. Pure: no
+//! I/O, no TPM, no async runtime.
 //!
 //! The checks run in this order, and a rejection names the first that
 //! failed ([`Check`]):
 //!
 //! 1. **format** — sizes, versions, canonical protobuf (no unknown or
 //!    repeated fields), every structure parses (TPMS_ATTEST,
-//!    TPMT_SIGNATURE, TPMT_PUBLIC, the event log, the launch record);
-//! 2. **ak-trusted** — SHA-256 of the AK's TPMT_PUBLIC is pinned, and the AK
+//!    TPMT_SIGNATURE, TPMT_PUBLIC, the event log, the launch record, the
+//!    checkpoint);
+//! 2. **ak-trusted** — SHA-256 of the AK's TPMT_PUBLIC is trusted, and the AK
 //!    is a restricted signing key (so it only signs TPM-made attestations);
-//! 3. **signature** — the AK signed the TPMS_ATTEST;
-//! 4. **qualified-signer** — the quote names the AK as a child of the EK;
-//! 5. **freshness** — the Merkle leaf of (nonce, launch record) is included
+//! 3. **host** — the AK is trusted for the host the launch record names (a
+//!    host cannot speak for another);
+//! 4. **signature** — the AK signed the TPMS_ATTEST;
+//! 5. **qualified-signer** — the quote names the AK as a child of the EK;
+//! 6. **freshness** — the Merkle leaf of (nonce, launch record) is included
 //!    under the root the quote carries as qualifying data;
-//! 6. **pcr-selection** — only PCRs inside the signed selection are used;
+//! 7. **pcr-selection** — only PCRs inside the signed selection are used;
 //!    the zone PCR is one of them and cannot be reset at locality 0;
-//! 7. **pcr-digest** — the PCR values hash to the quote's PCR digest;
-//! 8. **event-log-replay** — the event log replays to the zone PCR's value;
-//! 9. **event-digest** — each event's digest is SHA-256 of its data (events
-//!    of other zones are redacted and only replayed);
-//! 10. **launch-record** — the zone's launch record is a launch event of the log;
-//! 11. **not-stopped** — no stop event of that launch follows;
-//! 12. **policy** — the policy allows the zone's name and digests.
+//! 8. **pcr-digest** — the PCR values hash to the quote's PCR digest;
+//! 9. **checkpoint** — when the log starts after a checkpoint: the same AK
+//!    quoted the zone PCR, in the same TPM boot (reset and restart counts)
+//!    and no later than the evidence's quote, with the checkpoint event as
+//!    the last extend before it (`pcr_before` extended by the event gives the
+//!    quoted value, and SHA-256 has no preimages to fake that with); its
+//!    qualifying data is the checkpoint label over the event's digest;
+//! 10. **event-log-replay** — the event log replays to the zone PCR's value,
+//!    from zero or from the checkpoint's value;
+//! 11. **event-digest** — each event's digest is the one its data says
+//!    (redacted events of other zones included: they keep the launch tag and
+//!    the record's digest);
+//! 12. **launch-record** — the zone's launch record is a launch event of the
+//!    log, or listed as live by the checkpoint;
+//! 13. **not-stopped** — no stop event of that launch follows, and no redacted
+//!    event is one of this launch's (a zone's own events are never withheld
+//!    from it, so a hidden stop would be a forgery);
+//! 14. **policy** — the policy allows the zone's name and digests.
+//!
+//! Why a checkpoint is sound: the TPM attested that the zone PCR held `V_c`
+//! at some time of this boot, and now holds `V`. PCRs change only by extends,
+//! so `V` is `V_c` extended by whatever was extended since; the events after
+//! the checkpoint replay from `V_c` to `V`, and by collision resistance they
+//! are exactly those. The checkpoint event itself is bound as the extend that
+//! produced `V_c`. What came before is summarized by the checkpoint's list of
+//! live launches, which the same daemon wrote that wrote every other event.
 
 use sha2::{Digest, Sha256};
 
 use crate::evidence::{self, Evidence, FORMAT_VERSION};
 use crate::eventlog::{self, Event, ZoneEvent};
-use crate::launch::{LaunchRecord, StopRecord};
+use crate::launch::{CheckpointRecord, LaunchRecord, StopRecord, sha256_hex};
 use crate::merkle;
 use crate::policy::Policy;
 use crate::tpm::{
@@ -37,6 +60,8 @@ use crate::tpm::{
 
 /// Largest TPM structure accepted (TPMS_ATTEST, TPMT_SIGNATURE, TPMT_PUBLIC).
 const MAX_TPM_STRUCT: usize = 2048;
+/// Largest EK certificate accepted.
+pub const MAX_EK_CERTIFICATE: usize = 8192;
 /// Largest event log inside evidence.
 pub const MAX_EVENT_LOG: usize = 4 * 1024 * 1024;
 /// Most events inside evidence.
@@ -51,6 +76,8 @@ pub enum Check {
     Format,
     /// AK pinned and restricted.
     AkTrusted,
+    /// The AK speaks for the record's host.
+    Host,
     /// Quote signature.
     Signature,
     /// qualifiedSigner.
@@ -61,6 +88,8 @@ pub enum Check {
     PcrSelection,
     /// PCR digest.
     PcrDigest,
+    /// The checkpoint the log starts after.
+    Checkpoint,
     /// Log replay.
     EventLogReplay,
     /// Event digests.
@@ -79,11 +108,13 @@ impl Check {
         match self {
             Self::Format => "format",
             Self::AkTrusted => "ak-trusted",
+            Self::Host => "host",
             Self::Signature => "signature",
             Self::QualifiedSigner => "qualified-signer",
             Self::Freshness => "freshness",
             Self::PcrSelection => "pcr-selection",
             Self::PcrDigest => "pcr-digest",
+            Self::Checkpoint => "checkpoint",
             Self::EventLogReplay => "event-log-replay",
             Self::EventDigest => "event-digest",
             Self::LaunchRecord => "launch-record",
@@ -113,11 +144,48 @@ fn reject<T>(check: Check, detail: impl Into<String>) -> Result<T, Rejection> {
     Err(Rejection { check, detail: detail.into() })
 }
 
-/// What the verifier trusts.
+/// An attestation key trusted to speak for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedAk {
+    /// The host id its launch records must name.
+    pub host: String,
+    /// SHA-256 of its TPMT_PUBLIC (`zonectl eventlog` prints it).
+    pub ak_sha256: [u8; 32],
+}
+
+/// What the verifier trusts: AKs, each for the host it speaks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trust {
-    /// SHA-256 digests of trusted AKs' TPMT_PUBLIC (`zonectl` prints them).
-    pub ak_sha256: Vec<[u8; 32]>,
+    /// The trusted keys.
+    pub aks: Vec<TrustedAk>,
+}
+
+impl Trust {
+    /// Trusts `ak_sha256` for `host` (builder style).
+    pub fn with(mut self, host: &str, ak_sha256: [u8; 32]) -> Self {
+        self.aks.push(TrustedAk { host: host.to_owned(), ak_sha256 });
+        self
+    }
+
+    /// The hosts `ak_sha256` is trusted for.
+    pub fn hosts_of(&self, ak_sha256: &[u8; 32]) -> Vec<&str> {
+        self.aks.iter().filter(|t| &t.ak_sha256 == ak_sha256).map(|t| t.host.as_str()).collect()
+    }
+
+    /// Parses a `HOST=SHA256` trust entry (as `zonectl verify --trust-ak` and
+    /// the SPIRE plugin's `trusted_hosts` take them).
+    pub fn parse_entry(entry: &str) -> Result<TrustedAk, String> {
+        let (host, hexd) = entry.split_once('=').ok_or_else(|| {
+            format!("trusted AK {entry:?}: write HOST=SHA256 (an AK is trusted for one host; `zonectl eventlog` prints both)")
+        })?;
+        let d = hex::decode(hexd.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok());
+        let ak_sha256 = d.ok_or_else(|| format!("trusted AK {entry:?}: {hexd:?} is not 64 hex digits"))?;
+        let host = host.trim();
+        if host.is_empty() {
+            return Err(format!("trusted AK {entry:?}: the host id is empty"));
+        }
+        Ok(TrustedAk { host: host.to_owned(), ak_sha256 })
+    }
 }
 
 /// What verified evidence establishes.
@@ -133,13 +201,26 @@ pub struct Verified {
     pub reset_count: u32,
     /// How many requests shared the quote.
     pub batch_size: u64,
-    /// Events in the log.
+    /// Events in the log (after the checkpoint, if any).
     pub events: usize,
+    /// The checkpoint the log started after, if any (its sequence number).
+    pub checkpoint_seq: Option<u64>,
+    /// The TPM's EK certificate (DER), if the evidence carried one.
+    pub ek_certificate: Option<Vec<u8>>,
 }
 
 /// SHA-256 of an AK's TPMT_PUBLIC: what [`Trust`] pins.
 pub fn ak_digest(ak_public: &[u8]) -> [u8; 32] {
     Sha256::digest(ak_public).into()
+}
+
+struct ParsedCheckpoint {
+    attest_bytes: Vec<u8>,
+    attest: Attest,
+    signature: Signature,
+    pcr_before: [u8; 32],
+    event: Event,
+    record: CheckpointRecord,
 }
 
 struct Parsed {
@@ -150,6 +231,7 @@ struct Parsed {
     ek: PublicArea,
     record: LaunchRecord,
     events: Vec<Event>,
+    checkpoint: Option<ParsedCheckpoint>,
 }
 
 fn check_format(bytes: &[u8], nonce: &[u8]) -> Result<Parsed, Rejection> {
@@ -178,6 +260,9 @@ fn check_format(bytes: &[u8], nonce: &[u8]) -> Result<Parsed, Rejection> {
             return reject(f, format!("{what} is {len} bytes (expected 1..={MAX_TPM_STRUCT})"));
         }
     }
+    if ev.ek_certificate.len() > MAX_EK_CERTIFICATE {
+        return reject(f, format!("ek_certificate is {} bytes, more than {MAX_EK_CERTIFICATE}", ev.ek_certificate.len()));
+    }
     if ev.event_log.len() > MAX_EVENT_LOG {
         return reject(f, format!("event log is {} bytes, more than {MAX_EVENT_LOG}", ev.event_log.len()));
     }
@@ -195,20 +280,58 @@ fn check_format(bytes: &[u8], nonce: &[u8]) -> Result<Parsed, Rejection> {
     let record = LaunchRecord::decode(&ev.launch_record).or_else(|e| reject(f, format!("launch_record: {e}")))?;
     let limits = eventlog::Limits { max_events: MAX_EVENTS, ..eventlog::Limits::default() };
     let events = eventlog::parse(&ev.event_log, &limits).or_else(|e| reject(f, format!("event_log: {e}")))?;
-    Ok(Parsed { ev, attest, signature, ak, ek, record, events })
+    let checkpoint = match &ev.checkpoint {
+        None => None,
+        Some(c) => {
+            for (what, len) in [("checkpoint.quote_attest", c.quote_attest.len()), ("checkpoint.quote_signature", c.quote_signature.len())] {
+                if len == 0 || len > MAX_TPM_STRUCT {
+                    return reject(f, format!("{what} is {len} bytes (expected 1..={MAX_TPM_STRUCT})"));
+                }
+            }
+            let Ok(pcr_before) = <[u8; 32]>::try_from(c.pcr_before.as_slice()) else {
+                return reject(f, "checkpoint.pcr_before is not a 32-byte SHA-256 value");
+            };
+            let attest = Attest::parse(&c.quote_attest).or_else(|e| reject(f, format!("checkpoint.quote_attest: {e}")))?;
+            let signature =
+                Signature::parse(&c.quote_signature).or_else(|e| reject(f, format!("checkpoint.quote_signature: {e}")))?;
+            let event = eventlog::parse_event_bytes(&c.event, &eventlog::Limits::default())
+                .or_else(|e| reject(f, format!("checkpoint.event: {e}")))?;
+            let record = match event.zone_event() {
+                Some(ZoneEvent::Checkpoint { record }) => {
+                    CheckpointRecord::decode(record).or_else(|e| reject(f, format!("checkpoint.event: {e}")))?
+                }
+                _ => return reject(f, "checkpoint.event is not a checkpoint event"),
+            };
+            Some(ParsedCheckpoint { attest_bytes: c.quote_attest.clone(), attest, signature, pcr_before, event, record })
+        }
+    };
+    Ok(Parsed { ev, attest, signature, ak, ek, record, events, checkpoint })
 }
 
 /// Verifies `bytes` as evidence for `nonce`; on success says what was proven.
 pub fn verify(bytes: &[u8], nonce: &[u8], trust: &Trust, policy: &Policy) -> Result<Verified, Rejection> {
-    let Parsed { ev, attest, signature, ak, ek, record, events } = check_format(bytes, nonce)?;
+    let Parsed { ev, attest, signature, ak, ek, record, events, checkpoint } = check_format(bytes, nonce)?;
 
     // 2. The AK is one we trust, and it only signs what the TPM itself made.
     let ak_hash = ak_digest(&ev.ak_public);
-    if !trust.ak_sha256.contains(&ak_hash) {
+    let hosts = trust.hosts_of(&ak_hash);
+    if hosts.is_empty() {
         return reject(Check::AkTrusted, format!("attestation key sha256:{} is not pinned as trusted", hex::encode(ak_hash)));
     }
     if !ak.is_restricted_signing_key() {
         return reject(Check::AkTrusted, "the attestation key is not a restricted, fixedTPM signing key");
+    }
+
+    // 3. ... for the host the record names.
+    if !hosts.contains(&record.host.as_str()) {
+        return reject(
+            Check::Host,
+            format!(
+                "the launch record names host {:?} but attestation key sha256:{} is trusted only for {hosts:?}",
+                record.host,
+                hex::encode(ak_hash)
+            ),
+        );
     }
 
     // 3. Signature over the TPMS_ATTEST bytes as received.
@@ -262,44 +385,87 @@ pub fn verify(bytes: &[u8], nonce: &[u8], trust: &Trust, policy: &Policy) -> Res
         return reject(Check::PcrDigest, "the PCR values do not hash to the quote's PCR digest");
     }
 
-    // 8. The log replays to the zone PCR.
+    // 9. Where the log starts: at zero, or at a checkpoint of this TPM boot.
+    let start = match &checkpoint {
+        None => [0u8; 32],
+        Some(c) => check_checkpoint(c, &ak, &attest, zone_pcr)?,
+    };
+
+    // 10. The log replays to the zone PCR.
     if let Some(e) = events.iter().find(|e| e.pcr != zone_pcr) {
         return reject(Check::EventLogReplay, format!("the log extends PCR {} besides the zone PCR {zone_pcr}", e.pcr));
     }
-    if eventlog::replay(&events, zone_pcr).as_slice() != zone_value.sha256.as_slice() {
+    if eventlog::replay_from(start, &events, zone_pcr).as_slice() != zone_value.sha256.as_slice() {
         return reject(Check::EventLogReplay, format!("the event log does not replay to the quoted PCR {zone_pcr}"));
     }
 
-    // 9. Every readable event is what its digest says.
+    // 11. Every event is what its digest says.
     let mut zone_events = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {
-        match e.zone_event() {
-            None => return reject(Check::EventDigest, format!("event {} is not a zone event this verifier understands", i + 1)),
-            Some(ZoneEvent::Redacted) => {}
-            Some(_) if !e.digest_matches_data() => {
-                return reject(Check::EventDigest, format!("event {}'s digest is not the SHA-256 of its data", i + 1));
-            }
-            Some(z) => zone_events.push(z),
+        let Some(z) = e.zone_event() else {
+            return reject(Check::EventDigest, format!("event {} is not a zone event this verifier understands", i + 1));
+        };
+        if z.digest() != e.digest {
+            return reject(Check::EventDigest, format!("event {}'s digest is not the one its data says", i + 1));
         }
+        zone_events.push(z);
     }
 
-    // 10. This launch is in the log.
-    let launches = zone_events.iter().filter(|z| matches!(z, ZoneEvent::Launch(d) if *d == ev.launch_record.as_slice())).count();
-    if launches != 1 {
-        return reject(Check::LaunchRecord, format!("the zone's launch record appears {launches} times in the log (expected once)"));
-    }
-
-    // 11. ... and has not ended.
+    // 12. This launch is in the log (or live at the checkpoint), once.
+    let own_tag = eventlog::launch_tag(&record.launch_id);
+    let mut launches = 0;
     for z in &zone_events {
-        if let ZoneEvent::Stop(d) = z {
-            let stop = StopRecord::decode(d).or_else(|e| reject(Check::EventDigest, format!("a stop event: {e}")))?;
-            if stop.launch_id == record.launch_id {
-                return reject(Check::NotStopped, format!("zone {} (launch {}) was stopped: {}", record.zone, record.launch_id, stop.reason));
+        match *z {
+            ZoneEvent::Launch { launch_tag, record: r } if r == ev.launch_record.as_slice() => {
+                if launch_tag != own_tag {
+                    return reject(Check::EventDigest, "the zone's launch event carries another launch's tag");
+                }
+                launches += 1;
             }
+            ZoneEvent::Checkpoint { .. } => {
+                return reject(Check::EventLogReplay, "a checkpoint event inside the log: the log must start after the latest checkpoint");
+            }
+            _ => {}
+        }
+    }
+    let own_digest = sha256_hex(&ev.launch_record);
+    let live_at_checkpoint = checkpoint.as_ref().is_some_and(|c| c.record.live.binary_search(&own_digest).is_ok());
+    match (launches, live_at_checkpoint) {
+        (1, false) | (0, true) => {}
+        (n, live) => {
+            return reject(
+                Check::LaunchRecord,
+                format!(
+                    "the zone's launch record appears {n} times in the log{} (expected once, in the log or as live at the checkpoint)",
+                    if live { " and is live at the checkpoint" } else { "" }
+                ),
+            );
         }
     }
 
-    // 12. Policy.
+    // 13. ... and has not ended; nothing of this launch is withheld.
+    for z in &zone_events {
+        match *z {
+            ZoneEvent::Stop { launch_tag, record: d } => {
+                let stop = StopRecord::decode(d).or_else(|e| reject(Check::EventDigest, format!("a stop event: {e}")))?;
+                if eventlog::launch_tag(&stop.launch_id) != launch_tag {
+                    return reject(Check::EventDigest, "a stop event carries another launch's tag");
+                }
+                if stop.launch_id == record.launch_id {
+                    return reject(Check::NotStopped, format!("zone {} (launch {}) was stopped: {}", record.zone, record.launch_id, stop.reason));
+                }
+            }
+            ZoneEvent::Redacted { launch_tag, .. } if launch_tag == own_tag => {
+                return reject(
+                    Check::NotStopped,
+                    "an event of this zone's own launch is withheld from it (a zone's evidence never hides its own events)",
+                );
+            }
+            _ => {}
+        }
+    }
+
+    // 14. Policy.
     if let Err(detail) = policy.check(&record) {
         return reject(Check::Policy, detail);
     }
@@ -309,8 +475,45 @@ pub fn verify(bytes: &[u8], nonce: &[u8], trust: &Trust, policy: &Policy) -> Res
         reset_count: attest.clock.reset_count,
         batch_size: proof.tree_size,
         events: events.len(),
+        checkpoint_seq: checkpoint.as_ref().map(|c| c.record.seq),
+        ek_certificate: (!ev.ek_certificate.is_empty()).then(|| ev.ek_certificate.clone()),
         record,
     })
+}
+
+/// The checkpoint check; returns the zone PCR's value at the checkpoint.
+fn check_checkpoint(c: &ParsedCheckpoint, ak: &PublicArea, attest: &Attest, zone_pcr: u32) -> Result<[u8; 32], Rejection> {
+    let k = Check::Checkpoint;
+    let cp = &c.attest;
+    if let Err(e) = ak.verify(&c.attest_bytes, &c.signature) {
+        return reject(k, format!("the checkpoint quote's signature does not verify with the AK: {e}"));
+    }
+    if !c.event.digest_matches_data() || c.event.pcr != zone_pcr {
+        return reject(k, "the checkpoint event's digest or PCR is not what its data says");
+    }
+    if cp.qualified_signer != attest.qualified_signer {
+        return reject(k, "the checkpoint was quoted by another key");
+    }
+    if cp.clock.reset_count != attest.clock.reset_count
+        || cp.clock.restart_count != attest.clock.restart_count
+        || cp.clock.clock > attest.clock.clock
+    {
+        return reject(k, "the checkpoint is not from this TPM boot, or is later than the quote");
+    }
+    if cp.extra_data.as_slice() != evidence::checkpoint_qualifying_data(&c.event.digest) {
+        return reject(k, "the checkpoint quote's qualifying data is not the checkpoint label over its event");
+    }
+    if cp.pcr_select.len() != 1
+        || cp.pcr_select[0].hash_alg != ALG_SHA256
+        || cp.pcr_select[0].pcrs() != [u8::try_from(zone_pcr).unwrap_or(u8::MAX)]
+    {
+        return reject(k, "the checkpoint quote must select exactly the zone PCR in the SHA-256 bank");
+    }
+    let value = eventlog::extend(&c.pcr_before, &c.event.digest);
+    if pcr_digest(&[value]).as_slice() != cp.pcr_digest.as_slice() {
+        return reject(k, "the checkpoint event is not the last extend before the checkpoint quote");
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -319,6 +522,17 @@ mod tests {
 
     /// Found by the `verify_signed` fuzz target: genuine evidence with an
     /// unknown field appended verified, the field unread.
+    #[test]
+    fn trust_entries_bind_an_ak_to_one_host() {
+        let t = Trust::parse_entry(&format!("host-a={}", "ab".repeat(32))).unwrap();
+        assert_eq!(t.host, "host-a");
+        let trust = Trust::default().with("host-a", [0xab; 32]).with("host-b", [0xcd; 32]);
+        assert_eq!(trust.hosts_of(&[0xab; 32]), ["host-a"]);
+        assert!(Trust::parse_entry(&"ab".repeat(32)).unwrap_err().contains("HOST=SHA256"));
+        assert!(Trust::parse_entry("h=zz").unwrap_err().contains("64 hex"));
+        assert!(Trust::parse_entry(&format!("={}", "ab".repeat(32))).unwrap_err().contains("empty"));
+    }
+
     #[test]
     fn unknown_or_repeated_fields_are_rejected() {
         let ev = Evidence { format_version: FORMAT_VERSION, zone_pcr: 15, ..Evidence::default() };
@@ -335,7 +549,7 @@ mod tests {
         let mut repeated = bytes.clone();
         repeated.extend_from_slice(&[0x50, 15]);
         // A non-minimal varint for format_version.
-        let mut long_varint = vec![0x08, 0x81, 0x00];
+        let mut long_varint = vec![0x08, 0x80 | u8::try_from(FORMAT_VERSION).unwrap(), 0x00];
         long_varint.extend_from_slice(&bytes[2..]);
         for b in [unknown, repeated, long_varint] {
             assert_eq!(evidence::decode(&b).unwrap(), ev);

@@ -52,12 +52,21 @@ pub fn parse<T: for<'de> Deserialize<'de> + Default>(hcl: &str) -> Result<T, Con
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerData {
-    /// SHA-256 (hex) of each trusted host AK's TPMT_PUBLIC (`zonectl eventlog` prints it).
+    /// `HOST=SHA256`: each trusted host and the SHA-256 (hex) of its AK's
+    /// TPMT_PUBLIC (`zonectl eventlog` prints both). An AK is trusted only
+    /// for the host it is listed with.
     #[serde(default)]
-    pub trusted_ak_sha256: Vec<String>,
-    /// Files holding a trusted AK's TPMT_PUBLIC (`ak.pub` from `zonectl eventlog --export-keys`).
+    pub trusted_hosts: Vec<String>,
+    /// `HOST=PATH`: each trusted host and a file with its AK's TPMT_PUBLIC
+    /// (`ak.pub` from `zonectl eventlog --export-keys`).
     #[serde(default)]
-    pub trusted_ak_paths: Vec<PathBuf>,
+    pub trusted_host_ak_paths: Vec<String>,
+    /// Replaced by `trusted_hosts` (kept to say so).
+    #[serde(default)]
+    pub trusted_ak_sha256: Option<Vec<String>>,
+    /// Replaced by `trusted_host_ak_paths` (kept to say so).
+    #[serde(default)]
+    pub trusted_ak_paths: Option<Vec<PathBuf>>,
     /// The policy file (TOML, as `zonectl measure --policy` and `zonectl policy suggest` write it).
     #[serde(default)]
     pub policy_path: Option<PathBuf>,
@@ -86,23 +95,33 @@ impl ServerConfig {
             return Err(ConfigError::Invalid(format!("trust domain {trust_domain:?} is not a valid SPIFFE trust domain name")));
         }
         let data: ServerData = parse(hcl)?;
-        let mut trust = Trust { ak_sha256: Vec::new() };
-        for h in &data.trusted_ak_sha256 {
-            let d = hex::decode(h.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok());
-            trust.ak_sha256.push(d.ok_or_else(|| {
-                ConfigError::Invalid(format!("trusted_ak_sha256 entry {h:?} is not 64 hex digits (`zonectl eventlog` prints the AK's)"))
-            })?);
+        if data.trusted_ak_sha256.is_some() || data.trusted_ak_paths.is_some() {
+            return Err(ConfigError::Invalid(
+                "trusted_ak_sha256 and trusted_ak_paths are replaced by trusted_hosts = [\"HOST=SHA256\"] and \
+                 trusted_host_ak_paths = [\"HOST=PATH\"]: an AK is trusted only for the host it speaks for \
+                 (`zonectl eventlog` prints the host id and the AK's sha256)"
+                    .into(),
+            ));
         }
-        for p in &data.trusted_ak_paths {
-            let bytes = std::fs::read(p).map_err(|e| ConfigError::Invalid(format!("cannot read trusted_ak_paths entry {}: {e}", p.display())))?;
+        let mut trust = Trust::default();
+        for entry in &data.trusted_hosts {
+            trust.aks.push(Trust::parse_entry(entry).map_err(|e| ConfigError::Invalid(format!("trusted_hosts: {e}")))?);
+        }
+        for entry in &data.trusted_host_ak_paths {
+            let (host, p) = entry.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("trusted_host_ak_paths entry {entry:?}: write HOST=PATH"))
+            })?;
+            let p = PathBuf::from(p.trim());
+            let bytes = std::fs::read(&p)
+                .map_err(|e| ConfigError::Invalid(format!("cannot read trusted_host_ak_paths entry {}: {e}", p.display())))?;
             attestation_proto::tpm::public::PublicArea::parse(&bytes).map_err(|e| {
                 ConfigError::Invalid(format!("{} is not an AK public area (ak.pub from `zonectl eventlog --export-keys`): {e}", p.display()))
             })?;
-            trust.ak_sha256.push(ak_digest(&bytes));
+            trust = trust.with(host.trim(), ak_digest(&bytes));
         }
-        if trust.ak_sha256.is_empty() {
+        if trust.aks.is_empty() {
             return Err(ConfigError::Invalid(
-                "no trusted host AK: set trusted_ak_sha256 (from `zonectl eventlog`) or trusted_ak_paths".into(),
+                "no trusted host: set trusted_hosts = [\"HOST=SHA256\"] (`zonectl eventlog` prints both) or trusted_host_ak_paths".into(),
             ));
         }
         let path = data.policy_path.ok_or_else(|| {
@@ -147,15 +166,17 @@ mod tests {
         let policy = dir.path().join("p.toml");
         std::fs::write(&policy, format!("version = 1\n[[allow]]\nname = \"web-*\"\nkernel_sha256 = [\"{d}\"]\ninitrd_sha256 = [\"none\"]\ncmdline_sha256 = [\"{d}\"]\n", d = "ab".repeat(32))).unwrap();
         let ak = "cd".repeat(32);
-        let hcl = format!("\"trusted_ak_sha256\" = [\"{ak}\"]\n\"policy_path\" = \"{}\"", policy.display());
+        let hcl = format!("\"trusted_hosts\" = [\"host-a={ak}\"]\n\"policy_path\" = \"{}\"", policy.display());
         let c = ServerConfig::from_request("example.org", &hcl).unwrap();
-        assert_eq!(c.trust.ak_sha256, vec![[0xcd; 32]]);
+        assert_eq!(c.trust, Trust::default().with("host-a", [0xcd; 32]));
         let err = |td: &str, hcl: &str| ServerConfig::from_request(td, hcl).unwrap_err().to_string();
-        assert!(err("example.org", "").contains("no trusted host AK"));
-        assert!(err("example.org", &format!("trusted_ak_sha256 = [\"{ak}\"]")).contains("policy_path is required"));
-        assert!(err("example.org", "trusted_ak_sha256 = [\"zz\"]").contains("64 hex digits"));
+        assert!(err("example.org", "").contains("no trusted host"));
+        assert!(err("example.org", &format!("trusted_hosts = [\"h={ak}\"]")).contains("policy_path is required"));
+        assert!(err("example.org", "trusted_hosts = [\"h=zz\"]").contains("64 hex digits"));
+        assert!(err("example.org", &format!("trusted_hosts = [\"{ak}\"]")).contains("HOST=SHA256"));
+        assert!(err("example.org", &format!("trusted_ak_sha256 = [\"{ak}\"]")).contains("replaced by trusted_hosts"));
         assert!(err("example.org", "unknown_key = 1").contains("not valid"));
         assert!(err("Example Org", &hcl).contains("trust domain"));
-        assert!(err("example.org", &format!("trusted_ak_sha256 = [\"{ak}\"]\npolicy_path = \"/nonexistent\"")).contains("cannot read"));
+        assert!(err("example.org", &format!("trusted_hosts = [\"h={ak}\"]\npolicy_path = \"/nonexistent\"")).contains("cannot read"));
     }
 }

@@ -40,7 +40,7 @@ fn evidence_verifies_and_each_kind_of_tampering_is_rejected_by_its_check() {
     let d = Daemon::new("").start();
     d.launch("web");
     d.launch("db");
-    let trust = Trust { ak_sha256: vec![ak_sha256(&d)] };
+    let trust = Trust::default().with("test-host", ak_sha256(&d));
     let nonce = hex::decode(NONCE).unwrap();
     let (bytes, policy) = evidence_and_policy(&d, "web");
     let v = verify(&bytes, &nonce, &trust, &policy).expect("genuine evidence must verify");
@@ -53,7 +53,7 @@ fn evidence_verifies_and_each_kind_of_tampering_is_rejected_by_its_check() {
     let file = d.dir.path().join("web.evidence");
     let pol = d.dir.path().join("web.policy");
     std::fs::write(&pol, policy.to_toml()).unwrap();
-    let ak = hex::encode(trust.ak_sha256[0]);
+    let ak = format!("test-host={}", hex::encode(ak_sha256(&d)));
     let ok = d.json(&["verify", file.to_str().unwrap(), "--policy", pol.to_str().unwrap(), "--nonce", NONCE, "--trust-ak", &ak]);
     assert_eq!(ok["verified"], true);
     assert_eq!(ok["zone"], "web");
@@ -74,7 +74,9 @@ fn evidence_verifies_and_each_kind_of_tampering_is_rejected_by_its_check() {
         evidence::encode(&e)
     };
     assert_eq!(check_of(b"garbage", &nonce, &trust, &policy), Check::Format);
-    assert_eq!(check_of(&bytes, &nonce, &Trust { ak_sha256: vec![[7; 32]] }, &policy), Check::AkTrusted);
+    assert_eq!(check_of(&bytes, &nonce, &Trust::default().with("test-host", [7; 32]), &policy), Check::AkTrusted);
+    // The right AK, trusted for another host: it cannot speak for this one.
+    assert_eq!(check_of(&bytes, &nonce, &Trust::default().with("other-host", ak_sha256(&d)), &policy), Check::Host);
     let sig = retamper(&|e| {
         let n = e.quote_attest.len();
         e.quote_attest[n - 40] ^= 1; // inside pcrDigest
@@ -185,7 +187,7 @@ fn a_crash_between_log_append_and_pcr_extend_is_reconciled_at_restart() {
         }
         d.launch("after");
         let (bytes, policy) = evidence_and_policy(&d, "after");
-        let trust = Trust { ak_sha256: vec![ak_sha256(&d)] };
+        let trust = Trust::default().with("test-host", ak_sha256(&d));
         verify(&bytes, &hex::decode(NONCE).unwrap(), &trust, &policy).unwrap_or_else(|e| panic!("{point}: {e}"));
     }
 }
@@ -195,8 +197,11 @@ fn the_daemon_refuses_to_start_when_something_else_extended_its_pcr() {
     let mut d = Daemon::new("").start();
     d.launch("web");
     d.kill9();
-    let port = std::fs::read_to_string(d.config()).unwrap().lines().find_map(|l| l.strip_prefix("swtpm_port = ").map(str::to_owned)).unwrap();
-    let st = Command::new("tpm2_pcrextend")
+    let port = d.swtpm_port();
+    // Only root can reach the embedded swtpm (in its private network namespace).
+    let st = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/ns/net", d.swtpm_pid()))
+        .arg("tpm2_pcrextend")
         .arg(format!("15:sha256={}", "ab".repeat(32)))
         .env("TPM2TOOLS_TCTI", format!("swtpm:host=127.0.0.1,port={port}"))
         .status()
@@ -262,4 +267,81 @@ fn the_zone_boots_the_measured_bytes_even_if_the_file_is_replaced_after_measurem
     let z = d.wait_state_alive("web");
     assert_eq!(z["measurement"]["kernel_sha256"], attestation_proto::launch::sha256_hex(&original));
     assert!(Path::new(&format!("/proc/{}", z["vmm_pid"])).exists(), "the VMM booted the measured bytes and runs");
+}
+
+/// Stops the embedded swtpm a ledger in `dir` started, when dropped.
+struct SwtpmGuard<'a>(&'a Path);
+
+impl Drop for SwtpmGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("swtpm/swtpm.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+#[test]
+fn after_100000_events_a_new_zones_evidence_is_small_and_verifies() {
+    use attestation_proto::eventlog::{Event, TAG_ZONE_LAUNCH, TAG_ZONE_STOP};
+    use attestation_proto::launch::{Artifact, LaunchRecord, RECORD_VERSION, StopRecord, sha256_hex};
+    use host_attest::evidence::Expected;
+    use host_attest::{Ledger, TpmSettings};
+
+    let record = |i: u64| {
+        let cmdline = format!("console=ttyS0 zone.history={i}");
+        LaunchRecord {
+            version: RECORD_VERSION,
+            host: "history-host".into(),
+            zone: format!("zone-{i}"),
+            launch_id: format!("{i:032x}"),
+            kernel: Artifact::measure("/opt/zone/kernel/vmlinux", b"kernel"),
+            initrd: Some(Artifact::measure("/opt/zone/images/base.cpio", b"initrd")),
+            cmdline_sha256: sha256_hex(cmdline.as_bytes()),
+            cmdline,
+            vcpus: 1,
+            memory_mib: 64,
+            devices: vec![format!("virtio-vsock:cid={}", i + 3)],
+            launched_unix_ms: 1,
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _swtpm = SwtpmGuard(dir.path());
+    let settings = TpmSettings { device: "/nonexistent/tpm".into(), swtpm_port: free_port_pair(), ..TpmSettings::default() };
+    let ledger = Ledger::start(&settings, dir.path()).expect("the ledger starts on an embedded swtpm");
+    // 50,000 zones launched and stopped in this TPM boot: 100,000 events,
+    // each appended and extended into the real (software) TPM.
+    let started = Instant::now();
+    for chunk in 0..50u64 {
+        let mut events = Vec::with_capacity(2000);
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let r = record(i);
+            events.push(Event::zone(15, TAG_ZONE_LAUNCH, &r.launch_id, &r.encode()));
+            let stop = StopRecord { version: RECORD_VERSION, zone: r.zone.clone(), launch_id: r.launch_id.clone(), reason: "stopped".into(), stopped_unix_ms: 2 };
+            events.push(Event::zone(15, TAG_ZONE_STOP, &r.launch_id, &stop.encode()));
+        }
+        ledger.record_bulk(events).unwrap();
+    }
+    let history = started.elapsed();
+    let snap = ledger.snapshot().unwrap();
+    assert!(snap.events >= 100_000, "{} events", snap.events);
+
+    // A new zone on that host.
+    let ours = record(1_000_000);
+    ledger.record_launch(15, &ours).unwrap();
+    let nonce = [0x5a; 32];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let expected = Expected { zone: ours.zone.clone(), record: ours.encode() };
+    let bytes = rt.block_on(ledger.evidence(&ours.launch_id, expected, &nonce)).unwrap();
+    let trust = Trust::default().with("history-host", attestation_proto::verify::ak_digest(&snap.ak_public));
+    let v = verify(&bytes, &nonce, &trust, &Policy::admitting(&ours)).expect("the new zone's evidence verifies");
+    assert_eq!(v.record, ours);
+    assert!(v.checkpoint_seq.is_some(), "the evidence starts after a checkpoint");
+    assert!(v.events <= host_attest::ledger::CHECKPOINT_EVERY + 1, "{} events in the evidence", v.events);
+    let own = Event::zone(15, TAG_ZONE_LAUNCH, &ours.launch_id, &ours.encode()).encode().len();
+    assert!(bytes.len() < 64 * 1024 + own, "evidence of {} bytes after 100,000 events", bytes.len());
+    eprintln!("100,000 events of history in {history:?}; the new zone's evidence: {} bytes, {} events after checkpoint {:?}", bytes.len(), v.events, v.checkpoint_seq);
+
+    // A log over the verifier's event limit was never what bounded this:
+    // the whole log is far larger than any evidence.
+    assert!(snap.events as usize > attestation_proto::verify::MAX_EVENTS);
 }

@@ -48,7 +48,7 @@ fn duplicate_names_and_bad_requests_are_refused() {
     fails_with(&d.zonectl(&["launch", "a", "--no-wait"]), "already exists");
     fails_with(&d.zonectl(&["launch", "Bad_Name", "--no-wait"]), "invalid zone name");
     fails_with(&d.zonectl(&["launch", &"x".repeat(49), "--no-wait"]), "invalid zone name");
-    fails_with(&d.zonectl(&["launch", "k", "--no-wait", "--kernel", "/nonexistent/vmlinux"]), "not an existing file");
+    fails_with(&d.zonectl(&["launch", "k", "--no-wait", "--kernel", "/nonexistent/vmlinux"]), "cannot be read: No such file");
     fails_with(&d.zonectl(&["launch", "v", "--no-wait", "--vcpus", "99"]), "limits.max_vcpus");
     fails_with(&d.zonectl(&["launch", "m", "--no-wait", "--memory", "999999"]), "limits.max_memory_mib");
     fails_with(&d.zonectl(&["launch", "q", "--no-wait", "--", "echo", "a\"b"]), "double quote");

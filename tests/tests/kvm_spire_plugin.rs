@@ -97,7 +97,10 @@ fn the_server_plugin_admits_verified_zones_and_denies_everything_else_with_its_r
     let d = Daemon::new("").start();
     d.launch("web");
     d.launch("db");
-    let ak = d.json(&["eventlog"])["ak_sha256"].as_str().unwrap().to_owned();
+    let log = d.json(&["eventlog"]);
+    let ak = log["ak_sha256"].as_str().unwrap().to_owned();
+    let trust_entry = log["trust_entry"].as_str().unwrap().to_owned();
+    assert_eq!(trust_entry, format!("test-host={ak}"));
     let policy = d.dir.path().join("web.policy");
     let suggested = d.zonectl(&["policy", "suggest", "web"]);
     std::fs::write(&policy, &suggested.stdout).unwrap();
@@ -111,10 +114,12 @@ fn the_server_plugin_admits_verified_zones_and_denies_everything_else_with_its_r
     // Unconfigured, then badly configured.
     let s = p.attest(&hello, |_| unreachable!()).unwrap_err();
     assert_eq!(s.code(), tonic::Code::FailedPrecondition);
-    let bad = p.configure("trusted_ak_sha256 = [\"nothex\"]").unwrap_err();
+    let bad = p.configure("trusted_hosts = [\"test-host=nothex\"]").unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("64 hex digits"), "{bad:?}");
-    let hcl = format!("\"trusted_ak_sha256\" = [\"{ak}\"]\n\"policy_path\" = \"{}\"", policy.display());
+    let old = p.configure(&format!("trusted_ak_sha256 = [\"{ak}\"]")).unwrap_err();
+    assert!(old.message().contains("trusted_hosts"), "{old:?}");
+    let hcl = format!("\"trusted_hosts\" = [\"{trust_entry}\"]\n\"policy_path\" = \"{}\"", policy.display());
     p.configure(&hcl).unwrap();
 
     // A verified zone: its agent ID and selectors.
@@ -138,7 +143,11 @@ fn the_server_plugin_admits_verified_zones_and_denies_everything_else_with_its_r
     denied(p.attest(&hello, |n| evidence(&d, "db", n)), "policy");
     denied(p.attest(b"not json", |_| unreachable!()), "malformed payload");
     denied(p.attest(&hello, |_| b"garbage".to_vec()), "format");
-    let other_ak = format!("trusted_ak_sha256 = [\"{}\"]\npolicy_path = \"{}\"", "ab".repeat(32), policy.display());
+    // The host's AK trusted for another host only: it cannot speak for this one.
+    let other_host = format!("trusted_hosts = [\"other-host={ak}\"]\npolicy_path = \"{}\"", policy.display());
+    p.configure(&other_host).unwrap();
+    denied(p.attest(&hello, |n| evidence(&d, "web", n)), "rejected by check host:");
+    let other_ak = format!("trusted_hosts = [\"test-host={}\"]\npolicy_path = \"{}\"", "ab".repeat(32), policy.display());
     p.configure(&other_ak).unwrap();
     denied(p.attest(&hello, |n| evidence(&d, "web", n)), "ak-trusted");
     let log = std::fs::read_to_string(d.dir.path().join("plugin.stderr")).unwrap();

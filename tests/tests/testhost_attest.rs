@@ -10,7 +10,7 @@ use zone_tests::testhost::{self, BASE_IMAGE, SHELL_IMAGE, daemon_prelude};
 /// (with the daemon's AK pinned) on one line; `evidence_of ZONE FILE` decodes
 /// the base64 evidence a zone printed between markers into FILE.
 const HELPERS: &str = r#"
-ak=$(zonectl eventlog -o json | sed -n 's/.*"ak_sha256": "\([0-9a-f]*\)".*/\1/p')
+ak=$(zonectl eventlog -o json | sed -n 's/.*"trust_entry": "\([^"]*\)".*/\1/p')
 verify_ev() { zonectl verify "$1" --nonce "$2" --policy "$3" --trust-ak "$ak" -o json 2>&1 | tr -d '\n '; echo; }
 evidence_of() {
   for i in $(seq 600); do zonectl logs "$1" 2>/dev/null | grep -q EVIDENCE-END && break; sleep 0.5; done

@@ -52,11 +52,11 @@ S=/opt/spire/bin
 I=/opt/zone/images/spire-agent.cpio
 C="console=ttyS0 reboot=k panic=-1 quiet"
 mkdir -p /tmp/spire/server
-ak=$(zonectl eventlog -o json | sed -n 's/.*"ak_sha256": "\([0-9a-f]*\)".*/\1/p')
+ak=$(zonectl eventlog -o json | sed -n 's/.*"trust_entry": "\([^"]*\)".*/\1/p')
 
 # The policy, computed offline from the artifacts (the CI flow).
 zonectl measure --kernel {KERNEL} --initrd $I --cmdline "$C" --policy 'spire-*' -- /bin/sh /opt/spire/start.sh > /tmp/spire/policy.toml
-printf 'trusted_ak_sha256 = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$ak" > /tmp/spire/zone.hcl
+printf 'trusted_hosts = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$ak" > /tmp/spire/zone.hcl
 sum=$(busybox sha256sum $S/zone-attestor-server | cut -d' ' -f1)
 cat > /tmp/spire/server.conf <<CONF
 server {{
@@ -162,7 +162,7 @@ echo "garbage_reason=$(denials 'malformed payload')"
 zonectl destroy spire-garbage > /dev/null 2>&1
 
 # 4. The host's AK is no longer trusted (the server re-reads plugin_data_file on SIGUSR1).
-printf 'trusted_ak_sha256 = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$(printf 'ab%.0s' $(seq 32))" > /tmp/spire/zone.hcl
+printf 'trusted_hosts = ["testhost=%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$(printf 'ab%.0s' $(seq 32))" > /tmp/spire/zone.hcl
 kill -USR1 $server
 sleep 5
 launch spire-untrusted $I

@@ -15,7 +15,7 @@ use attestation_proto::evidence;
 use attestation_proto::guest::{EvidenceRequest, GuestMessage, Hello, guest_message};
 use attestation_proto::policy::Policy;
 use attestation_proto::verify;
-use attestation_proto_fuzz::{EventSpec, Expect, Scenario, default_scenario, fixed_policy, trust};
+use attestation_proto_fuzz::{CheckpointSpec, EventSpec, Expect, Scenario, default_scenario, fixed_policy, trust};
 
 /// Bytes from a fixed xorshift stream (the structure-aware seeds).
 fn stream(seed: u64, len: usize) -> Vec<u8> {
@@ -41,7 +41,7 @@ fn genuine() -> Vec<(&'static str, Scenario)> {
     let plain = default_scenario();
     let mut busy = default_scenario();
     busy.events = vec![
-        EventSpec::Redacted([7; 32]),
+        EventSpec::Redacted { stop: false, launch_id: "02".into(), record_sha256: [7; 32] },
         EventSpec::OtherLaunch { zone: "db".into(), launch_id: "01".into(), redact: false },
         EventSpec::Stop { zone: "db".into(), launch_id: "01".into(), reason: "stopped".into(), stopped_unix_ms: 5 },
     ];
@@ -51,7 +51,9 @@ fn genuine() -> Vec<(&'static str, Scenario)> {
     busy.pcr_mask = 0x80_00ff;
     busy.pcr_values = vec![[0x11; 32], [0x22; 32]];
     busy.nonce_len = 24;
-    vec![("plain", plain), ("busy", busy)]
+    let mut checkpointed = busy.clone();
+    checkpointed.checkpoint = Some(CheckpointSpec { at: 2, seq: 3, clock_before: 1000, fault: None });
+    vec![("plain", plain), ("busy", busy), ("checkpointed", checkpointed)]
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

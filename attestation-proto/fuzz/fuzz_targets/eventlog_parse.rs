@@ -6,30 +6,44 @@
 #![no_main]
 
 use attestation_proto::eventlog::{self, Event, Limits, TAG_ZONE_LAUNCH, TAG_ZONE_STOP, ZoneEvent};
-use attestation_proto::launch::{LaunchRecord, StopRecord};
+use attestation_proto::launch::{CheckpointRecord, LaunchRecord, StopRecord};
 use libfuzzer_sys::fuzz_target;
 
 fn records(e: &Event) {
     // Records are canonical: whatever decodes re-encodes to the same bytes.
     match e.zone_event() {
-        Some(ZoneEvent::Launch(p)) => {
-            if let Ok(r) = LaunchRecord::decode(p) {
-                assert_eq!(r.encode(), p);
-                assert_eq!(Event::tagged(e.pcr, TAG_ZONE_LAUNCH, p).data, e.data);
+        Some(z @ (ZoneEvent::Launch { launch_tag, record } | ZoneEvent::Stop { launch_tag, record })) => {
+            let (tag, ok) = match z {
+                ZoneEvent::Launch { .. } => (TAG_ZONE_LAUNCH, LaunchRecord::decode(record).map(|r| (r.encode(), r.launch_id)).ok()),
+                _ => (TAG_ZONE_STOP, StopRecord::decode(record).map(|r| (r.encode(), r.launch_id)).ok()),
+            };
+            if let Some((bytes, launch_id)) = ok {
+                assert_eq!(bytes, record);
+                if eventlog::launch_tag(&launch_id) == launch_tag {
+                    assert_eq!(Event::zone(e.pcr, tag, &launch_id, record).data, e.data);
+                }
             }
+            // Redaction keeps the digest and says whose event it was.
+            let r = e.redacted();
+            assert_eq!(r.digest, e.digest);
+            let Some(ZoneEvent::Redacted { tag: t, launch_tag: lt, .. }) = r.zone_event() else { panic!("a redacted event reads back") };
+            assert_eq!((t, lt), (tag, launch_tag));
+            assert_eq!(r.digest_matches_data(), e.digest_matches_data());
         }
-        Some(ZoneEvent::Stop(p)) => {
-            if let Ok(r) = StopRecord::decode(p) {
-                assert_eq!(r.encode(), p);
-                assert_eq!(Event::tagged(e.pcr, TAG_ZONE_STOP, p).data, e.data);
+        Some(ZoneEvent::Checkpoint { record }) => {
+            if let Ok(r) = CheckpointRecord::decode(record) {
+                assert_eq!(r.encode(), record);
+                assert_eq!(Event::checkpoint(e.pcr, record).data, e.data);
             }
+            assert_eq!(e.redacted(), *e, "checkpoints are never redacted");
         }
-        Some(ZoneEvent::Redacted) => assert_eq!(e.redacted().data, e.data),
+        Some(ZoneEvent::Redacted { .. }) => assert_eq!(e.redacted().data, e.data),
         None => {}
     }
     // The decoders on the raw data as well (not a record, but must not panic).
     let _ = LaunchRecord::decode(&e.data);
     let _ = StopRecord::decode(&e.data);
+    let _ = CheckpointRecord::decode(&e.data);
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -14,9 +14,11 @@
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use attestation_proto::eventlog::{self, EV_EVENT_TAG, Event, Limits, TAG_REDACTED, TAG_ZONE_LAUNCH, TAG_ZONE_STOP, ZoneEvent};
-use attestation_proto::evidence::{self, Evidence, FORMAT_VERSION, MAX_NONCE_LEN, MIN_NONCE_LEN, MerkleProof, PcrValue};
-use attestation_proto::launch::{Artifact, LaunchRecord, RECORD_VERSION, StopRecord, sha256_hex};
+use attestation_proto::eventlog::{
+    self, EV_EVENT_TAG, Event, LAUNCH_TAG_LEN, Limits, TAG_REDACTED, TAG_ZONE_LAUNCH, TAG_ZONE_STOP, ZoneEvent, launch_tag, zone_digest,
+};
+use attestation_proto::evidence::{self, Checkpoint, Evidence, FORMAT_VERSION, MAX_NONCE_LEN, MIN_NONCE_LEN, MerkleProof, PcrValue};
+use attestation_proto::launch::{Artifact, CheckpointRecord, LaunchRecord, RECORD_VERSION, StopRecord, sha256_hex};
 use attestation_proto::merkle;
 use attestation_proto::policy::Policy;
 use attestation_proto::tpm::{ALG_SHA256, Attest, PublicArea, TPM_RH_ENDORSEMENT, pcr_digest, qualified_name_of_child, qualified_name_of_primary};
@@ -84,9 +86,39 @@ pub fn ek_public() -> Vec<u8> {
     b
 }
 
-/// What the verifier trusts in every target: the software AK.
+/// The host generated records name unless they name one.
+pub const HOST: &str = "host";
+
+/// What the verifier trusts in every target: the software AK, for [`HOST`].
 pub fn trust() -> Trust {
-    Trust { ak_sha256: vec![verify::ak_digest(&ak_public())] }
+    Trust::default().with(HOST, verify::ak_digest(&ak_public()))
+}
+
+/// A redacted event: `tag`'s record of launch `launch_id` withheld, its
+/// digest `record_sha256` kept.
+pub fn redacted_event(pcr: u32, tag: u32, launch_id: &str, record_sha256: [u8; 32]) -> Event {
+    let lt = launch_tag(launch_id);
+    let mut data = Vec::with_capacity(8 + 4 + LAUNCH_TAG_LEN + 32);
+    data.extend_from_slice(&TAG_REDACTED.to_le_bytes());
+    data.extend_from_slice(&u32::try_from(4 + LAUNCH_TAG_LEN + 32).unwrap_or(0).to_le_bytes());
+    data.extend_from_slice(&tag.to_le_bytes());
+    data.extend_from_slice(&lt);
+    data.extend_from_slice(&record_sha256);
+    Event { pcr, event_type: EV_EVENT_TAG, digest: zone_digest(tag, &lt, &record_sha256), data }
+}
+
+/// A tagged event with any tag and payload; its digest is the one a zone
+/// event with that data must have, or SHA-256 of the data for others.
+pub fn tagged_event(pcr: u32, tag: u32, payload: &[u8]) -> Event {
+    let mut data = Vec::with_capacity(8 + payload.len());
+    data.extend_from_slice(&tag.to_le_bytes());
+    data.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_le_bytes());
+    data.extend_from_slice(payload);
+    let mut e = Event { pcr, event_type: EV_EVENT_TAG, digest: Sha256::digest(&data).into(), data };
+    if let Some(z) = e.zone_event() {
+        e.digest = z.digest();
+    }
+    e
 }
 
 /// The Qualified Name a quote by the AK `ak` under the EK `ek` carries.
@@ -265,7 +297,14 @@ impl RecordSpec {
 #[derive(Arbitrary, Debug, Clone)]
 pub enum EventSpec {
     /// Another zone's event, data withheld.
-    Redacted([u8; 32]),
+    Redacted {
+        /// Whether it was a stop (else a launch).
+        stop: bool,
+        /// The launch it belongs to (the zone's own launch id makes it a forgery).
+        launch_id: String,
+        /// SHA-256 of the withheld record.
+        record_sha256: [u8; 32],
+    },
     /// Another launch (the zone's record with another name and launch id).
     OtherLaunch {
         /// Its zone name.
@@ -308,9 +347,49 @@ pub enum EventSpec {
     },
 }
 
+/// What a forged or broken checkpoint gets wrong.
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFault {
+    /// Its quote's qualifying data is not the label over the event.
+    QualifyingData,
+    /// Its quote is later than the evidence's.
+    Later,
+    /// Its quote is of another TPM boot.
+    OtherResetCount,
+    /// ... or another restart.
+    OtherRestartCount,
+    /// `pcr_before` is not the value before the checkpoint event.
+    PcrBefore,
+    /// Its quote's signature is over other bytes.
+    Signature,
+    /// Its quote selects another PCR as well.
+    Selection,
+    /// The checkpoint event names another PCR.
+    EventPcr,
+    /// The live list leaves the zone's launch out although it is before the checkpoint.
+    ForgetOurs,
+}
+
+/// The log starts after a checkpoint: events before `at` are summarized by it.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct CheckpointSpec {
+    /// How many of the log's events come before the checkpoint (mod len + 1).
+    pub at: u8,
+    /// Its sequence number.
+    pub seq: u64,
+    /// How much earlier than the evidence's quote it was quoted.
+    pub clock_before: u32,
+    /// What it gets wrong, if anything.
+    pub fault: Option<CheckpointFault>,
+}
+
 /// A change to the genuine evidence.
 #[derive(Arbitrary, Debug, Clone)]
 pub enum Tweak {
+    /// The AK is trusted for another host than the record names.
+    TrustOtherHost,
+    /// The evidence carries these bytes as the EK certificate.
+    EkCertificate(Vec<u8>),
     /// A stop record of this launch follows it.
     StopOurs {
         /// reason.
@@ -449,6 +528,8 @@ pub struct Scenario {
     pub ours_at: u8,
     /// Changes to the genuine evidence.
     pub tweaks: Vec<Tweak>,
+    /// The log starts after a checkpoint.
+    pub checkpoint: Option<CheckpointSpec>,
 }
 
 /// What the verifier must answer.
@@ -487,15 +568,25 @@ pub struct Built {
     pub expect: Expect,
 }
 
+/// A 3-byte PCR selection bitmap of `pcrs` (0..=23).
+fn pcr_bitmap(pcrs: &[u32]) -> Vec<u8> {
+    let mut bitmap = vec![0u8; 3];
+    for &p in pcrs {
+        bitmap[(p / 8) as usize] |= 1 << (p % 8);
+    }
+    bitmap
+}
+
 fn nonzero(x: u8) -> u8 {
     if x == 0 { 1 } else { x }
 }
 
 /// What must happen to evidence whose log holds `events` (the zone's launch
-/// event has data `ours`), by the rules the verifier documents.
-fn classify_events(events: &[Event], zone_pcr: u32, ours: &[u8], launch_id: &str) -> Option<&'static str> {
+/// record is `ours`, of launch `launch_id`; `live_at_checkpoint`: the
+/// checkpoint lists it), by the rules the verifier documents.
+fn classify_events(events: &[Event], zone_pcr: u32, ours: &[u8], launch_id: &str, live_at_checkpoint: bool) -> Option<&'static str> {
     let limits = Limits::default();
-    let mut launches = 0;
+    let own_tag = launch_tag(launch_id);
     for e in events {
         if e.data.len() > limits.max_event_data {
             return Some("event data over the size limit");
@@ -503,19 +594,67 @@ fn classify_events(events: &[Event], zone_pcr: u32, ours: &[u8], launch_id: &str
         if e.pcr != zone_pcr {
             return Some("an event extends another PCR");
         }
+    }
+    let mut zone = Vec::new();
+    for e in events {
         match e.zone_event() {
             None => return Some("an event the verifier does not understand"),
-            Some(ZoneEvent::Redacted) => {}
             Some(_) if !e.digest_matches_data() => return Some("an event whose digest is not its data's"),
-            Some(ZoneEvent::Launch(d)) => launches += usize::from(d == ours),
-            Some(ZoneEvent::Stop(d)) => match StopRecord::decode(d) {
+            Some(z) => zone.push(z),
+        }
+    }
+    let mut launches = 0;
+    for z in &zone {
+        match *z {
+            ZoneEvent::Launch { launch_tag, record } if record == ours => {
+                if launch_tag != own_tag {
+                    return Some("the zone's launch event carries another launch's tag");
+                }
+                launches += 1;
+            }
+            ZoneEvent::Checkpoint { .. } => return Some("a checkpoint event inside the log"),
+            _ => {}
+        }
+    }
+    if !matches!((launches, live_at_checkpoint), (1, false) | (0, true)) {
+        return Some("the launch event is missing or repeated");
+    }
+    for z in &zone {
+        match *z {
+            ZoneEvent::Stop { launch_tag: lt, record } => match StopRecord::decode(record) {
                 Err(_) => return Some("an unreadable stop record"),
+                Ok(s) if launch_tag(&s.launch_id) != lt => return Some("a stop event carries another launch's tag"),
                 Ok(s) if s.launch_id == launch_id => return Some("the launch was stopped"),
                 Ok(_) => {}
             },
+            ZoneEvent::Redacted { launch_tag, .. } if launch_tag == own_tag => return Some("the zone's own event is withheld"),
+            _ => {}
         }
     }
-    if launches != 1 { Some("the launch event is missing or repeated") } else { None }
+    None
+}
+
+/// The honest checkpoint record over `before`: launches logged and not stopped.
+fn checkpoint_record(before: &[Event], seq: u64) -> CheckpointRecord {
+    let mut live: Vec<(Option<[u8; LAUNCH_TAG_LEN]>, String)> = Vec::new();
+    for e in before {
+        match e.zone_event() {
+            Some(ZoneEvent::Launch { launch_tag, record }) => live.push((Some(launch_tag), sha256_hex(record))),
+            Some(ZoneEvent::Stop { launch_tag, .. }) => live.retain(|(t, _)| *t != Some(launch_tag)),
+            Some(ZoneEvent::Redacted { tag, launch_tag, record_sha256 }) => {
+                if tag == TAG_ZONE_STOP {
+                    live.retain(|(t, _)| *t != Some(launch_tag));
+                } else {
+                    live.push((Some(launch_tag), hex::encode(record_sha256)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut live: Vec<String> = live.into_iter().map(|(_, d)| d).collect();
+    live.sort();
+    live.dedup();
+    CheckpointRecord { version: RECORD_VERSION, seq, events_before: before.len() as u64, live }
 }
 
 impl Scenario {
@@ -550,16 +689,15 @@ impl Scenario {
         let mut events: Vec<Event> = Vec::new();
         for spec in self.events.iter().take(MAX_ITEMS) {
             events.push(match spec {
-                EventSpec::Redacted(digest) => {
-                    let mut e = Event::tagged(zone_pcr, TAG_REDACTED, &[]);
-                    e.digest = *digest;
-                    e
+                EventSpec::Redacted { stop, launch_id, record_sha256 } => {
+                    let tag = if *stop { TAG_ZONE_STOP } else { TAG_ZONE_LAUNCH };
+                    redacted_event(zone_pcr, tag, &or_default(launch_id, "ffeeddccbbaa99887766554433221100"), *record_sha256)
                 }
                 EventSpec::OtherLaunch { zone, launch_id, redact } => {
                     let mut other = record.clone();
                     other.zone = or_default(zone, "other");
                     other.launch_id = or_default(launch_id, "ffeeddccbbaa99887766554433221100");
-                    let e = Event::tagged(zone_pcr, TAG_ZONE_LAUNCH, &other.encode());
+                    let e = Event::zone(zone_pcr, TAG_ZONE_LAUNCH, &other.launch_id, &other.encode());
                     if *redact { e.redacted() } else { e }
                 }
                 EventSpec::Stop { zone, launch_id, reason, stopped_unix_ms } => {
@@ -570,7 +708,7 @@ impl Scenario {
                         reason: reason.clone(),
                         stopped_unix_ms: *stopped_unix_ms,
                     };
-                    Event::tagged(zone_pcr, TAG_ZONE_STOP, &stop.encode())
+                    Event::zone(zone_pcr, TAG_ZONE_STOP, launch_id, &stop.encode())
                 }
                 EventSpec::Raw { pcr, other_pcr, event_type, digest, data } => Event {
                     pcr: if *other_pcr { u32::from(*pcr % 24) } else { zone_pcr },
@@ -578,10 +716,10 @@ impl Scenario {
                     digest: digest.unwrap_or_else(|| Sha256::digest(data).into()),
                     data: data.clone(),
                 },
-                EventSpec::Tagged { tag, payload } => Event::tagged(zone_pcr, *tag, payload),
+                EventSpec::Tagged { tag, payload } => tagged_event(zone_pcr, *tag, payload),
             });
         }
-        let ours = Event::tagged(zone_pcr, TAG_ZONE_LAUNCH, &record_bytes);
+        let ours = Event::zone(zone_pcr, TAG_ZONE_LAUNCH, &subject.launch_id, &record_bytes);
         events.insert(usize::from(self.ours_at) % (events.len() + 1), ours.clone());
         let mut swapped: Option<Vec<u8>> = None;
         for t in tweaks {
@@ -594,7 +732,7 @@ impl Scenario {
                         reason: reason.clone(),
                         stopped_unix_ms: 1,
                     };
-                    events.push(Event::tagged(zone_pcr, TAG_ZONE_STOP, &stop.encode()));
+                    events.push(Event::zone(zone_pcr, TAG_ZONE_STOP, &subject.launch_id, &stop.encode()));
                 }
                 Tweak::OmitOurs => events.retain(|e| *e != ours),
                 Tweak::DuplicateOurs => events.push(ours.clone()),
@@ -613,16 +751,51 @@ impl Scenario {
                     let mut other = subject.clone();
                     other.zone.push_str("-swapped");
                     let bytes = other.encode();
-                    events.push(Event::tagged(zone_pcr, TAG_ZONE_LAUNCH, &bytes));
+                    events.push(Event::zone(zone_pcr, TAG_ZONE_LAUNCH, &other.launch_id, &bytes));
                     swapped = Some(bytes);
                     mark("the evidence's launch record is not the one the quote commits to");
                 }
                 _ => {}
             }
         }
-        if let Some(why) = classify_events(&events, zone_pcr, &record_bytes, &subject.launch_id) {
+        // A checkpoint summarizes the events before it; the log holds the rest.
+        let mut cp_state: Option<(CheckpointSpec, Event, [u8; 32])> = None;
+        if let Some(spec) = &self.checkpoint {
+            let at = usize::from(spec.at) % (events.len() + 1);
+            let after = events.split_off(at);
+            let before = std::mem::replace(&mut events, after);
+            let mut rec = checkpoint_record(&before, spec.seq);
+            if spec.fault == Some(CheckpointFault::ForgetOurs) {
+                let d = sha256_hex(&record_bytes);
+                if rec.live.contains(&d) {
+                    rec.live.retain(|x| *x != d);
+                } else {
+                    any = true; // nothing to forget: the checkpoint is honest
+                }
+            }
+            let cp_pcr = if spec.fault == Some(CheckpointFault::EventPcr) { zone_pcr ^ 1 } else { zone_pcr };
+            let cp_event = Event::checkpoint(cp_pcr, &rec.encode());
+            let pcr_before = eventlog::replay(&before, zone_pcr);
+            cp_state = Some((spec.clone(), cp_event, pcr_before));
+            if let Some(f) = spec.fault
+                && f != CheckpointFault::ForgetOurs
+            {
+                mark("the checkpoint is forged or broken");
+            }
+            if before.iter().any(|e| e.pcr != zone_pcr || e.zone_event().is_none_or(|z| z.digest() != e.digest)) {
+                any = true; // the honest daemon never checkpoints over such events
+            }
+        }
+        let live_at_checkpoint = cp_state.as_ref().is_some_and(|(_, e, _)| match e.zone_event() {
+            Some(ZoneEvent::Checkpoint { record }) => {
+                CheckpointRecord::decode(record).is_ok_and(|r| r.live.binary_search(&sha256_hex(&record_bytes)).is_ok())
+            }
+            _ => false,
+        });
+        if let Some(why) = classify_events(&events, zone_pcr, &record_bytes, &subject.launch_id, live_at_checkpoint) {
             mark(why);
         }
+        let start_value = cp_state.as_ref().map_or([0u8; 32], |(_, e, before)| eventlog::extend(before, &e.digest));
         let mut event_log = eventlog::encode(&events);
         if event_log.len() > verify::MAX_EVENT_LOG || events.len() > verify::MAX_EVENTS {
             mark("event log over the size limit");
@@ -648,15 +821,12 @@ impl Scenario {
         let mut others = self.pcr_values.iter().cycle();
         for &p in &selected {
             values.push(if p == zone_pcr {
-                eventlog::replay(&events, zone_pcr)
+                eventlog::replay_from(start_value, &events, zone_pcr)
             } else {
                 others.next().copied().unwrap_or_else(|| Sha256::digest(p.to_be_bytes()).into())
             });
         }
-        let mut bitmap = vec![0u8; 3];
-        for &p in &selected {
-            bitmap[(p / 8) as usize] |= 1 << (p % 8);
-        }
+        let bitmap = pcr_bitmap(&selected);
         let digest = pcr_digest(&values);
         let mut pcrs: Vec<PcrValue> = selected.iter().zip(&values).map(|(&index, v)| PcrValue { index, sha256: v.to_vec() }).collect();
 
@@ -672,8 +842,9 @@ impl Scenario {
         // Keys.
         let mut ak = ak_public();
         let mut ek = ek_public();
-        let mut trust = Trust { ak_sha256: Vec::new() };
+        let mut trust = Trust::default();
         let mut pin = true;
+        let mut host = subject.host.clone();
         for t in tweaks {
             match t {
                 Tweak::AkAttributes(attributes) => ak = ecc_public(ak_key(), *attributes),
@@ -681,7 +852,11 @@ impl Scenario {
                     pin = false;
                     mark("the AK is not pinned");
                 }
-                Tweak::PinAnother(d) => trust.ak_sha256.push(*d),
+                Tweak::PinAnother(d) => trust = trust.with(&subject.host, *d),
+                Tweak::TrustOtherHost => {
+                    host.push_str("-other");
+                    mark("the AK is trusted for another host");
+                }
                 Tweak::RawEk(raw) => {
                     ek.clone_from(raw);
                     any = true;
@@ -693,9 +868,10 @@ impl Scenario {
             mark("the AK is not a restricted signing key");
         }
         if pin {
-            trust.ak_sha256.push(verify::ak_digest(&ak));
+            trust = trust.with(&host, verify::ak_digest(&ak));
         } else {
-            trust.ak_sha256.retain(|d| *d != verify::ak_digest(&ak));
+            let d = verify::ak_digest(&ak);
+            trust.aks.retain(|t| t.ak_sha256 != d);
         }
 
         // The quote.
@@ -770,6 +946,42 @@ impl Scenario {
         }
         let quote_signature = raw_sig.unwrap_or_else(|| signature_bytes(&sig, trim));
 
+        // The checkpoint's own quote of the zone PCR.
+        let checkpoint = cp_state.map(|(spec, event, mut pcr_before)| {
+            let value = eventlog::extend(&pcr_before, &event.digest);
+            let mut q = Quote {
+                qualified_signer: honest.qualified_signer.clone(),
+                extra_data: evidence::checkpoint_qualifying_data(&event.digest).to_vec(),
+                clock: honest.clock.saturating_sub(u64::from(spec.clock_before)),
+                reset_count: honest.reset_count,
+                restart_count: honest.restart_count,
+                safe: 1,
+                firmware_version: honest.firmware_version,
+                banks: vec![(ALG_SHA256, pcr_bitmap(&[zone_pcr]))],
+                pcr_digest: pcr_digest(&[value]).to_vec(),
+            };
+            match spec.fault {
+                Some(CheckpointFault::QualifyingData) => q.extra_data[0] ^= 1,
+                Some(CheckpointFault::Later) => q.clock = honest.clock.saturating_add(1 + u64::from(spec.clock_before)),
+                Some(CheckpointFault::OtherResetCount) => q.reset_count ^= 1,
+                Some(CheckpointFault::OtherRestartCount) => q.restart_count ^= 1,
+                Some(CheckpointFault::PcrBefore) => pcr_before[0] ^= 1,
+                Some(CheckpointFault::Selection) => q.banks = vec![(ALG_SHA256, pcr_bitmap(&[zone_pcr, zone_pcr ^ 1]))],
+                _ => {}
+            }
+            if q.clock == honest.clock && honest.clock == u64::MAX && spec.fault == Some(CheckpointFault::Later) {
+                any = true; // no later clock than u64::MAX
+            }
+            let attest = q.marshal();
+            let signed = if spec.fault == Some(CheckpointFault::Signature) { [&attest[..], b"x"].concat() } else { attest.clone() };
+            Checkpoint {
+                quote_attest: attest,
+                quote_signature: signature_bytes(&sign(&signed), false),
+                pcr_before: pcr_before.to_vec(),
+                event: event.encode(),
+            }
+        });
+
         // The evidence.
         let mut format_version = FORMAT_VERSION;
         let mut ev_zone_pcr = zone_pcr;
@@ -815,6 +1027,15 @@ impl Scenario {
             mark("the evidence names another zone PCR");
         }
         let launch_record = swapped.unwrap_or_else(|| record_bytes.clone());
+        let mut ek_certificate = Vec::new();
+        for t in tweaks {
+            if let Tweak::EkCertificate(c) = t {
+                ek_certificate.clone_from(c);
+            }
+        }
+        if ek_certificate.len() > verify::MAX_EK_CERTIFICATE {
+            mark("the EK certificate is over the size limit");
+        }
         let ev = Evidence {
             format_version,
             launch_record,
@@ -826,6 +1047,8 @@ impl Scenario {
             ek_public: ek,
             batch: Some(batch),
             zone_pcr: ev_zone_pcr,
+            checkpoint,
+            ek_certificate,
         };
         let mut bytes = evidence::encode(&ev);
         for t in tweaks {
@@ -902,10 +1125,12 @@ pub fn check_verified(v: &Verified, evidence_bytes: &[u8], trust: &Trust, policy
     assert_eq!(evidence::encode(&ev), evidence_bytes, "accepted evidence is in canonical form");
     assert_eq!(v.record.encode(), ev.launch_record, "the verified record is the evidence's");
     assert_eq!(policy.check(&v.record), Ok(()), "the verified record is allowed by the policy");
-    assert!(trust.ak_sha256.iter().any(|d| verify::ak_digest(&ev.ak_public) == *d), "the AK is pinned");
+    let hosts = trust.hosts_of(&verify::ak_digest(&ev.ak_public));
+    assert!(hosts.contains(&v.record.host.as_str()), "the AK is pinned for the record's host");
+    assert_eq!(v.checkpoint_seq.is_some(), ev.checkpoint.is_some());
     assert_eq!(v.zone_pcr, ev.zone_pcr);
     assert!((8..=15).contains(&v.zone_pcr));
-    assert!(v.events >= 1, "a verified log holds the launch event");
+    assert!(v.events >= 1 || v.checkpoint_seq.is_some(), "a verified log holds the launch event, or starts after a checkpoint");
     let events = eventlog::parse(&ev.event_log, &Limits::default()).expect("a verified log parses");
     assert_eq!(v.events, events.len());
     assert!(events.iter().all(|e| e.event_type == EV_EVENT_TAG), "only zone events are understood");
@@ -928,7 +1153,7 @@ mod tests {
     fn scenario(tweaks: Vec<Tweak>) -> Scenario {
         let mut s = default_scenario();
         s.events = vec![
-            EventSpec::Redacted([7; 32]),
+            EventSpec::Redacted { stop: false, launch_id: "02".into(), record_sha256: [7; 32] },
             EventSpec::OtherLaunch { zone: "db".into(), launch_id: "01".into(), redact: false },
             EventSpec::Stop { zone: "db".into(), launch_id: "01".into(), reason: "stopped".into(), stopped_unix_ms: 5 },
         ];
@@ -978,7 +1203,9 @@ mod tests {
             (Tweak::SafeByte(2), Format),
             (Tweak::AkAttributes(0x0004_0072), AkTrusted),
             (Tweak::UnpinAk, AkTrusted),
-            (Tweak::FormatVersion(2), Format),
+            (Tweak::FormatVersion(1), Format),
+            (Tweak::TrustOtherHost, Host),
+            (Tweak::EkCertificate(vec![0; 9000]), Format),
             (Tweak::ZonePcr(1), EventLogReplay),
             (Tweak::ZonePcr(9), PcrSelection),
             (Tweak::OtherNonce { at: 0, xor: 0 }, Freshness),
@@ -990,5 +1217,57 @@ mod tests {
             assert!(matches!(expect, Expect::Reject(_)), "{tweak:?}: {expect:?}");
             assert_eq!(result.map_err(|r| r.check).unwrap_err(), check, "{tweak:?}");
         }
+    }
+
+    fn checkpointed(at: u8, fault: Option<CheckpointFault>) -> Scenario {
+        let mut s = scenario(vec![]);
+        s.checkpoint = Some(CheckpointSpec { at, seq: 7, clock_before: 500, fault });
+        s.clock = (10_000, 3, 1, true);
+        s
+    }
+
+    #[test]
+    fn a_log_after_a_checkpoint_verifies_with_the_launch_before_or_after_it() {
+        // Events: redacted, ours, other launch, its stop. Checkpoint after 0, 1, 2 and 4 of them.
+        for at in [0, 1, 2, 4] {
+            let b = checkpointed(at, None).build();
+            assert_eq!(b.expect, Expect::Verify, "at {at}");
+            let v = verify::verify(&b.evidence, &b.nonce, &b.trust, &b.policy).unwrap_or_else(|r| panic!("at {at}: {r}"));
+            assert_eq!((v.checkpoint_seq, v.events), (Some(7), 4 - usize::from(at)), "at {at}");
+            check_verified(&v, &b.evidence, &b.trust, &b.policy);
+        }
+    }
+
+    #[test]
+    fn a_broken_checkpoint_is_rejected_by_its_check() {
+        use verify::Check;
+        for fault in [
+            CheckpointFault::QualifyingData,
+            CheckpointFault::Later,
+            CheckpointFault::OtherResetCount,
+            CheckpointFault::OtherRestartCount,
+            CheckpointFault::PcrBefore,
+            CheckpointFault::Signature,
+            CheckpointFault::Selection,
+            CheckpointFault::EventPcr,
+        ] {
+            let (expect, result) = run(&checkpointed(2, Some(fault)));
+            assert!(matches!(expect, Expect::Reject(_)), "{fault:?}: {expect:?}");
+            assert_eq!(result.map_err(|r| r.check).unwrap_err(), Check::Checkpoint, "{fault:?}");
+        }
+        // The zone's launch is before the checkpoint, which does not list it.
+        let (expect, result) = run(&checkpointed(2, Some(CheckpointFault::ForgetOurs)));
+        assert!(matches!(expect, Expect::Reject(_)), "{expect:?}");
+        assert_eq!(result.map_err(|r| r.check).unwrap_err(), Check::LaunchRecord);
+    }
+
+    #[test]
+    fn a_withheld_event_of_the_zones_own_launch_is_refused() {
+        let mut s = scenario(vec![]);
+        let own = s.record.record().launch_id;
+        s.events.push(EventSpec::Redacted { stop: true, launch_id: own, record_sha256: [1; 32] });
+        let (expect, result) = run(&s);
+        assert!(matches!(expect, Expect::Reject(_)), "{expect:?}");
+        assert_eq!(result.map_err(|r| r.check).unwrap_err(), verify::Check::NotStopped);
     }
 }

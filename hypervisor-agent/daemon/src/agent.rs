@@ -51,6 +51,10 @@ fn run_daemon(config: Option<PathBuf>) -> anyhow::Result<()> {
     let explicit = config.is_some();
     let path = config.unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
     let cfg = DaemonConfig::load(&path, explicit)?;
+    // Nothing the daemon creates is for other users: files at most 0640,
+    // directories 0750 (sockets and records get explicit modes too).
+    // SAFETY: umask(2) only sets the process's file-mode mask.
+    unsafe { libc::umask(0o027) };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
         let daemon = Daemon::start(cfg).await?;

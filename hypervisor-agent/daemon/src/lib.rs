@@ -5,6 +5,7 @@
 //!
 //! | module | concept |
 //! |---|---|
+//! | [`artifacts`] | opening a launch's boot artifacts with the caller's rights |
 //! | [`manager`] | the zone manager: launch, stop, destroy, readiness, evidence requests |
 //! | [`store`] | zone records |
 //! | [`zone_dir`] | the layout of a zone's directory: every path, how each file is written and read |
@@ -18,6 +19,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod artifacts;
 pub mod channel;
 pub mod config;
 pub mod forward;

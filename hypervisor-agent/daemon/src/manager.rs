@@ -94,6 +94,9 @@ pub struct LaunchRequest {
     pub memory_mib: Option<u64>,
     /// The zone's command.
     pub command: Vec<String>,
+    /// Who asks (the control connection's peer): artifacts it names are
+    /// opened with its rights.
+    pub caller: Option<crate::artifacts::Caller>,
 }
 
 struct Entry {
@@ -132,7 +135,8 @@ fn internal(e: impl std::fmt::Display) -> DaemonError {
 
 fn ledger_error(e: LedgerError) -> DaemonError {
     match e {
-        LedgerError::NotMeasured(m) => DaemonError::FailedPrecondition(m),
+        LedgerError::NotMeasured(m) | LedgerError::Mismatch(m) => DaemonError::FailedPrecondition(m),
+        LedgerError::Refused(m) => DaemonError::InvalidArgument(m),
         other => DaemonError::Internal(other.to_string()),
     }
 }
@@ -169,6 +173,7 @@ impl Daemon {
     /// Opens the TPM and the event log (reconciling them), loads the zone
     /// records and re-adopts the VMMs that still run.
     pub async fn start(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
+        crate::store::ensure_private_dir(&config.state_dir)?;
         let store = Store::open(&config.state_dir)?;
         let jailer = Jailer::new(&config.jail, &config.state_dir, config.limits.max_zones)
             .map_err(|e| DaemonError::FailedPrecondition(format!("cannot set up the VMM jail: {e}")))?;
@@ -256,10 +261,13 @@ impl Daemon {
         let initrd = req.initrd.clone().or_else(|| d.initrd.clone());
         for (what, path) in [("kernel", Some(&kernel)), ("initrd", initrd.as_ref())] {
             if let Some(p) = path {
-                if !p.is_absolute() || !p.is_file() {
+                if !p.is_absolute() || p.as_os_str().len() > crate::artifacts::MAX_PATH {
+                    let shown: String = p.display().to_string().chars().take(80).collect();
                     return Err(DaemonError::InvalidArgument(format!(
-                        "the {what} {} is not an existing file (give an absolute path the daemon can read)",
-                        p.display()
+                        "the {what} path {shown}{} ({} bytes) must be absolute and at most {} bytes",
+                        if shown.len() < p.as_os_str().len() { "…" } else { "" },
+                        p.as_os_str().len(),
+                        crate::artifacts::MAX_PATH
                     )));
                 }
             }
@@ -280,8 +288,17 @@ impl Daemon {
             )));
         }
         let cmdline = req.cmdline.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| d.cmdline.clone());
-        zone_vmm::boot::cmdline::boot_cmdline(&cmdline, &req.command, 1)
+        // Bounded before anything is logged: the line must fit the kernel's
+        // command line buffer (and so the launch record fits a log event).
+        let full = zone_vmm::boot::cmdline::boot_cmdline(&cmdline, &req.command, 1)
             .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        let max = zone_vmm::vstate::layout::CMDLINE_MAX_SIZE - 1;
+        if full.len() > max {
+            return Err(DaemonError::InvalidArgument(format!(
+                "the kernel command line with the zone's command is {} bytes; at most {max} fit (shorten --cmdline or the command)",
+                full.len()
+            )));
+        }
         Ok(Spec { kernel, initrd, cmdline, vcpus: vcpus as u8, memory_mib, command: req.command.clone() })
     }
 
@@ -297,6 +314,17 @@ impl Daemon {
         }
         let spec = self.resolve(&req)?;
         let name = req.name.clone();
+        // Opened now, with the caller's rights for what the caller named.
+        let open = |what: &str, path: &Path, named: bool| {
+            // A caller whose credentials are unknown gets nobody's rights.
+            let caller = req.caller.unwrap_or(crate::artifacts::Caller { uid: 65534, gid: 65534 });
+            crate::artifacts::open_as(named.then_some(caller), path).map_err(|e| {
+                let who = if named && caller.uid != 0 { format!(" by you (uid {})", caller.uid) } else { String::new() };
+                DaemonError::InvalidArgument(format!("the {what} {} cannot be read{who}: {e}", path.display()))
+            })
+        };
+        let kernel_file = open("kernel", &spec.kernel, req.kernel.is_some())?;
+        let initrd_file = spec.initrd.as_deref().map(|p| open("initrd", p, req.initrd.is_some())).transpose()?;
         // Reserve the name and check the limits under one lock.
         let record = {
             let mut zones = self.lock();
@@ -338,7 +366,7 @@ impl Daemon {
             zones.insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
             record
         };
-        match self.create(&record) {
+        match self.create(&record, kernel_file, initrd_file) {
             Ok(r) => Ok(r),
             Err(e) => {
                 if let Ok(r) = self.get(&name) {
@@ -354,7 +382,7 @@ impl Daemon {
         }
     }
 
-    fn create(self: &Arc<Self>, record: &ZoneRecord) -> Result<ZoneRecord, DaemonError> {
+    fn create(self: &Arc<Self>, record: &ZoneRecord, kernel_file: File, initrd_file: Option<File>) -> Result<ZoneRecord, DaemonError> {
         let name = &record.name;
         let dir = self.store.create_dir(name)?;
         self.store.save(record)?;
@@ -372,11 +400,11 @@ impl Daemon {
             .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
 
         // Measure: read each artifact once into a sealed memfd; the VMM boots those bytes.
-        let seal = |what: &'static str, path: &Path| {
-            measure::seal(what, measure::open_artifact(what, path)?, &path.display().to_string())
+        let kernel = measure::seal("kernel", kernel_file, &spec.kernel.display().to_string()).map_err(measure_error)?;
+        let initrd = match (initrd_file, &spec.initrd) {
+            (Some(f), Some(p)) => Some(measure::seal("initramfs", f, &p.display().to_string()).map_err(measure_error)?),
+            _ => None,
         };
-        let kernel = seal("kernel", &spec.kernel).map_err(measure_error)?;
-        let initrd = spec.initrd.as_deref().map(|p| seal("initramfs", p)).transpose().map_err(measure_error)?;
         #[cfg(feature = "test-hooks")]
         if let Some(ms) = std::env::var(PAUSE_AFTER_MEASURE_ENV).ok().and_then(|v| v.parse().ok()) {
             // Tests only: a window to replace the files after measurement.
@@ -400,6 +428,13 @@ impl Daemon {
             devices: vec![format!("virtio-vsock:cid={}", record.guest_cid)],
             launched_unix_ms: now_unix_ms(),
         };
+        if launch_record.encode().len() > attestation_proto::launch::MAX_RECORD_LEN {
+            return Err(DaemonError::InvalidArgument(format!(
+                "the launch record would be {} bytes, more than the {} a log event holds; shorten the paths, command line or command",
+                launch_record.encode().len(),
+                attestation_proto::launch::MAX_RECORD_LEN
+            )));
+        }
         // The record knows its launch before the log does, so a crash in
         // between can still be closed with a stop event after a restart.
         self.update(name, |e| e.record.launch = Some(launch_record.clone()))?;
@@ -511,13 +546,27 @@ impl Daemon {
     pub async fn launch_evidence(&self, name: &str, launch_id: Option<&str>, nonce: &[u8]) -> Result<Vec<u8>, DaemonError> {
         attestation_proto::evidence::check_nonce(nonce).map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let r = self.get(name)?;
-        let launch = r.launch.as_ref().filter(|_| r.state.is_live() && r.state != State::Stopping).ok_or_else(|| {
-            DaemonError::FailedPrecondition(format!("zone {name} is {}; only a running zone has evidence", r.state.as_str()))
+        if !r.state.is_live() || r.state == State::Stopping {
+            return Err(DaemonError::FailedPrecondition(format!("zone {name} is {}; only a running zone has evidence", r.state.as_str())));
+        }
+        let launch = r.launch.as_ref().ok_or_else(|| {
+            DaemonError::FailedPrecondition(format!(
+                "zone {name} has no measured launch in its record (the record was altered); destroy and relaunch it"
+            ))
         })?;
         if launch_id.is_some_and(|id| id != launch.launch_id) {
             return Err(DaemonError::FailedPrecondition(format!("zone {name} was relaunched; this connection belongs to an earlier launch")));
         }
-        self.ledger.evidence(&launch.launch_id, nonce).await.map_err(ledger_error)
+        // The log must hold, for this launch id, exactly the record the daemon
+        // recorded for this zone: an altered record on disk gets no evidence.
+        let expected = host_attest::evidence::Expected { zone: name.to_owned(), record: launch.encode() };
+        if launch.zone != name {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "zone {name}'s record names launch {} of zone {:?} (its record was altered); relaunch it",
+                launch.launch_id, launch.zone
+            )));
+        }
+        self.ledger.evidence(&launch.launch_id, expected, nonce).await.map_err(ledger_error)
     }
 
     /// The launch ID of a zone's current launch, if it was measured.

@@ -151,6 +151,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     }
 }
 
+/// Creates the state directory (mode 0700) if it is missing; an existing
+/// one that other users can read or enter is tightened to 0700 with a
+/// warning (it holds the zones' records, logs and the TPM's key contexts).
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
+        return Ok(());
+    }
+    let mode = std::fs::metadata(dir).map_err(io_err(dir))?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the state directory is open to other users; setting it to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating) `<state_dir>/zones`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {

@@ -1,18 +1,23 @@
-//! Evidence assembly: a pure function from a snapshot of the log, one quote
-//! and the batch of requests it answers to one encoded evidence per request.
+//! Evidence assembly: a pure function from a snapshot of the ledger (the
+//! latest checkpoint, the events since, the live launches), one quote and the
+//! batch of requests it answers to one encoded evidence per request.
 //!
 //! Each request's leaf binds its nonce to its zone's launch record
 //! (`attestation_proto::evidence::leaf`); the quote's qualifying data is the
 //! Merkle root of the batch's leaves, and each evidence carries its own
-//! inclusion proof. A zone's evidence holds the host's event log with every
-//! other zone's event data withheld (digests kept, so it still replays): a
-//! zone learns nothing about its neighbours.
+//! inclusion proof. A zone's evidence holds the events since the latest
+//! checkpoint with every other zone's record withheld (the redacted events
+//! keep their digests and launch tags, so the log still replays and the zone
+//! knows none of its own events is hidden): a zone learns nothing about its
+//! neighbours, and the evidence's size does not grow with the host's history.
 
-use attestation_proto::eventlog::{self, Event, ZoneEvent};
-use attestation_proto::evidence::{self, Evidence, FORMAT_VERSION, MerkleProof, PcrValue};
+use std::collections::BTreeMap;
+
+use attestation_proto::eventlog::{self, Event};
+use attestation_proto::evidence::{self, Checkpoint, Evidence, FORMAT_VERSION, MerkleProof, PcrValue};
+use attestation_proto::launch::LaunchRecord;
 use attestation_proto::merkle;
 
-use crate::index::LogIndex;
 use crate::tpm::{Quote, TpmKeys};
 
 /// Why a request cannot be answered.
@@ -21,15 +26,35 @@ pub enum EvidenceError {
     /// The launch is not in the log, or it has ended.
     #[error("{0}")]
     NotMeasured(String),
+    /// The logged launch is not what the daemon recorded for the asking zone.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
-/// The log as the ledger holds it, at the moment of one quote.
+/// The latest checkpoint: its event and the TPM's quote right after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The zone PCR before the checkpoint event.
+    pub pcr_before: [u8; 32],
+    /// The checkpoint event.
+    pub event: Event,
+    /// The quote (TPMS_ATTEST and TPMT_SIGNATURE).
+    pub quote: Quote,
+}
+
+/// The ledger as it is at the moment of one quote.
 #[derive(Debug, Clone, Copy)]
 pub struct LogView<'a> {
-    /// The events.
-    pub events: &'a [Event],
-    /// Their owners.
-    pub index: &'a LogIndex,
+    /// The events after the latest checkpoint (all of them without one).
+    pub since: &'a [Event],
+    /// Per event of `since`: the launch it belongs to.
+    pub owners: &'a [Option<String>],
+    /// Launched and not stopped: launch id → launch record bytes.
+    pub live: &'a BTreeMap<String, Vec<u8>>,
+    /// The latest checkpoint, if any.
+    pub checkpoint: Option<&'a StoredCheckpoint>,
     /// The zone PCR.
     pub pcr: u32,
     /// Its value (the log's replay, which the TPM holds).
@@ -49,24 +74,41 @@ pub struct Prepared {
     pub leaf: [u8; 32],
 }
 
-/// Checks that `launch_id` is a live launch of the log and computes its leaf.
-pub fn prepare(view: &LogView<'_>, launch_id: &str, nonce: &[u8]) -> Result<Prepared, EvidenceError> {
-    let Some(&idx) = view.index.launches.get(launch_id) else {
+/// What the daemon recorded for the zone asking: its name and the bytes of
+/// the launch record it logged for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// The zone's name.
+    pub zone: String,
+    /// Its launch record, as the daemon recorded it.
+    pub record: Vec<u8>,
+}
+
+/// Checks that `launch_id` is a live launch of the log, logged for exactly
+/// what the daemon recorded for the zone (`expected`), and computes its leaf.
+pub fn prepare(view: &LogView<'_>, launch_id: &str, expected: &Expected, nonce: &[u8]) -> Result<Prepared, EvidenceError> {
+    let Some(record) = view.live.get(launch_id) else {
         return Err(EvidenceError::NotMeasured(
-            "this zone has no launch event in the current TPM boot's event log (it was launched before the TPM \
-             was reset); relaunch it to attest"
+            "this zone's launch is not a live launch of the current TPM boot's event log (it ended, or it was launched \
+             before the TPM was reset); relaunch it to attest"
                 .into(),
         ));
     };
-    if view.index.stopped.contains(launch_id) {
-        return Err(EvidenceError::NotMeasured("this zone's launch has ended (a stop event is logged)".into()));
+    let logged = LaunchRecord::decode(record).map_err(|e| EvidenceError::Mismatch(format!("the logged launch record is unreadable: {e}")))?;
+    if logged.zone != expected.zone {
+        return Err(EvidenceError::Mismatch(format!(
+            "the logged launch {launch_id} belongs to zone {:?}, not to zone {:?} that asks (its record was altered)",
+            logged.zone, expected.zone
+        )));
     }
-    let record = match view.events.get(idx).and_then(|e| e.zone_event()) {
-        Some(ZoneEvent::Launch(d)) => d.to_vec(),
-        _ => return Err(EvidenceError::NotMeasured("the zone's launch event is unreadable".into())),
-    };
-    let leaf = evidence::leaf(nonce, &record).map_err(|e| EvidenceError::NotMeasured(e.to_string()))?;
-    Ok(Prepared { launch_id: launch_id.to_owned(), record, leaf })
+    if *record != expected.record {
+        return Err(EvidenceError::Mismatch(format!(
+            "the logged launch record of {launch_id} is not the one the daemon recorded for zone {:?} (its record was altered)",
+            expected.zone
+        )));
+    }
+    let leaf = evidence::leaf(nonce, record).map_err(|e| EvidenceError::NotMeasured(e.to_string()))?;
+    Ok(Prepared { launch_id: launch_id.to_owned(), record: record.clone(), leaf })
 }
 
 /// The Merkle root a batch's quote must carry as qualifying data.
@@ -79,7 +121,7 @@ pub fn batch_root(batch: &[Prepared]) -> Result<[u8; 32], EvidenceError> {
 /// redacted encoding (made once per batch).
 fn redacted_log(view: &LogView<'_>, launch_id: &str, redacted: &[Vec<u8>]) -> Vec<u8> {
     let mut b = eventlog::header();
-    for ((event, owner), hidden) in view.events.iter().zip(&view.index.owners).zip(redacted) {
+    for ((event, owner), hidden) in view.since.iter().zip(view.owners).zip(redacted) {
         if owner.as_deref() == Some(launch_id) {
             b.extend_from_slice(&event.encode());
         } else {
@@ -93,7 +135,13 @@ fn redacted_log(view: &LogView<'_>, launch_id: &str, redacted: &[Vec<u8>]) -> Ve
 /// (made over [`batch_root`] of the same batch).
 pub fn assemble(view: &LogView<'_>, quote: &Quote, batch: &[Prepared]) -> Vec<Vec<u8>> {
     let leaves: Vec<[u8; 32]> = batch.iter().map(|p| p.leaf).collect();
-    let redacted: Vec<Vec<u8>> = view.events.iter().map(|e| e.redacted().encode()).collect();
+    let redacted: Vec<Vec<u8>> = view.since.iter().map(|e| e.redacted().encode()).collect();
+    let checkpoint = view.checkpoint.map(|c| Checkpoint {
+        quote_attest: c.quote.attest.clone(),
+        quote_signature: c.quote.signature.clone(),
+        pcr_before: c.pcr_before.to_vec(),
+        event: c.event.encode(),
+    });
     batch
         .iter()
         .enumerate()
@@ -114,6 +162,8 @@ pub fn assemble(view: &LogView<'_>, quote: &Quote, batch: &[Prepared]) -> Vec<Ve
                     siblings: proof.iter().map(|s| s.to_vec()).collect(),
                 }),
                 zone_pcr: view.pcr,
+                checkpoint: checkpoint.clone(),
+                ek_certificate: view.keys.ek_certificate.clone().unwrap_or_default(),
             };
             evidence::encode(&ev)
         })
@@ -123,10 +173,10 @@ pub fn assemble(view: &LogView<'_>, quote: &Quote, batch: &[Prepared]) -> Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attestation_proto::eventlog::{TAG_ZONE_LAUNCH, TAG_ZONE_STOP};
-    use attestation_proto::launch::{Artifact, LaunchRecord, RECORD_VERSION, StopRecord};
+    use attestation_proto::eventlog::{TAG_ZONE_LAUNCH, TAG_ZONE_STOP, ZoneEvent};
+    use attestation_proto::launch::{Artifact, RECORD_VERSION, StopRecord};
 
-    fn launch(zone: &str, id: &str) -> Event {
+    fn launch(zone: &str, id: &str) -> (Event, Vec<u8>) {
         let r = LaunchRecord {
             version: RECORD_VERSION,
             host: "h".into(),
@@ -141,33 +191,47 @@ mod tests {
             devices: vec![],
             launched_unix_ms: 1,
         };
-        Event::tagged(15, TAG_ZONE_LAUNCH, &r.encode())
+        let bytes = r.encode();
+        (Event::zone(15, TAG_ZONE_LAUNCH, id, &bytes), bytes)
     }
 
     fn stop(zone: &str, id: &str) -> Event {
         let r = StopRecord { version: RECORD_VERSION, zone: zone.into(), launch_id: id.into(), reason: "stopped".into(), stopped_unix_ms: 2 };
-        Event::tagged(15, TAG_ZONE_STOP, &r.encode())
+        Event::zone(15, TAG_ZONE_STOP, id, &r.encode())
     }
 
     #[test]
-    fn a_zone_sees_only_its_own_events_and_ended_launches_get_nothing() {
-        let id_a = "a".repeat(32);
-        let id_b = "b".repeat(32);
-        let events = vec![launch("a", &id_a), launch("b", &id_b), stop("b", &id_b)];
-        let index = LogIndex::of(&events);
-        let keys = TpmKeys { ak_public: vec![1], ek_public: vec![2], ek_certificate: None, tcti: "t".into() };
-        let view = LogView { events: &events, index: &index, pcr: 15, pcr_value: eventlog::replay(&events, 15), keys: &keys };
-        assert!(matches!(prepare(&view, &id_b, &[7; 16]), Err(EvidenceError::NotMeasured(m)) if m.contains("ended")));
-        assert!(prepare(&view, &"c".repeat(32), &[7; 16]).is_err());
-        let batch = vec![prepare(&view, &id_a, &[7; 16]).unwrap(), prepare(&view, &id_a, &[8; 16]).unwrap()];
+    fn a_zone_sees_only_its_own_events_and_gets_only_its_own_record() {
+        let (id_a, id_b) = ("a".repeat(32), "b".repeat(32));
+        let (la, ra) = launch("a", &id_a);
+        let (lb, _) = launch("b", &id_b);
+        let events = vec![la, lb, stop("b", &id_b)];
+        let owners = vec![Some(id_a.clone()), Some(id_b.clone()), Some(id_b.clone())];
+        let live: BTreeMap<String, Vec<u8>> = [(id_a.clone(), ra.clone())].into();
+        let keys = TpmKeys { ak_public: vec![1], ek_public: vec![2], ek_certificate: None, tcti: "t".into(), software: true };
+        let view = LogView {
+            since: &events,
+            owners: &owners,
+            live: &live,
+            checkpoint: None,
+            pcr: 15,
+            pcr_value: eventlog::replay(&events, 15),
+            keys: &keys,
+        };
+        let a = Expected { zone: "a".into(), record: ra.clone() };
+        assert!(matches!(prepare(&view, &id_b, &a, &[7; 16]), Err(EvidenceError::NotMeasured(m)) if m.contains("ended")));
+        // Zone b's channel presenting zone a's launch id (records swapped on disk): refused.
+        let b = Expected { zone: "b".into(), record: ra.clone() };
+        assert!(matches!(prepare(&view, &id_a, &b, &[7; 16]), Err(EvidenceError::Mismatch(m)) if m.contains("belongs to zone")));
+        let batch = vec![prepare(&view, &id_a, &a, &[7; 16]).unwrap(), prepare(&view, &id_a, &a, &[8; 16]).unwrap()];
         let quote = Quote { attest: vec![], signature: vec![], reset_count: 0 };
         let out = assemble(&view, &quote, &batch);
         assert_eq!(out.len(), 2);
         let ev = attestation_proto::evidence::decode(&out[1]).unwrap();
         let logged = eventlog::parse(&ev.event_log, &eventlog::Limits::default()).unwrap();
         assert_eq!(eventlog::replay(&logged, 15), view.pcr_value, "the redacted log still replays");
-        let zone_b = logged.iter().filter(|e| matches!(e.zone_event(), Some(ZoneEvent::Launch(d)) if d != batch[0].record.as_slice()));
-        assert_eq!(zone_b.count(), 0, "zone b's records are withheld");
+        let readable_of_b = logged.iter().filter(|e| matches!(e.zone_event(), Some(ZoneEvent::Launch { record, .. }) if record != ra.as_slice())).count();
+        assert_eq!(readable_of_b, 0, "zone b's records are withheld");
         assert_eq!(ev.batch.unwrap().leaf_index, 1);
     }
 }

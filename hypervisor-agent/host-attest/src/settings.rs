@@ -15,7 +15,10 @@ pub struct TpmSettings {
     /// firmware, boot loaders, IMA (10) and systemd-stub (11-13) use the
     /// others on common hosts. The daemon refuses a PCR something else extends.
     pub pcr: u32,
-    /// Loopback TCP port of the embedded swtpm (its control port is the next one).
+    /// Refuse to start without the TPM device (never fall back to the embedded swtpm).
+    pub require_device: bool,
+    /// TCP port of the embedded swtpm on the loopback interface of its own
+    /// network namespace, private to the daemon (its control port is the next one).
     pub swtpm_port: u16,
     /// Most evidence requests answered by one quote (1 disables batching).
     pub max_batch: usize,
@@ -26,7 +29,14 @@ pub struct TpmSettings {
 
 impl Default for TpmSettings {
     fn default() -> Self {
-        Self { device: "/dev/tpmrm0".into(), pcr: 15, swtpm_port: 2321, max_batch: 256, simulated_quote_latency_ms: 0 }
+        Self {
+            device: "/dev/tpmrm0".into(),
+            pcr: 15,
+            require_device: false,
+            swtpm_port: 2321,
+            max_batch: 256,
+            simulated_quote_latency_ms: 0,
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! - throughput of 100 concurrent requests, batched (one quote shared
 //!   through a Merkle root) vs one quote per request, with the swtpm as is
 //!   and with an artificial 100 ms per quote standing in for a hardware TPM;
-//! - verifier throughput on one core for logs of 10 and 1,000 events;
+//! - verifier throughput on one core for a fresh host and for hosts with
+//!   1,000 and 100,000 events of history (evidence from the latest checkpoint);
 //! - attestations per second through the SPIRE server plugin
 //!   (`zone-attestor-server`, driven over go-plugin's protocol as
 //!   spire-server drives it), each with fresh evidence for its nonce.
@@ -21,11 +22,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use attestation_proto::launch::{Artifact, LaunchRecord, RECORD_VERSION, sha256_hex};
+use attestation_proto::eventlog::{Event, TAG_ZONE_LAUNCH, TAG_ZONE_STOP};
+use attestation_proto::launch::{Artifact, LaunchRecord, RECORD_VERSION, StopRecord, sha256_hex};
 use attestation_proto::policy::Policy;
 use attestation_proto::verify::{Trust, ak_digest, verify};
-use host_attest::TpmSettings;
-use host_attest::Ledger;
+use host_attest::evidence::Expected;
+use host_attest::{Ledger, TpmSettings};
 use serde_json::json;
 
 struct Args {
@@ -89,6 +91,12 @@ fn record(i: usize) -> LaunchRecord {
     }
 }
 
+/// What the daemon would expect of launch `i`'s zone.
+fn expected(i: usize) -> Expected {
+    let r = record(i);
+    Expected { zone: r.zone.clone(), record: r.encode() }
+}
+
 fn nonce(i: usize) -> Vec<u8> {
     let mut n = vec![0u8; 32];
     n[..8].copy_from_slice(&(i as u64).to_be_bytes());
@@ -101,6 +109,7 @@ fn ledger(dir: &Path, port: u16, max_batch: usize, quote_ms: u64) -> anyhow::Res
     let settings = TpmSettings {
         device: "/nonexistent/tpm".into(),
         pcr: 15,
+        require_device: false,
         swtpm_port: port,
         max_batch,
         simulated_quote_latency_ms: quote_ms,
@@ -134,8 +143,8 @@ fn concurrent(rt: &tokio::runtime::Runtime, l: &Ledger, n: usize, ids: &[String]
     let results: Vec<(Vec<u8>, Vec<u8>)> = rt.block_on(async {
         let tasks: Vec<_> = (0..n)
             .map(|i| {
-                let (l, id, nonce) = (l.clone(), ids[i % ids.len()].clone(), nonce(10_000 + i));
-                tokio::spawn(async move { l.evidence(&id, &nonce).await.map(|e| (e, nonce)) })
+                let (l, id, exp, nonce) = (l.clone(), ids[i % ids.len()].clone(), expected(i % ids.len()), nonce(10_000 + i));
+                tokio::spawn(async move { l.evidence(&id, exp, &nonce).await.map(|e| (e, nonce)) })
             })
             .collect();
         let mut out = Vec::new();
@@ -238,7 +247,8 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
         ids.push(r.launch_id);
     }
     let snap = l.snapshot()?;
-    let trust = Trust { ak_sha256: vec![ak_digest(&snap.ak_public)] };
+    let ak = ak_digest(&snap.ak_public);
+    let trust = Trust::default().with("bench-host", ak);
     let policy0 = Policy::admitting(&record(0));
 
     // Single-request latency.
@@ -246,7 +256,7 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
     for i in 0..args.runs + 5 {
         let n = nonce(i);
         let t = Instant::now();
-        let ev = rt.block_on(l.evidence(&ids[0], &n))?;
+        let ev = rt.block_on(l.evidence(&ids[0], expected(0), &n))?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         if i >= 5 {
             lat.push(ms);
@@ -257,7 +267,7 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
     }
     let lat = sorted_ms(lat);
     let n10 = nonce(999);
-    let ev10 = rt.block_on(l.evidence(&ids[0], &n10))?;
+    let ev10 = rt.block_on(l.evidence(&ids[0], expected(0), &n10))?;
     let (verify10, events10) = verifier_rate(&ev10, &n10, &trust, &policy0, 2.0)?;
     drop(l);
 
@@ -273,12 +283,33 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
     // A log of 1,000 events.
     let l = ledger(dir, port, 256, 0)?;
     let have = l.snapshot()?.events;
-    for i in have..1000 {
+    for i in usize::try_from(have)?..1000 {
         l.record_launch(15, &record(i))?;
     }
     let n1000 = nonce(1999);
-    let ev1000 = rt.block_on(l.evidence(&ids[0], &n1000))?;
+    let ev1000 = rt.block_on(l.evidence(&ids[0], expected(0), &n1000))?;
     let (verify1000, events1000) = verifier_rate(&ev1000, &n1000, &trust, &policy0, 2.0)?;
+
+    // A host with 100,000 events of history (launched and stopped zones):
+    // the evidence starts at the latest checkpoint.
+    let total = l.snapshot()?.events;
+    let mut i = 1000usize;
+    let mut history = total;
+    while history < 100_000 {
+        let mut events = Vec::with_capacity(2000);
+        for _ in 0..1000 {
+            let r = record(i);
+            events.push(Event::zone(15, TAG_ZONE_LAUNCH, &r.launch_id, &r.encode()));
+            let stop = StopRecord { version: RECORD_VERSION, zone: r.zone.clone(), launch_id: r.launch_id.clone(), reason: "stopped".into(), stopped_unix_ms: 1 };
+            events.push(Event::zone(15, TAG_ZONE_STOP, &r.launch_id, &stop.encode()));
+            i += 1;
+        }
+        l.record_bulk(events)?;
+        history = l.snapshot()?.events;
+    }
+    let n_hist = nonce(2999);
+    let ev_hist = rt.block_on(l.evidence(&ids[0], expected(0), &n_hist))?;
+    let (verify_hist, events_hist) = verifier_rate(&ev_hist, &n_hist, &trust, &policy0, 2.0)?;
     drop(l);
 
     let peer = if args.peer_runs > 0 { Some(sorted_ms(peer_tpm2_quote(args.peer_runs)?)) } else { None };
@@ -288,7 +319,7 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
     let plugin = spire::Plugin::start(dir, rt)?;
     let policy_file = dir.join("policy.toml");
     std::fs::write(&policy_file, Policy::admitting(&record(0)).to_toml())?;
-    plugin.configure(rt, &hex::encode(trust.ak_sha256[0]), &policy_file)?;
+    plugin.configure(rt, &hex::encode(ak), &policy_file)?;
     let plugin_seq = plugin.rate(rt, &l, &ids[0], 1, 3.0)?;
     let plugin_conc = plugin.rate(rt, &l, &ids[0], 8, 3.0)?;
     drop(plugin);
@@ -311,8 +342,9 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
             c["wall_s"].as_f64().unwrap_or(f64::NAN)
         );
     }
-    println!("| verifier, log of {events10} events, 1 core | {verify10:.0} verifications/s |");
-    println!("| verifier, log of {events1000} events, 1 core | {verify1000:.0} verifications/s |");
+    println!("| verifier, fresh host (evidence with {events10} events, {} bytes), 1 core | {verify10:.0} verifications/s |", ev10.len());
+    println!("| verifier, host with 1,000 events of history (evidence with {events1000} events after its checkpoint, {} bytes), 1 core | {verify1000:.0} verifications/s |", ev1000.len());
+    println!("| verifier, host with {history} events of history (evidence with {events_hist} events after its checkpoint, {} bytes), 1 core | {verify_hist:.0} verifications/s |", ev_hist.len());
     println!("| SPIRE server plugin: payload → nonce → fresh evidence → verified agent ID, 1 at a time | {plugin_seq:.0} attestations/s |");
     println!("| SPIRE server plugin, 8 concurrent attestations (evidence batched) | {plugin_conc:.0} attestations/s |");
     let summary = json!({
@@ -320,7 +352,11 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
         "peer_tpm2_quote_ms": peer.as_ref().map(|p| json!({"p50": percentile(p, 50.0), "p99": percentile(p, 99.0), "runs": p.len()})),
         "concurrent": conc,
         "spire_plugin_attestations_per_s": {"sequential": plugin_seq, "concurrent_8": plugin_conc},
-        "verifier": [{"events": events10, "per_s": verify10, "evidence_bytes": ev10.len()}, {"events": events1000, "per_s": verify1000, "evidence_bytes": ev1000.len()}],
+        "verifier": [
+            {"history": 10, "events": events10, "per_s": verify10, "evidence_bytes": ev10.len()},
+            {"history": 1000, "events": events1000, "per_s": verify1000, "evidence_bytes": ev1000.len()},
+            {"history": history, "events": events_hist, "per_s": verify_hist, "evidence_bytes": ev_hist.len()},
+        ],
     });
     println!("{summary}");
     Ok(())
@@ -368,7 +404,7 @@ mod spire {
         pub fn configure(&self, rt: &tokio::runtime::Runtime, ak: &str, policy: &Path) -> anyhow::Result<()> {
             let req = ConfigureRequest {
                 core_configuration: Some(CoreConfiguration { trust_domain: "example.org".into() }),
-                hcl_configuration: format!("trusted_ak_sha256 = [\"{ak}\"]\npolicy_path = \"{}\"", policy.display()),
+                hcl_configuration: format!("trusted_hosts = [\"bench-host={ak}\"]\npolicy_path = \"{}\"", policy.display()),
             };
             rt.block_on(ConfigClient::new(self.channel.clone()).configure(req))?;
             Ok(())
@@ -382,7 +418,7 @@ mod spire {
             let Some(attest_response::Response::Challenge(nonce)) = replies.message().await?.and_then(|r| r.response) else {
                 bail!("no challenge");
             };
-            let evidence = ledger.evidence(&launch_id, &nonce).await?;
+            let evidence = ledger.evidence(&launch_id, super::expected(0), &nonce).await?;
             tx.send(msg(attest_request::Request::ChallengeResponse(evidence))).await?;
             match replies.message().await?.and_then(|r| r.response) {
                 Some(attest_response::Response::AgentAttributes(_)) => Ok(()),

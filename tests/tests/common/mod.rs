@@ -94,6 +94,17 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The embedded swtpm's command port.
+    pub fn swtpm_port(&self) -> u16 {
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        config.lines().find_map(|l| l.strip_prefix("swtpm_port = ")?.trim().parse().ok()).unwrap()
+    }
+
+    /// The embedded swtpm's PID.
+    pub fn swtpm_pid(&self) -> u32 {
+        std::fs::read_to_string(self.state().join("swtpm/swtpm.pid")).expect("the embedded swtpm runs").trim().parse().unwrap()
+    }
+
     /// Stops the embedded swtpm (a new one is a new TPM boot).
     pub fn stop_swtpm(&self) {
         if let Ok(pid) = std::fs::read_to_string(self.state().join("swtpm/swtpm.pid")) {

@@ -7,7 +7,7 @@ mod console;
 mod convert;
 mod logs;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,6 +36,7 @@ fn non_empty(s: String) -> Option<String> {
 #[tonic::async_trait]
 impl ZoneControl for ControlService {
     async fn launch_zone(&self, req: Request<pb::LaunchZoneRequest>) -> Result<Response<pb::LaunchZoneReply>, Status> {
+        let caller = caller_of(&req);
         let req = req.into_inner();
         let spec = req.spec.unwrap_or_default();
         let launch = LaunchRequest {
@@ -46,6 +47,7 @@ impl ZoneControl for ControlService {
             vcpus: (spec.vcpus != 0).then_some(spec.vcpus),
             memory_mib: (spec.memory_mib != 0).then_some(spec.memory_mib),
             command: spec.command,
+            caller,
         };
         let daemon = Arc::clone(&self.daemon);
         let record = tokio::task::spawn_blocking(move || daemon.launch(launch))
@@ -125,8 +127,20 @@ impl ZoneControl for ControlService {
             ek_certificate: s.ek_certificate.unwrap_or_default(),
             tpm: s.tcti,
             host_id: self.daemon.config().host_id.clone(),
+            start_value: s.start_value.to_vec(),
+            events_before: s.events_before,
+            events: s.events,
+            software_tpm: s.software,
+            checkpoint_seq: s.checkpoint_seq.unwrap_or(0),
         }))
     }
+}
+
+/// Who is on the other end of the control connection (its peer credentials).
+fn caller_of<T>(req: &Request<T>) -> Option<crate::artifacts::Caller> {
+    let info = req.extensions().get::<tonic::transport::server::UdsConnectInfo>()?;
+    let cred = info.peer_cred?;
+    Some(crate::artifacts::Caller { uid: cred.uid(), gid: cred.gid() })
 }
 
 /// Serves the API on the configured socket until `shutdown` resolves.
@@ -149,9 +163,12 @@ fn bind(socket: &Path, group: Option<&str>) -> anyhow::Result<tokio::net::UnixLi
         Some(g) => Some(group_id(g).ok_or_else(|| anyhow::anyhow!("socket_group {g:?} does not exist; create it or remove the setting"))?),
         None => None,
     };
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(if gid.is_some() { 0o750 } else { 0o700 }))?;
+    // The socket's directory gets a mode and owner only if the daemon
+    // creates it; an existing directory is the operator's and left as it is.
+    if let Some(dir) = socket.parent()
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new().recursive(true).mode(if gid.is_some() { 0o750 } else { 0o700 }).create(dir)?;
         chown(dir, gid)?;
     }
     if socket.exists() {

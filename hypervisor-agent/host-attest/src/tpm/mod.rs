@@ -112,7 +112,7 @@ fn pcr_slot(pcr: u32) -> Result<PcrSlot, TpmError> {
 }
 
 /// A signed quote.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quote {
     /// TPMS_ATTEST as signed.
     pub attest: Vec<u8>,
@@ -133,6 +133,8 @@ pub struct TpmKeys {
     pub ek_certificate: Option<Vec<u8>>,
     /// Which TPM this is (TCTI).
     pub tcti: String,
+    /// Whether it is a software TPM (the embedded swtpm).
+    pub software: bool,
 }
 
 /// What the ledger needs from a TPM: the real one ([`Tpm`]), or a software
@@ -202,7 +204,7 @@ impl Tpm {
         };
         let (ak_pub, _, _) = ctx.read_public(ak).map_err(tss("read the AK public area"))?;
         let ak_public = ak_pub.marshall().map_err(tss("marshal the AK public area"))?;
-        Ok(Self { ctx, ek, ak, keys: TpmKeys { ak_public, ek_public, ek_certificate, tcti: tcti.to_owned() } })
+        Ok(Self { ctx, ek, ak, keys: TpmKeys { ak_public, ek_public, ek_certificate, tcti: tcti.to_owned(), software: is_embedded(tcti) } })
     }
 
     /// Reads SHA-256 PCR values, in the order given.

@@ -1,15 +1,25 @@
 //! The embedded TPM: a `swtpm` the daemon starts and owns when the host has
 //! no TPM device.
 //!
-//! Its state lives in `<state_dir>/swtpm/`: created once by `swtpm_setup`
-//! (SHA-256 PCR bank, an EK certificate from a CA private to this daemon in
-//! `swtpm/localca/`), then served on loopback TCP (tss-esapi 7.7 cannot use
-//! swtpm's Unix sockets). The process is detached, like the zones' VMMs, so
-//! a daemon restart finds it running and keeps its PCRs; a new swtpm
-//! process is a new TPM boot (its reset count changes), which starts a new
-//! event log.
+//! Its state lives in `<state_dir>/swtpm/` (0700): created once by
+//! `swtpm_setup` (SHA-256 PCR bank, an EK certificate from a CA private to
+//! this daemon in `swtpm/localca/`), then served on TCP — tss-esapi 7.7
+//! cannot use swtpm's Unix sockets (it ignores `path=`) — but **in a network
+//! namespace of its own**: the ledger thread creates it (`unshare`), brings up
+//! its loopback, and starts swtpm from there, so swtpm's command and control
+//! ports exist only inside it. Nothing in the host's network namespace (no
+//! local user, no zone VMM) can connect to them; entering the namespace takes
+//! CAP_SYS_ADMIN. The ledger thread, the only one that talks to the TPM,
+//! stays in it.
+//!
+//! The process is detached, like the zones' VMMs, so a daemon restart finds
+//! it running (the new ledger thread joins its namespace through
+//! `/proc/<pid>/ns/net`) and keeps its PCRs; a new swtpm process is a new TPM
+//! boot (its reset count changes), which starts a new event log.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,6 +38,63 @@ pub struct Swtpm {
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> TpmError {
     move |e| TpmError::Swtpm(format!("{what}: {e}"))
+}
+
+/// Whether two `/proc/.../ns/net` links name the same namespace.
+fn same_netns(a: &str, b: &str) -> bool {
+    match (std::fs::read_link(a), std::fs::read_link(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Moves the calling thread into the network namespace `ns` (a `/proc/<pid>/ns/net`).
+fn join_netns(ns: &str) -> Result<(), TpmError> {
+    let f = std::fs::File::open(ns).map_err(io(format!("cannot open {ns}")))?;
+    // SAFETY: setns on a namespace descriptor we hold; only this thread moves.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        return Err(TpmError::Swtpm(format!(
+            "cannot join the embedded swtpm's network namespace ({}); the daemon must run as root",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into a new network namespace with its loopback up.
+fn enter_private_netns() -> Result<(), TpmError> {
+    // SAFETY: unshare of this thread's network namespace only.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+        return Err(TpmError::Swtpm(format!(
+            "cannot create a private network namespace for the embedded swtpm ({}); the daemon must run as root",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // `ip link set lo up`, with an ioctl on any socket of the namespace.
+    // SAFETY: a plain datagram socket; closed below.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(TpmError::Swtpm(format!("socket: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, c) in ifr.ifr_name.iter_mut().zip(b"lo") {
+        *d = *c as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS with a valid ifreq on our socket.
+    let ok = unsafe {
+        libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) >= 0 && {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) >= 0
+        }
+    };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the socket made above.
+    unsafe { libc::close(s) };
+    if !ok {
+        return Err(TpmError::Swtpm(format!("cannot bring up the loopback of the swtpm's network namespace: {err}")));
+    }
+    Ok(())
 }
 
 impl Swtpm {
@@ -49,29 +116,48 @@ impl Swtpm {
         self.dir.join("state")
     }
 
-    /// Sets the TPM up once, then starts swtpm unless ours already runs.
+    /// Sets the TPM up once, then, on the calling thread (the ledger's):
+    /// joins the network namespace of our running swtpm, or creates a private
+    /// one and starts swtpm in it.
     pub fn ensure_running(&self) -> Result<(), TpmError> {
         std::fs::create_dir_all(&self.dir).map_err(io(format!("cannot create {}", self.dir.display())))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("cannot make {} private", self.dir.display())))?;
         if !self.state().join("tpm2-00.permall").exists() {
             self.setup()?;
         }
         if let Some(pid) = self.running_pid() {
-            if self.accepts() {
-                tracing::info!(pid, port = self.port, "using the running embedded swtpm");
-                return Ok(());
+            let ns = format!("/proc/{pid}/ns/net");
+            if same_netns(&ns, "/proc/self/ns/net") {
+                // An swtpm on the host's network: open to every local user. A new one, private, replaces it.
+                tracing::warn!(pid, "the running embedded swtpm listens in the host's network namespace; replacing it with a private one (a new TPM boot)");
+                self.kill(pid);
+            } else {
+                join_netns(&ns)?;
+                if self.accepts() {
+                    tracing::info!(pid, port = self.port, "using the running embedded swtpm (private network namespace)");
+                    return Ok(());
+                }
+                return Err(TpmError::Swtpm(format!(
+                    "the embedded swtpm (pid {pid}) does not answer in its network namespace; stop it (kill {pid}) and restart the daemon"
+                )));
             }
         }
-        if self.accepts() {
-            return Err(TpmError::Swtpm(format!(
-                "127.0.0.1:{} is served by a process that is not this daemon's swtpm; \
-                 set tpm.swtpm_port to a free port in the config",
-                self.port
-            )));
-        }
+        enter_private_netns()?;
         self.start()
     }
 
-    fn running_pid(&self) -> Option<u32> {
+    fn kill(&self, pid: u32) {
+        // SAFETY: kill(2) of the swtpm whose pid file and name we checked.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The running swtpm's pid, if it is ours.
+    pub fn running_pid(&self) -> Option<u32> {
         let pid: u32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
         (comm.trim() == "swtpm").then_some(pid)

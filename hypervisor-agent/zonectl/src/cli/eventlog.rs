@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use attestation_proto::control::GetEventLogRequest;
 use attestation_proto::eventlog::{self, ZoneEvent};
-use attestation_proto::launch::{LaunchRecord, StopRecord};
+use attestation_proto::launch::{CheckpointRecord, LaunchRecord, StopRecord};
 use attestation_proto::verify::ak_digest;
 use clap::Args;
 use serde_json::json;
@@ -49,16 +49,20 @@ fn export_keys(reply: &attestation_proto::control::GetEventLogReply, dir: &std::
 
 fn describe(e: &eventlog::Event) -> serde_json::Value {
     match e.zone_event() {
-        Some(ZoneEvent::Launch(d)) => match LaunchRecord::decode(d) {
+        Some(ZoneEvent::Launch { record, .. }) => match LaunchRecord::decode(record) {
             Ok(r) => json!({"kind": "launch", "zone": r.zone, "launch_id": r.launch_id, "kernel_sha256": r.kernel.sha256,
                             "initrd_sha256": r.initrd_sha256(), "cmdline_sha256": r.cmdline_sha256}),
             Err(err) => json!({"kind": "launch", "error": err.to_string()}),
         },
-        Some(ZoneEvent::Stop(d)) => match StopRecord::decode(d) {
+        Some(ZoneEvent::Stop { record, .. }) => match StopRecord::decode(record) {
             Ok(r) => json!({"kind": "stop", "zone": r.zone, "launch_id": r.launch_id, "reason": r.reason}),
             Err(err) => json!({"kind": "stop", "error": err.to_string()}),
         },
-        Some(ZoneEvent::Redacted) => json!({"kind": "redacted"}),
+        Some(ZoneEvent::Checkpoint { record }) => match CheckpointRecord::decode(record) {
+            Ok(r) => json!({"kind": "checkpoint", "seq": r.seq, "live": r.live.len()}),
+            Err(err) => json!({"kind": "checkpoint", "error": err.to_string()}),
+        },
+        Some(ZoneEvent::Redacted { .. }) => json!({"kind": "redacted"}),
         None => json!({"kind": "other", "event_type": e.event_type}),
     }
 }
@@ -77,19 +81,32 @@ pub fn run(g: &GlobalArgs, args: EventLogArgs) -> anyhow::Result<i32> {
         eprintln!("wrote {} to {}", written.join(", "), dir.display());
     }
     let events = eventlog::parse(&reply.event_log, &eventlog::Limits::host_log())?;
-    let replay = eventlog::replay(&events, reply.pcr);
+    let start = <[u8; 32]>::try_from(reply.start_value.as_slice()).unwrap_or([0; 32]);
+    let replay = eventlog::replay_from(start, &events, reply.pcr);
+    let tpm_kind = match (reply.software_tpm, attestation_proto::ek::describe(&reply.ek_certificate)) {
+        (true, Ok(i)) => format!("software TPM (embedded swtpm, private to this daemon; EK certificate issued by {})", i.issuer_cn),
+        (true, Err(_)) => "software TPM (embedded swtpm, private to this daemon)".to_owned(),
+        (false, Ok(i)) => format!("TPM device (EK certificate issued by {})", i.issuer_cn),
+        (false, Err(_)) => "TPM device (no readable EK certificate)".to_owned(),
+    };
     let consistent = replay.as_slice() == reply.pcr_value.as_slice();
     let ak = hex::encode(ak_digest(&reply.ak_public));
     match g.output {
         OutputFormat::Json => print_json(&json!({
             "host_id": reply.host_id,
             "tpm": reply.tpm,
+            "tpm_kind": tpm_kind,
+            "software_tpm": reply.software_tpm,
+            "events_total": reply.events,
+            "events_before": reply.events_before,
+            "checkpoint_seq": reply.checkpoint_seq,
             "pcr": reply.pcr,
             "pcr_value": hex::encode(&reply.pcr_value),
             "replay": hex::encode(replay),
             "replays_to_pcr": consistent,
             "reset_count": reply.reset_count,
             "ak_sha256": ak,
+            "trust_entry": format!("{}={ak}", reply.host_id),
             "ek_certificate": !reply.ek_certificate.is_empty(),
             "events": events.iter().map(|e| {
                 let mut v = describe(e);
@@ -100,7 +117,11 @@ pub fn run(g: &GlobalArgs, args: EventLogArgs) -> anyhow::Result<i32> {
         }))?,
         OutputFormat::Table => {
             println!("host {}  TPM {}  reset count {}", reply.host_id, reply.tpm, reply.reset_count);
-            println!("AK sha256:{ak} (pin this in verifiers)");
+            println!("{tpm_kind}");
+            if reply.events_before > 0 {
+                println!("{} events in all; shown from checkpoint {} on ({} before it)", reply.events, reply.checkpoint_seq, reply.events_before);
+            }
+            println!("AK sha256:{ak} (trust it for this host: --trust-ak {}={ak}, or trusted_hosts in SPIRE)", reply.host_id);
             println!(
                 "PCR {} = {}  ({})",
                 reply.pcr,

@@ -21,12 +21,15 @@ pub struct VerifyArgs {
     /// The nonce the evidence must answer, hex.
     #[arg(long)]
     pub nonce: String,
-    /// A trusted attestation key: SHA-256 of its TPMT_PUBLIC, hex (`zonectl eventlog` prints it). Repeatable.
-    #[arg(long = "trust-ak", value_name = "SHA256")]
+    /// A trusted host and its attestation key: HOST=SHA256 of the AK's
+    /// TPMT_PUBLIC, hex (`zonectl eventlog` prints both). An AK is trusted
+    /// only for the host it is named with. Repeatable.
+    #[arg(long = "trust-ak", value_name = "HOST=SHA256")]
     pub trust_ak: Vec<String>,
-    /// A trusted attestation key as a TPMT_PUBLIC file (`ak.pub` of `zonectl evidence --export`). Repeatable.
-    #[arg(long = "trust-ak-file", value_name = "FILE")]
-    pub trust_ak_file: Vec<PathBuf>,
+    /// A trusted host and its AK as a TPMT_PUBLIC file: HOST=FILE (`ak.pub` of
+    /// `zonectl eventlog --export-keys`). Repeatable.
+    #[arg(long = "trust-ak-file", value_name = "HOST=FILE")]
+    pub trust_ak_file: Vec<String>,
 }
 
 /// Runs `zonectl verify`; exit code 0 when the evidence is accepted, 3 when rejected.
@@ -38,18 +41,26 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<i32> {
     let nonce = hex::decode(args.nonce.trim()).map_err(|e| anyhow::anyhow!("--nonce is not hex ({e})"))?;
     let mut trust = Trust::default();
     for h in &args.trust_ak {
-        let d = hex::decode(h.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok());
-        trust.ak_sha256.push(d.ok_or_else(|| anyhow::anyhow!("--trust-ak {h:?} is not 64 hex digits"))?);
+        trust.aks.push(Trust::parse_entry(h).map_err(|e| anyhow::anyhow!("--trust-ak: {e}"))?);
     }
-    for f in &args.trust_ak_file {
-        let b = std::fs::read(f).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?;
-        trust.ak_sha256.push(ak_digest(&b));
+    for entry in &args.trust_ak_file {
+        let (host, f) = entry
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--trust-ak-file {entry:?}: write HOST=FILE (an AK is trusted for one host)"))?;
+        let b = std::fs::read(f).map_err(|e| anyhow::anyhow!("cannot read {f}: {e}"))?;
+        trust = trust.with(host, ak_digest(&b));
     }
-    if trust.ak_sha256.is_empty() {
-        anyhow::bail!("no trusted attestation key: pass --trust-ak SHA256 (see `zonectl eventlog`) or --trust-ak-file");
+    if trust.aks.is_empty() {
+        anyhow::bail!("no trusted attestation key: pass --trust-ak HOST=SHA256 (see `zonectl eventlog`) or --trust-ak-file HOST=FILE");
     }
     match verify(&bytes, &nonce, &trust, &policy) {
         Ok(v) => {
+            let tpm = match v.ek_certificate.as_deref().map(attestation_proto::ek::describe) {
+                Some(Ok(i)) if i.software => format!("software TPM (EK certificate issued by {})", i.issuer_cn),
+                Some(Ok(i)) => format!("TPM with an EK certificate issued by {}", i.issuer_cn),
+                Some(Err(e)) => format!("TPM with an unreadable EK certificate ({e})"),
+                None => "TPM without an EK certificate".into(),
+            };
             match g.output {
                 OutputFormat::Json => print_json(&json!({
                     "verified": true,
@@ -64,13 +75,17 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<i32> {
                     "reset_count": v.reset_count,
                     "batch_size": v.batch_size,
                     "events": v.events,
+                    "checkpoint_seq": v.checkpoint_seq,
+                    "tpm": tpm,
                 }))?,
                 OutputFormat::Table => {
                     println!("verified: zone {} on host {} (launch {})", v.record.zone, v.record.host, v.record.launch_id);
                     println!("  kernel  sha256:{}", v.record.kernel.sha256);
                     println!("  initrd  sha256:{}", v.record.initrd_sha256());
                     println!("  cmdline sha256:{}", v.record.cmdline_sha256);
-                    println!("  AK sha256:{}, PCR {}, {} events, batch of {}", v.ak_sha256, v.zone_pcr, v.events, v.batch_size);
+                    let from = v.checkpoint_seq.map_or_else(String::new, |s| format!(" after checkpoint {s}"));
+                    println!("  AK sha256:{}, PCR {}, {} events{from}, batch of {}", v.ak_sha256, v.zone_pcr, v.events, v.batch_size);
+                    println!("  {tpm}");
                 }
             }
             Ok(0)
