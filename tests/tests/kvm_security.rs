@@ -371,3 +371,210 @@ fn a_host_cannot_speak_for_another_host() {
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["check"], "host");
 }
+
+/// Connects to a zone's host-channel socket as its guest would arrive
+/// there through the VMM (the daemon knows the zone by the socket).
+fn guest_connect(d: &Daemon, zone: &str) -> std::os::unix::net::UnixStream {
+    let path = d.state().join(format!("zones/{zone}/sock/vsock.sock_{}", attestation_proto::channel::HOST_CHANNEL_PORT));
+    std::os::unix::net::UnixStream::connect(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn frame(msg: attestation_proto::guest::guest_message::Message) -> Vec<u8> {
+    attestation_proto::channel::encode(&attestation_proto::guest::GuestMessage { message: Some(msg) }).unwrap()
+}
+
+fn hello(ms: u64) -> Vec<u8> {
+    frame(attestation_proto::guest::guest_message::Message::Hello(attestation_proto::guest::Hello { ready_uptime_ms: ms, version: "flood".into() }))
+}
+
+#[test]
+fn a_guest_flooding_its_host_channel_hurts_only_itself() {
+    use std::io::{Read, Write};
+    let d = Daemon::new("").start();
+    d.launch("noisy");
+    d.launch("web");
+    // The first hello counts: it makes the zone ready.
+    let mut first = guest_connect(&d, "noisy");
+    first.write_all(&hello(1)).unwrap();
+    d.wait_state("noisy", "running");
+    drop(first);
+
+    // Connections beyond the zone's limit are closed at once; the others get the daemon's first ping.
+    let mut conns: Vec<_> = (0..16).map(|_| guest_connect(&d, "noisy")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut open = Vec::new();
+    for mut c in conns.drain(..) {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 64];
+        match c.read(&mut b) {
+            Ok(n) if n > 0 => open.push(c),
+            _ => {}
+        }
+    }
+    assert_eq!(open.len(), 8, "connections the daemon kept open for one zone");
+
+    // Every open connection floods: hellos and output frames, as fast as it can.
+    let output = frame(attestation_proto::guest::guest_message::Message::Output(attestation_proto::guest::Output {
+        stream: 1,
+        data: vec![b'x'; 60 * 1024],
+    }));
+    let mut burst = Vec::new();
+    for i in 0..200 {
+        burst.extend_from_slice(&hello(100 + i));
+    }
+    burst.extend_from_slice(&output);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = open
+        .into_iter()
+        .map(|mut c| {
+            let (burst, stop) = (burst.clone(), stop.clone());
+            std::thread::spawn(move || {
+                c.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c.write_all(&burst);
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile the daemon serves everyone else, and noisy's record is never torn.
+    let started = Instant::now();
+    let record = d.state().join("zones/noisy/zone.json");
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(5) {
+        let t = Instant::now();
+        assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 2);
+        assert_verifies(&d, "web");
+        assert!(t.elapsed() < Duration::from_secs(3), "list + evidence took {:?} during the flood", t.elapsed());
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).expect("zone.json is always whole");
+        assert_eq!(r["name"], "noisy");
+        rounds += 1;
+    }
+    let flood = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    assert!(rounds >= 3, "only {rounds} rounds of list + evidence in {flood:?}");
+    // One throttle for the zone across its 8 connections: a 1 MiB burst, then 1 MiB/s.
+    let logged = std::fs::metadata(d.state().join("zones/noisy/workload.log")).map(|m| m.len()).unwrap_or(0);
+    let allowed = (1.0 + flood.as_secs_f64() + 1.0) * 1024.0 * 1024.0;
+    assert!((logged as f64) <= allowed, "{logged} bytes of output logged in {flood:?} (the zone's rate allows {allowed:.0})");
+    assert!(logged > 0, "no output was logged at all");
+    // Repeated hellos changed nothing: the first one's uptime stays.
+    let z = d.json(&["inspect", "noisy"]);
+    assert_eq!(z["ready_uptime_ms"], 1, "{z}");
+}
+
+#[test]
+fn an_unreadable_zone_record_fails_that_zone_and_the_others_are_served() {
+    let mut d = Daemon::new("").start();
+    let bad_pid = d.launch("bad")["vmm_pid"].as_i64().unwrap();
+    d.launch("good");
+    d.kill9();
+    let path = d.state().join("zones/bad/zone.json");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&path, &bytes).unwrap();
+    d.restart();
+    let bad = d.json(&["inspect", "bad"]);
+    assert_eq!(bad["state"], "failed", "{bad}");
+    let failure = bad["failure"].as_str().unwrap();
+    assert!(failure.contains("could not be read") && failure.contains("zonectl destroy bad"), "{failure}");
+    assert_eq!(std::fs::read(d.state().join("zones/bad/zone.json.corrupt")).unwrap(), bytes, "the unreadable bytes are kept");
+    let t = Instant::now();
+    while alive(bad_pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(bad_pid), "the unmanaged VMM of the unreadable zone still runs");
+    // The other zone is managed as before.
+    assert_eq!(d.json(&["inspect", "good"])["state"], "booting");
+    assert_verifies(&d, "good");
+    d.json(&["destroy", "bad"]);
+    d.launch("bad");
+    d.json(&["stop", "good"]);
+    assert_eq!(d.json(&["inspect", "good"])["state"], "stopped");
+}
+
+/// Every path under `root` with its mode, uid and gid.
+fn walk(root: &Path, out: &mut Vec<(std::path::PathBuf, u32, u32, u32)>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(root) else { return };
+    out.push((root.to_owned(), m.mode(), m.uid(), m.gid()));
+    if m.is_dir() {
+        for e in std::fs::read_dir(root).unwrap().flatten() {
+            walk(&e.path(), out);
+        }
+    }
+}
+
+#[test]
+fn nothing_the_daemon_creates_is_open_to_other_users() {
+    let d = Daemon::new("").start();
+    d.launch("web");
+    d.launch("gone");
+    d.json(&["stop", "gone"]);
+    let _ = d.zonectl(&["evidence", "web", "--nonce", NONCE]);
+    let mut all = Vec::new();
+    walk(&d.state(), &mut all);
+    walk(&d.socket(), &mut all);
+    assert!(all.len() > 20, "{all:?}");
+    let web_record: serde_json::Value = serde_json::from_slice(&std::fs::read(d.state().join("zones/web/zone.json")).unwrap()).unwrap();
+    let web_gid = web_record["jail"]["gid"].as_u64();
+    assert!(web_gid.is_some_and(|g| g >= 3_000_000), "{web_record}");
+    let mut report = String::new();
+    for (path, mode, uid, gid) in &all {
+        report.push_str(&format!("{:o} {uid}:{gid} {}\n", mode & 0o7777, path.display()));
+    }
+    eprintln!("{report}");
+    for (path, mode, uid, gid) in &all {
+        let p = path.display();
+        assert_eq!(mode & 0o007, 0, "{p} is open to other users ({:o})\n{report}", mode & 0o7777);
+        assert_eq!(mode & 0o6000, 0, "{p} is setuid/setgid\n{report}");
+        assert_eq!(*uid, 0, "{p} is not root's\n{report}");
+        let sock_dir = path.components().any(|c| c.as_os_str() == "sock");
+        if *gid != 0 {
+            assert!(sock_dir, "{p} is group-accessible to gid {gid} outside a zone's socket directory\n{report}");
+            assert!(p.to_string().contains("/zones/web/"), "{p}: only the live zone has a socket directory\n{report}");
+            assert_eq!(Some(u64::from(*gid)), web_gid, "{p} belongs to another zone's group\n{report}");
+        }
+        let name = path.file_name().unwrap().to_string_lossy();
+        if mode & 0o170000 == 0o140000 {
+            // Sockets: the control socket and a zone's console are root's alone;
+            // the VMM's listeners are passed to it as descriptors; the sockets
+            // the VMM connects to (`vsock.sock_<port>`) are shared with its group.
+            let expected = if name.starts_with("vsock.sock_") { 0o660 } else { 0o600 };
+            assert_eq!(mode & 0o777, expected, "{p}\n{report}");
+        }
+        if name == "zone.json" || name.ends_with(".log") || name == "eventlog.bin" {
+            assert_eq!(mode & 0o077, 0, "{p} ({:o}) is readable by a group\n{report}", mode & 0o777);
+        }
+    }
+}
+
+#[test]
+fn a_log_damaged_before_its_end_stops_the_daemon_and_is_never_cut() {
+    let mut d = Daemon::new("").start();
+    d.launch("web");
+    d.launch("db");
+    d.kill9();
+    // The first event's data size (after the 65-byte header: PCR, type,
+    // digest count, algorithm, digest), made to run past the end of the file.
+    let mut bytes = std::fs::read(log_file(&d)).unwrap();
+    bytes[65 + 14 + 32..65 + 14 + 32 + 4].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+    std::fs::write(log_file(&d), &bytes).unwrap();
+    let log = refuses_to_start(&mut d);
+    assert!(log.contains("eventlog.bin"), "the message names the file: {log}");
+    assert_eq!(std::fs::read(log_file(&d)).unwrap(), bytes, "the damaged log was changed");
+    // A torn tail (a crash mid-append) is the one thing cut, and only that.
+    let mut d = Daemon::new("").start();
+    d.launch("web");
+    d.kill9();
+    let whole = std::fs::read(log_file(&d)).unwrap();
+    let mut torn = whole.clone();
+    torn.extend_from_slice(&[0x0f, 0, 0, 0, 6, 0]);
+    std::fs::write(log_file(&d), &torn).unwrap();
+    d.restart();
+    assert_eq!(std::fs::read(log_file(&d)).unwrap(), whole, "only the torn tail was cut");
+    assert_verifies(&d, "web");
+}

@@ -6,12 +6,15 @@
 //! connection arrived on, never from what the guest says.
 //!
 //! A zone can only hurt itself through its channel: frames are bounded
-//! ([`attestation_proto::channel::MAX_MESSAGE`]), the workload's output is
-//! throttled to [`OUTPUT_RATE`] bytes per second (the daemon simply stops
-//! reading, and vsock flow control then blocks the guest's writer), its log
-//! is capped at [`MAX_WORKLOAD_LOG`] bytes, a malformed frame closes the
-//! connection with one log line, and at most [`MAX_EVIDENCE_IN_FLIGHT`]
-//! evidence requests per zone wait for the TPM (more are refused at once).
+//! ([`attestation_proto::channel::MAX_MESSAGE`]); at most
+//! [`MAX_CONNECTIONS`] connections per zone are open at once (more are
+//! closed on accept), so a zone holds a bounded number of the daemon's
+//! descriptors; the workload's output is throttled to [`OUTPUT_RATE`] bytes
+//! per second and its log capped at [`MAX_WORKLOAD_LOG`] bytes **per zone**,
+//! across all its connections (the daemon simply stops reading, and vsock
+//! flow control then blocks the guest's writer); a malformed frame closes the
+//! connection with one log line; at most [`MAX_EVIDENCE_IN_FLIGHT`] evidence
+//! requests per zone wait for the TPM (more are refused at once).
 //!
 //! Evidence requests are answered about the zone the connection belongs to,
 //! and only while it is the launch that was current when the connection was
@@ -55,6 +58,8 @@ pub const OUTPUT_RATE: f64 = 1024.0 * 1024.0;
 pub const MAX_WORKLOAD_LOG: u64 = 64 * 1024 * 1024;
 /// Evidence requests of one zone that may wait for the TPM at once.
 pub const MAX_EVIDENCE_IN_FLIGHT: usize = 4;
+/// Host-channel connections one zone may have open at once.
+pub const MAX_CONNECTIONS: usize = 8;
 /// Heartbeat period.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
@@ -63,15 +68,27 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// goes with the zone).
 pub async fn serve<H: ZoneHost>(daemon: Arc<H>, name: String, zone_dir: ZoneDir, listener: UnixListener) {
     let evidence_slots = Arc::new(Semaphore::new(MAX_EVIDENCE_IN_FLIGHT));
+    let connection_slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let output = Arc::new(tokio::sync::Mutex::new(ZoneOutput::new(zone_dir.workload_log())));
+    let mut refused = 0u64;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (daemon, name, dir) = (Arc::clone(&daemon), name.clone(), zone_dir.clone());
+                let Ok(permit) = Arc::clone(&connection_slots).try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(zone = %name, refused, "host channel connection refused: the zone already has {MAX_CONNECTIONS} open");
+                    }
+                    drop(stream);
+                    continue;
+                };
+                let (daemon, name, output) = (Arc::clone(&daemon), name.clone(), Arc::clone(&output));
                 let slots = Arc::clone(&evidence_slots);
                 tokio::spawn(async move {
-                    if let Err(e) = session(daemon, &name, &dir, stream, slots).await {
+                    if let Err(e) = session(daemon, &name, output, stream, slots).await {
                         tracing::warn!(zone = %name, error = %e, "host channel closed");
                     }
+                    drop(permit);
                 });
             }
             Err(e) => {
@@ -79,6 +96,43 @@ pub async fn serve<H: ZoneHost>(daemon: Arc<H>, name: String, zone_dir: ZoneDir,
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// The zone's workload output, shared by all its connections: one throttle,
+/// one log and its cap.
+#[derive(Debug)]
+struct ZoneOutput {
+    path: std::path::PathBuf,
+    log: Option<tokio::fs::File>,
+    log_len: u64,
+    dropped_note: bool,
+    throttle: Throttle,
+}
+
+impl ZoneOutput {
+    fn new(path: std::path::PathBuf) -> Self {
+        Self { path, log: None, log_len: 0, dropped_note: false, throttle: Throttle::new() }
+    }
+
+    /// Appends `data` at the zone's rate, up to the cap.
+    async fn write(&mut self, zone: &str, data: &[u8]) -> std::io::Result<()> {
+        self.throttle.take(data.len()).await;
+        if self.log.is_none() {
+            let f = tokio::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(&self.path).await?;
+            self.log_len = f.metadata().await?.len();
+            self.log = Some(f);
+        }
+        let Some(log) = self.log.as_mut() else { return Ok(()) };
+        if self.log_len + data.len() as u64 <= MAX_WORKLOAD_LOG {
+            log.write_all(data).await?;
+            self.log_len += data.len() as u64;
+        } else if !self.dropped_note {
+            self.dropped_note = true;
+            log.write_all(b"\n[hypervisor-agent: workload log limit reached; further output dropped]\n").await?;
+            tracing::warn!(zone = %zone, "workload log limit reached; dropping output");
+        }
+        Ok(())
     }
 }
 
@@ -144,7 +198,7 @@ fn serve_evidence<H: ZoneHost>(
 async fn session<H: ZoneHost>(
     daemon: Arc<H>,
     name: &str,
-    dir: &ZoneDir,
+    output: Arc<tokio::sync::Mutex<ZoneOutput>>,
     stream: UnixStream,
     evidence_slots: Arc<Semaphore>,
 ) -> std::io::Result<()> {
@@ -152,11 +206,7 @@ async fn session<H: ZoneHost>(
     let launch_id = daemon.launch_id(name);
     let (replies, mut reply_rx) = mpsc::channel::<HostMessage>(MAX_EVIDENCE_IN_FLIGHT + 1);
     let (mut rd, mut wr) = stream.into_split();
-    let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(dir.workload_log()).await?;
-    let mut log_len = log.metadata().await?.len();
-    let mut dropped_note = false;
     let mut decoder = Decoder::new();
-    let mut throttle = Throttle::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut seq = 0u64;
     let mut buf = vec![0u8; attestation_proto::channel::MAX_MESSAGE + 4];
@@ -189,17 +239,7 @@ async fn session<H: ZoneHost>(
                     guest_message::Message::EvidenceRequest(req) => {
                         serve_evidence(&daemon, name, launch_id.as_deref(), req, &evidence_slots, &replies);
                     }
-                    guest_message::Message::Output(o) => {
-                        throttle.take(o.data.len()).await;
-                        if log_len + o.data.len() as u64 <= MAX_WORKLOAD_LOG {
-                            log.write_all(&o.data).await?;
-                            log_len += o.data.len() as u64;
-                        } else if !dropped_note {
-                            dropped_note = true;
-                            log.write_all(b"\n[hypervisor-agent: workload log limit reached; further output dropped]\n").await?;
-                            tracing::warn!(zone = %name, "workload log limit reached; dropping output");
-                        }
-                    }
+                    guest_message::Message::Output(o) => output.lock().await.write(name, &o.data).await?,
                 }
             }
         }

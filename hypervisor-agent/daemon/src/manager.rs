@@ -8,12 +8,12 @@
 //! daemon reloads every record and re-adopts the VMMs that still run, so a
 //! daemon restart never touches a running zone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -103,7 +103,28 @@ struct Entry {
     record: ZoneRecord,
     launched: Instant,
     channel: Option<tokio::task::JoinHandle<()>>,
+    /// Bumped by every change of `record`.
+    version: u64,
+    /// The version last written to `zone.json`; its lock orders the zone's saves.
+    saved: Arc<Mutex<u64>>,
 }
+
+impl Entry {
+    fn new(record: ZoneRecord) -> Self {
+        Self { record, launched: Instant::now(), channel: None, version: 0, saved: Arc::new(Mutex::new(0)) }
+    }
+}
+
+/// Zones whose record changed because a guest said so (hello, exit): saved
+/// by a thread of their own, coalesced, never on the async workers.
+#[derive(Debug, Default)]
+struct Saver {
+    dirty: Mutex<BTreeSet<String>>,
+    wake: Condvar,
+}
+
+/// Guest-triggered saves of one zone happen at most this often.
+const SAVE_COALESCE: Duration = Duration::from_millis(50);
 
 /// The daemon's shared state.
 pub struct Daemon {
@@ -113,6 +134,7 @@ pub struct Daemon {
     jailer: Jailer,
     zones: Mutex<BTreeMap<String, Entry>>,
     changes: watch::Sender<u64>,
+    saver: Saver,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -182,17 +204,23 @@ impl Daemon {
             .await
             .map_err(|e| DaemonError::Internal(e.to_string()))?
             .map_err(|e| DaemonError::FailedPrecondition(format!("cannot start the measurement ledger: {e}")))?;
-        let (records, incomplete) = store.load_all()?;
-        for name in incomplete {
+        let loaded = store.load_all()?;
+        for name in loaded.incomplete {
             tracing::warn!(zone = %name, "removing a zone directory left without a record by an interrupted create");
             store.remove(&name)?;
         }
+        let mut records = loaded.records;
+        for (name, detail) in loaded.corrupt {
+            records.push(Self::fail_unreadable(&store, &jailer, &name, &detail)?);
+        }
         let (changes, _) = watch::channel(0);
-        let daemon = Arc::new(Self { config, store, ledger, jailer, zones: Mutex::new(BTreeMap::new()), changes });
+        let daemon =
+            Arc::new(Self { config, store, ledger, jailer, zones: Mutex::new(BTreeMap::new()), changes, saver: Saver::default() });
+        Self::start_saver(&daemon)?;
         for record in records {
             let name = record.name.clone();
             let live_vmm = record.vmm.filter(|h| record.state.is_live() && supervisor::is_alive(*h));
-            daemon.lock().insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
+            daemon.lock().insert(name.clone(), Entry::new(record.clone()));
             match (record.state.is_live(), live_vmm) {
                 (true, Some(handle)) => {
                     tracing::info!(zone = %name, pid = handle.pid, "re-adopting running zone");
@@ -209,6 +237,74 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// A zone whose record cannot be read: its bytes are kept aside, whatever
+    /// still runs in its jail is stopped (its VMM can no longer be managed),
+    /// and it is recorded as failed with the reason, so the daemon serves the
+    /// other zones and the operator can destroy this one.
+    fn fail_unreadable(store: &Store, jailer: &Jailer, name: &str, detail: &str) -> Result<ZoneRecord, DaemonError> {
+        let kept = store.set_aside(name)?;
+        let killed = jailer.reclaim(name);
+        let failure = format!(
+            "its record could not be read when the daemon started ({detail}); the bytes are kept in {}{}. \
+             Destroy it (`zonectl destroy {name}`) and launch it again",
+            kept.display(),
+            if killed > 0 { format!(", and its unmanaged VMM ({killed} processes) was stopped") } else { String::new() }
+        );
+        tracing::error!(zone = %name, %failure, "unreadable zone record");
+        let record = ZoneRecord {
+            name: name.to_owned(),
+            state: State::Failed,
+            spec: Spec {
+                kernel: PathBuf::new(),
+                initrd: None,
+                cmdline: String::new(),
+                vcpus: 0,
+                memory_mib: 0,
+                command: Vec::new(),
+            },
+            failure: Some(failure),
+            created_unix_ms: now_unix_ms(),
+            ready_uptime_ms: None,
+            launch_to_ready_ms: None,
+            vmm: None,
+            exit_status: None,
+            guest_cid: 0,
+            launch: None,
+            jail: None,
+        };
+        store.save(&record)?;
+        Ok(record)
+    }
+
+    /// Starts the thread that saves guest-triggered changes.
+    fn start_saver(daemon: &Arc<Self>) -> Result<(), DaemonError> {
+        let weak = Arc::downgrade(daemon);
+        std::thread::Builder::new()
+            .name("record-saver".into())
+            .spawn(move || {
+                loop {
+                    let Some(d) = weak.upgrade() else { return };
+                    let names = {
+                        let mut dirty = d.saver.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                        if dirty.is_empty() {
+                            let (guard, _) = d.saver.wake.wait_timeout(dirty, Duration::from_secs(1)).unwrap_or_else(|p| p.into_inner());
+                            dirty = guard;
+                        }
+                        std::mem::take(&mut *dirty)
+                    };
+                    for name in names {
+                        if let Err(e) = d.persist(&name) {
+                            tracing::error!(zone = %name, error = %e, "cannot save the zone's record");
+                        }
+                    }
+                    drop(d);
+                    std::thread::sleep(SAVE_COALESCE);
+                }
+            })
+            .map_err(internal)?;
+        Ok(())
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &DaemonConfig {
         &self.config
@@ -222,17 +318,53 @@ impl Daemon {
         self.store.zone_dir(name)
     }
 
+    /// Applies `f` to a zone's entry; returns the record and whether it changed.
+    fn modify(&self, name: &str, f: impl FnOnce(&mut Entry)) -> Result<(ZoneRecord, bool), DaemonError> {
+        let mut zones = self.lock();
+        let entry = zones.get_mut(name).ok_or_else(|| DaemonError::NotFound(name.into()))?;
+        let before = entry.record.clone();
+        f(entry);
+        let changed = entry.record != before;
+        if changed {
+            entry.version += 1;
+        }
+        Ok((entry.record.clone(), changed))
+    }
+
+    /// Writes the zone's current record unless a newer or equal version is
+    /// already on disk. Saves of one zone are ordered by its lock, so the
+    /// file always ends at the latest record (each write is atomic, with a
+    /// temporary file of its own).
+    fn persist(&self, name: &str) -> Result<(), DaemonError> {
+        let Some(saved) = self.lock().get(name).map(|e| Arc::clone(&e.saved)) else { return Ok(()) };
+        let mut saved = saved.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((record, version)) = self.lock().get(name).map(|e| (e.record.clone(), e.version)) else { return Ok(()) };
+        if version <= *saved {
+            return Ok(());
+        }
+        self.store.save(&record)?;
+        *saved = version;
+        Ok(())
+    }
+
     /// Applies `f` to a zone's record, persists it and announces the change.
     fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) -> Result<ZoneRecord, DaemonError> {
-        let record = {
-            let mut zones = self.lock();
-            let entry = zones.get_mut(name).ok_or_else(|| DaemonError::NotFound(name.into()))?;
-            f(entry);
-            entry.record.clone()
-        };
-        self.store.save(&record)?;
-        self.changes.send_modify(|n| *n += 1);
+        let (record, changed) = self.modify(name, f)?;
+        if changed {
+            self.persist(name)?;
+            self.changes.send_modify(|n| *n += 1);
+        }
         Ok(record)
+    }
+
+    /// Like [`Self::update`] for what a guest reports: the change is visible
+    /// at once, and saved soon by the saver thread (coalesced).
+    fn update_deferred(&self, name: &str, f: impl FnOnce(&mut Entry)) {
+        if let Ok((_, true)) = self.modify(name, f) {
+            self.saver.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+            self.saver.wake.notify_one();
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// All zones.
@@ -363,7 +495,7 @@ impl Daemon {
                 launch: None,
                 jail: None,
             };
-            zones.insert(name.clone(), Entry { record: record.clone(), launched: Instant::now(), channel: None });
+            zones.insert(name.clone(), Entry::new(record.clone()));
             record
         };
         match self.create(&record, kernel_file, initrd_file) {
@@ -681,12 +813,11 @@ impl Daemon {
 
     /// Called by the host channel: zone-guest said hello.
     pub fn mark_ready(&self, name: &str, ready_uptime_ms: u64) {
-        let _ = self.update(name, |e| {
-            if matches!(e.record.state, State::Booting | State::Running) {
+        // The first hello counts; a guest repeating it changes nothing.
+        self.update_deferred(name, |e| {
+            if e.record.state == State::Booting {
                 e.record.ready_uptime_ms = Some(ready_uptime_ms);
-                if e.record.state == State::Booting {
-                    e.record.launch_to_ready_ms = Some(e.launched.elapsed().as_millis() as u64);
-                }
+                e.record.launch_to_ready_ms = Some(e.launched.elapsed().as_millis() as u64);
                 e.record.state = State::Running;
             }
         });
@@ -694,7 +825,11 @@ impl Daemon {
 
     /// Called by the host channel: the workload exited.
     pub fn mark_exited(&self, name: &str, status: i32) {
-        let _ = self.update(name, |e| e.record.exit_status = Some(status));
+        self.update_deferred(name, |e| {
+            if e.record.state.is_live() {
+                e.record.exit_status = Some(status);
+            }
+        });
     }
 
     /// Waits until the zone has left `creating`/`booting`, or `timeout` passes.

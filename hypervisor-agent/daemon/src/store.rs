@@ -135,6 +135,17 @@ pub enum StoreError {
     },
 }
 
+/// What [`Store::load_all`] found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Readable records, sorted by name.
+    pub records: Vec<ZoneRecord>,
+    /// Zone directories without a record.
+    pub incomplete: Vec<String>,
+    /// Zone directories whose record is unreadable: (name, what is wrong).
+    pub corrupt: Vec<(String, String)>,
+}
+
 /// The zone directories.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -197,18 +208,22 @@ impl Store {
     }
 
     /// Every zone record, sorted by name. Directories without a record (a
-    /// crash during creation) are skipped and reported in the second list.
-    pub fn load_all(&self) -> Result<(Vec<ZoneRecord>, Vec<String>), StoreError> {
+    /// crash during creation) are reported in `incomplete`; records that do
+    /// not parse (or name another zone) in `corrupt`, with what is wrong.
+    pub fn load_all(&self) -> Result<Loaded, StoreError> {
         let mut records = Vec::new();
         let mut incomplete = Vec::new();
+        let mut corrupt = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(io_err(&self.root))? {
             let entry = entry.map_err(io_err(&self.root))?;
             let path = entry.path().join("zone.json");
+            let dir_name = entry.file_name().to_string_lossy().into_owned();
             match std::fs::read(&path) {
-                Ok(bytes) => records.push(serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                    path: path.clone(),
-                    detail: e.to_string(),
-                })?),
+                Ok(bytes) => match serde_json::from_slice::<ZoneRecord>(&bytes) {
+                    Ok(r) if r.name == dir_name => records.push(r),
+                    Ok(r) => corrupt.push((dir_name, format!("it names zone {:?}", r.name))),
+                    Err(e) => corrupt.push((dir_name, e.to_string())),
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     incomplete.push(entry.file_name().to_string_lossy().into_owned())
                 }
@@ -216,7 +231,17 @@ impl Store {
             }
         }
         records.sort_by(|a: &ZoneRecord, b| a.name.cmp(&b.name));
-        Ok((records, incomplete))
+        corrupt.sort();
+        Ok(Loaded { records, incomplete, corrupt })
+    }
+
+    /// Keeps a corrupt record's bytes as `zone.json.corrupt` (nothing is
+    /// deleted) so a new record can take its place.
+    pub fn set_aside(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.zone_dir(name);
+        let kept = dir.path().join("zone.json.corrupt");
+        std::fs::rename(dir.record(), &kept).map_err(io_err(&dir.record()))?;
+        Ok(kept)
     }
 
     /// Deletes a zone's directory.
@@ -267,23 +292,34 @@ mod tests {
         s.create_dir("a").unwrap();
         s.save(&record("a")).unwrap();
         s.create_dir("half").unwrap();
-        let (all, incomplete) = s.load_all().unwrap();
+        let Loaded { records: all, incomplete, corrupt } = s.load_all().unwrap();
+        assert!(corrupt.is_empty());
         assert_eq!(all.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(all[0], record("a"));
         assert_eq!(incomplete, ["half"]);
         assert!(s.create_dir("a").is_err(), "a zone directory is created once");
         s.remove("a").unwrap();
         s.remove("a").unwrap();
-        assert_eq!(s.load_all().unwrap().0.len(), 1);
+        assert_eq!(s.load_all().unwrap().records.len(), 1);
     }
 
     #[test]
-    fn a_corrupt_record_is_named() {
+    fn a_corrupt_record_is_named_and_set_aside_and_the_others_load() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
         s.create_dir("x").unwrap();
         std::fs::write(s.zone_dir("x").record(), b"{not json").unwrap();
-        let e = s.load_all().unwrap_err().to_string();
-        assert!(e.contains("zone.json") && e.contains("corrupt"), "{e}");
+        s.create_dir("y").unwrap();
+        s.save(&record("y")).unwrap();
+        s.create_dir("z").unwrap();
+        std::fs::write(s.zone_dir("z").record(), serde_json::to_vec(&record("y")).unwrap()).unwrap();
+        let l = s.load_all().unwrap();
+        assert_eq!(l.records, [record("y")]);
+        assert_eq!(l.corrupt.len(), 2);
+        assert_eq!(l.corrupt[0].0, "x");
+        assert!(l.corrupt[1].1.contains("names zone \"y\""), "{:?}", l.corrupt);
+        let kept = s.set_aside("x").unwrap();
+        assert_eq!(std::fs::read(kept).unwrap(), b"{not json");
+        assert!(!s.zone_dir("x").record().exists());
     }
 }

@@ -213,6 +213,14 @@ impl Backend {
         }
     }
 
+    /// The group directories zone `name` has (or would have).
+    pub fn dirs_of(&self, name: &str) -> Vec<PathBuf> {
+        match self {
+            Self::V2 { parent } => vec![parent.join(name)],
+            Self::V1 { parents } => parents.iter().map(|(_, p)| p.join(name)).collect(),
+        }
+    }
+
     /// Creates the group(s) of zone `name` with `limits`; returns their
     /// directories (a leftover group of the same name is replaced).
     pub fn create(&self, name: &str, limits: Limits) -> Result<Vec<PathBuf>, CgroupError> {
@@ -270,6 +278,20 @@ pub fn enter(dirs: &[PathBuf], pid: u32) -> Result<(), CgroupError> {
         write(&d.join("cgroup.procs"), &pid.to_string())?;
     }
     Ok(())
+}
+
+/// Kills (SIGKILL) every process in the groups `dirs`; returns how many.
+pub fn kill_all(dirs: &[PathBuf]) -> usize {
+    let mut killed = 0;
+    for d in dirs {
+        for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill(2) of a process inside a zone's own cgroup.
+            if pid > 1 && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    killed
 }
 
 /// Removes the groups `dirs` (once their processes are gone; a group that

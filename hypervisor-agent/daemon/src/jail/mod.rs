@@ -269,6 +269,19 @@ impl Jailer {
     }
 }
 
+impl Jailer {
+    /// Reclaims the jail of zone `name` whose record was lost: kills what
+    /// still runs in its cgroups (an unmanaged VMM), then removes them and
+    /// its jail directory. Returns how many processes were killed.
+    pub fn reclaim(&self, name: &str) -> usize {
+        let dirs = self.cgroups.as_ref().map(|b| b.dirs_of(name)).unwrap_or_default();
+        let killed = cgroup::kill_all(&dirs);
+        let record = JailRecord { uid: 0, gid: 0, root: self.root.join(name), cgroups: dirs.into_iter().filter(|d| d.exists()).collect() };
+        release(&record);
+        killed
+    }
+}
+
 /// Releases a zone's jail: its cgroup(s) and jail directory.
 pub fn release(record: &JailRecord) {
     cgroup::remove(&record.cgroups);
