@@ -12,7 +12,7 @@ packages=(
   flex bison bc libelf-dev libssl-dev linux-source          # zone kernel
   qemu-system-x86 qemu-utils                                # test host, reference VMM
   swtpm swtpm-tools tpm2-tools libtss2-dev                  # TPM
-  busybox-static protobuf-compiler
+  busybox-static protobuf-compiler openssl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -15,6 +15,7 @@ done
 [ -x "$ZONE_BIN_DIR/zonectl" ] || die "no zonectl: run scripts/build.sh first"
 
 spire="$("$ZONE_ROOT/scripts/spire/install.sh")"
+spire_ca="$("$ZONE_ROOT/scripts/spire/ca.sh")"
 out="$ZONE_CACHE_DIR/images"
 mkdir -p "$out"
 for recipe in "$ZONE_ROOT"/images/*.toml; do
@@ -22,6 +23,7 @@ for recipe in "$ZONE_ROOT"/images/*.toml; do
   "$ZONE_BIN_DIR/zonectl" image build "$recipe" -O "$out/$name.cpio" \
     --input "zone-guest=$ZONE_BIN_DIR/zone-guest" --input busybox=/bin/busybox \
     --input "vsock-probe=$ZONE_BIN_DIR/vsock-probe" \
-    --input "spire-agent=$spire/spire-agent" --input "zone-attestor-agent=$ZONE_BIN_DIR/zone-attestor-agent" -o json \
+    --input "spire-agent=$spire/spire-agent" --input "zone-attestor-agent=$ZONE_BIN_DIR/zone-attestor-agent" \
+    --input "spire-bundle=$spire_ca/ca.pem" -o json \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["name"], d["path"], "sha256:"+d["sha256"])'
 done

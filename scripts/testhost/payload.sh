@@ -19,6 +19,7 @@
 #   opt/spire/bin/{spire-server,zone-attestor-server} SPIRE server (scripts/spire/install.sh,
 #                                                     dynamic: its libraries go with it) and our plugin
 #   opt/zone/images/spire-agent.cpio                 the SPIRE zone image
+#   opt/spire/ca/{ca.pem,ca.key}                     the SPIRE server's upstream CA (scripts/spire/ca.sh)
 #
 # The payload is rebuilt from those outputs every time (a copy; the expensive
 # parts are cached by the scripts that make them).
@@ -67,6 +68,10 @@ for lib in $(ldd "$spire/spire-server" | awk '$2 == "=>" && $3 ~ /^\// { print $
   cp -L "$lib" "$stmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
 done
 cp "$ZONE_CACHE_DIR/images/spire-agent.cpio" "$stmp/opt/zone/images/"
+# The SPIRE server's upstream CA (its root is the SPIRE zone image's bootstrap bundle).
+spire_ca="$("$ZONE_ROOT/scripts/spire/ca.sh")"
+mkdir -p "$stmp/opt/spire/ca"
+cp "$spire_ca/ca.pem" "$spire_ca/ca.key" "$stmp/opt/spire/ca/"
 
 rm -rf "$payload" "$payload-spire"
 mv "$tmp" "$payload"

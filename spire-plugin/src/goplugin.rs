@@ -174,13 +174,28 @@ impl<C: Configurable> Config for ConfigService<C> {
     }
 }
 
-/// Where the plugin's socket goes: `PLUGIN_UNIX_SOCKET_DIR`, `TMPDIR` or `/tmp`.
-pub fn socket_path() -> PathBuf {
-    let dir = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
+/// The plugin's socket, in a directory of its own (mode 0700, a random
+/// name) under `PLUGIN_UNIX_SOCKET_DIR`, `TMPDIR` or `/tmp`: no other user
+/// can reach the socket, guess its path ahead of time or put one there first.
+pub fn private_socket() -> std::io::Result<(PathBuf, PathBuf)> {
+    use std::io::Read;
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR")
         .or_else(|| std::env::var_os("TMPDIR"))
         .map(PathBuf::from)
         .unwrap_or_else(|| "/tmp".into());
-    dir.join(format!("zone-attestor-{}.sock", std::process::id()))
+    let mut last = None;
+    for _ in 0..8 {
+        let mut r = [0u8; 12];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut r)?;
+        let dir = base.join(format!("zone-attestor-{}", hex::encode(r)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok((dir.join("plugin.sock"), dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("cannot create a private socket directory")))
 }
 
 /// Serves a plugin: `add` adds its own services to the router, `names` are
@@ -195,9 +210,12 @@ pub async fn serve<C: Configurable>(
     // before SPIRE unloads it.
     // SAFETY: installing SIG_IGN for SIGINT has no preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let path = socket_path();
-    let _ = std::fs::remove_file(&path);
+    let (path, dir) = private_socket().map_err(|e| anyhow::anyhow!("cannot create the plugin's socket directory: {e}"))?;
     let listener = UnixListener::bind(&path).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
     let shutdown = Arc::new(Notify::new());
     let mut all: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     all.push(crate::proto::CONFIG.to_owned());
@@ -224,12 +242,26 @@ pub async fn serve<C: Configurable>(
         } => Ok(()),
     };
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
     result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_socket_directory_is_private_and_unpredictable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (a, da) = private_socket().unwrap();
+        let (b, db) = private_socket().unwrap();
+        assert_ne!(da, db);
+        assert_eq!(std::fs::metadata(&da).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(a.parent(), Some(da.as_path()));
+        assert_eq!(b.file_name(), a.file_name());
+        std::fs::remove_dir(da).unwrap();
+        std::fs::remove_dir(db).unwrap();
+    }
 
     #[test]
     fn the_handshake_line_is_what_go_plugin_parses() {

@@ -106,6 +106,14 @@ fn the_server_plugin_admits_verified_zones_and_denies_everything_else_with_its_r
     std::fs::write(&policy, &suggested.stdout).unwrap();
 
     let p = start(d.dir.path());
+    // Its socket is in a private directory of a random name.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = p.socket.parent().unwrap();
+        assert_eq!(std::fs::metadata(dir).unwrap().permissions().mode() & 0o777, 0o700, "{}", dir.display());
+        assert!(dir.file_name().unwrap().to_string_lossy().len() > "zone-attestor-".len() + 16, "{}", dir.display());
+        assert_eq!(std::fs::metadata(&p.socket).unwrap().permissions().mode() & 0o777, 0o600);
+    }
     let names = p.rt.block_on(InitClient::new(p.channel.clone()).init(InitRequest { host_service_names: vec![] })).unwrap().into_inner();
     assert!(names.plugin_service_names.contains(&"spire.plugin.server.nodeattestor.v1.NodeAttestor".to_owned()));
     assert!(names.plugin_service_names.contains(&"spire.service.common.config.v1.Config".to_owned()));
@@ -164,4 +172,5 @@ fn the_server_plugin_admits_verified_zones_and_denies_everything_else_with_its_r
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!p.socket.exists(), "the plugin left its socket behind");
+    assert!(!p.socket.parent().unwrap().exists(), "the plugin left its socket directory behind");
 }

@@ -25,7 +25,7 @@ fn agent_conf(plugin_data: &str) -> String {
   server_port = "8081"
   socket_path = "/run/spire/agent.sock"
   trust_domain = "example.org"
-  insecure_bootstrap = true
+  trust_bundle_path = "/opt/spire/bootstrap.pem"
 }}
 plugins {{
   NodeAttestor "zone" {{
@@ -79,6 +79,12 @@ plugins {{
   KeyManager "memory" {{
     plugin_data {{}}
   }}
+  UpstreamAuthority "disk" {{
+    plugin_data {{
+      cert_file_path = "/opt/spire/ca/ca.pem"
+      key_file_path = "/opt/spire/ca/ca.key"
+    }}
+  }}
   NodeAttestor "zone" {{
     plugin_cmd = "$S/zone-attestor-server"
     plugin_checksum = "$sum"
@@ -95,7 +101,7 @@ sp() {{ $S/spire-server "$@" -socketPath /tmp/spire/server.sock; }}
 # Registration keyed on zone: selectors: a node alias for zones of this name
 # and initramfs, and the workload under it.
 initrd_sha=$(busybox sha256sum $I | cut -d' ' -f1)
-sp entry create -node -spiffeID spiffe://example.org/zones/spire-web -selector zone:name:spire-good -selector zone:initrd:sha256:$initrd_sha > /dev/null
+sp entry create -node -spiffeID spiffe://example.org/zones/spire-web -selector zone:host:testhost -selector zone:name:spire-good -selector zone:initrd:sha256:$initrd_sha > /dev/null
 sp entry create -parentID spiffe://example.org/zones/spire-web -spiffeID spiffe://example.org/workload/hello -selector unix:uid:0 > /dev/null
 
 # wait_zone ZONE: until its workload has an SVID, its agent failed, or it stopped.

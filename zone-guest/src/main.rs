@@ -10,8 +10,10 @@ use zone_guest::evidence;
 use zone_guest::{BootRequest, EXIT_MARKER, POWER_PORT, READY_MARKER, parse_cmdline, status_byte};
 
 /// How long zone-guest waits for the host channel before running the
-/// command with its output on the console instead.
-const CHANNEL_WAIT: Duration = Duration::from_secs(5);
+/// command with its output on the console instead (a zone without a
+/// daemon, e.g. `zonectl run`). Once the command runs with the channel, its
+/// output always goes there, waiting through reconnections.
+const CHANNEL_WAIT: Duration = Duration::from_secs(30);
 
 fn main() {
     // SAFETY: getpid(2) has no preconditions.
@@ -199,21 +201,22 @@ fn has_vsock_device() -> bool {
         .unwrap_or(false)
 }
 
-/// Copies a pipe of the command to the host channel, or to the console
-/// while the channel is down.
+/// Copies a pipe of the command to the host channel (the channel's queue
+/// bounds what is buffered; a full queue makes this wait, and the command
+/// with it).
 fn relay(mut from: impl std::io::Read, stream: Stream, channel: Channel) {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 32 * 1024];
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
             Ok(n) => n,
         };
         let msg = GuestMessage {
             message: Some(guest_message::Message::Output(Output { stream: stream as i32, data: buf[..n].to_vec() })),
         };
-        if !channel.send(msg) {
-            let _ = std::io::stdout().write_all(&buf[..n]);
-        }
+        channel.send_output(msg);
     }
 }
 

@@ -206,42 +206,58 @@ async fn session<H: ZoneHost>(
     let launch_id = daemon.launch_id(name);
     let (replies, mut reply_rx) = mpsc::channel::<HostMessage>(MAX_EVIDENCE_IN_FLIGHT + 1);
     let (mut rd, mut wr) = stream.into_split();
+    // Writes (pings, evidence replies) run on a task of their own: a zone
+    // that stops reading what the host sends can never keep the host from
+    // reading what the zone sends, nor the other way round.
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            let msg = tokio::select! {
+                _ = ping.tick() => {
+                    seq += 1;
+                    HostMessage { message: Some(host_message::Message::Ping(Ping { seq })) }
+                }
+                m = reply_rx.recv() => match m { Some(m) => m, None => return Ok::<(), std::io::Error>(()) },
+            };
+            let frame = encode_host(&msg).map_err(std::io::Error::other)?;
+            wr.write_all(&frame).await?;
+        }
+    });
+    let result = read_frames(daemon, name, &output, &mut rd, &evidence_slots, launch_id.as_deref(), &replies).await;
+    writer.abort();
+    result
+}
+
+/// The session's read side: frames from the zone until it closes.
+async fn read_frames<H: ZoneHost>(
+    daemon: Arc<H>,
+    name: &str,
+    output: &tokio::sync::Mutex<ZoneOutput>,
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+    evidence_slots: &Arc<Semaphore>,
+    launch_id: Option<&str>,
+    replies: &mpsc::Sender<HostMessage>,
+) -> std::io::Result<()> {
     let mut decoder = Decoder::new();
-    let mut ping = tokio::time::interval(PING_EVERY);
-    let mut seq = 0u64;
     let mut buf = vec![0u8; attestation_proto::channel::MAX_MESSAGE + 4];
     loop {
         let want = decoder.wanted().min(buf.len());
-        tokio::select! {
-            _ = ping.tick() => {
-                seq += 1;
-                let msg = HostMessage { message: Some(host_message::Message::Ping(Ping { seq })) };
-                let frame = encode_host(&msg).map_err(std::io::Error::other)?;
-                wr.write_all(&frame).await?;
-            }
-            Some(msg) = reply_rx.recv() => {
-                let frame = encode_host(&msg).map_err(std::io::Error::other)?;
-                wr.write_all(&frame).await?;
-            }
-            n = rd.read(&mut buf[..want]) => {
-                let n = n?;
-                if n == 0 {
-                    return Ok(());
-                }
-                let msg = decoder.push::<GuestMessage>(&buf[..n]).map_err(|e| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("zone sent a bad frame: {e}"))
-                })?;
-                let Some(GuestMessage { message: Some(msg) }) = msg else { continue };
-                match msg {
-                    guest_message::Message::Hello(h) => daemon.mark_ready(name, h.ready_uptime_ms),
-                    guest_message::Message::Exited(x) => daemon.mark_exited(name, x.status),
-                    guest_message::Message::Pong(_) => {}
-                    guest_message::Message::EvidenceRequest(req) => {
-                        serve_evidence(&daemon, name, launch_id.as_deref(), req, &evidence_slots, &replies);
-                    }
-                    guest_message::Message::Output(o) => output.lock().await.write(name, &o.data).await?,
-                }
-            }
+        let n = rd.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let msg = decoder
+            .push::<GuestMessage>(&buf[..n])
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("zone sent a bad frame: {e}")))?;
+        let Some(GuestMessage { message: Some(msg) }) = msg else { continue };
+        match msg {
+            guest_message::Message::Hello(h) => daemon.mark_ready(name, h.ready_uptime_ms),
+            guest_message::Message::Exited(x) => daemon.mark_exited(name, x.status),
+            guest_message::Message::Pong(_) => {}
+            guest_message::Message::EvidenceRequest(req) => serve_evidence(&daemon, name, launch_id, req, evidence_slots, replies),
+            guest_message::Message::Output(o) => output.lock().await.write(name, &o.data).await?,
         }
     }
 }

@@ -238,13 +238,16 @@ impl Zone {
             ExitReason::StartFailed { detail: e.to_string() }
         } else {
             loop {
-            let next = match deadline {
-                Some(d) => rx.recv_timeout(d.saturating_sub(started.elapsed())),
-                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            };
+            // Wake at least every FLUSH_EVERY to flush a partial console line.
+            let left = deadline.map(|d| d.saturating_sub(started.elapsed()));
+            let next = rx.recv_timeout(left.map_or(crate::devices::serial::FLUSH_EVERY, |l| l.min(crate::devices::serial::FLUSH_EVERY)));
             match next {
                 Ok(Some(reason)) => break reason,
                 Ok(None) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) if left.is_none_or(|l| l > crate::devices::serial::FLUSH_EVERY) => {
+                    self.devices.flush_console();
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => break ExitReason::Timeout,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     break ExitReason::VcpuError { vcpu: 0, detail: "every vCPU thread ended without an outcome".into() };

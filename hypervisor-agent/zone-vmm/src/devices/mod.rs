@@ -148,6 +148,12 @@ impl Devices {
         self.serial().enqueue_input(bytes)
     }
 
+    /// Flushes a partial console line (the VMM's main thread calls this
+    /// every [`serial::FLUSH_EVERY`]).
+    pub fn flush_console(&self) {
+        self.serial().flush();
+    }
+
     /// Flushes the console and returns what it captured about a panic.
     pub fn finish(&self) -> Option<String> {
         let mut serial = self.serial();

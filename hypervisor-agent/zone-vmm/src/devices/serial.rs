@@ -44,6 +44,8 @@ pub struct ConsoleSink {
     broken: bool,
     /// Bytes still allowed through (`None`: unlimited).
     budget: Option<u64>,
+    /// Bytes written to `out` since it was last flushed.
+    pending: bool,
 }
 
 impl fmt::Debug for ConsoleSink {
@@ -55,7 +57,7 @@ impl fmt::Debug for ConsoleSink {
 impl ConsoleSink {
     /// A sink writing to `out` (buffer it: the UART writes one byte at a time).
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { out, line: Vec::with_capacity(128), panic: None, broken: false, budget: None }
+        Self { out, line: Vec::with_capacity(128), panic: None, broken: false, budget: None, pending: false }
     }
 
     /// A sink that passes at most `max_bytes` (then one note, then nothing):
@@ -106,17 +108,32 @@ impl Write for ConsoleSink {
         if !self.broken && self.out.write_all(pass).is_err() {
             self.broken = true;
         }
-        if buf.contains(&b'\n') && !self.broken && self.out.flush().is_err() {
-            self.broken = true;
+        self.pending = true;
+        if buf.contains(&b'\n') {
+            self.flush_pending();
         }
         Ok(buf.len())
     }
 
+    /// Does nothing: the UART model flushes after every byte it writes,
+    /// which would make each byte a write(2). Output reaches `out` at each
+    /// newline, when its buffer fills, and from [`Self::flush_pending`],
+    /// which the VMM calls every [`FLUSH_EVERY`] for a partial line (a prompt).
     fn flush(&mut self) -> io::Result<()> {
-        if !self.broken {
-            let _ = self.out.flush();
-        }
         Ok(())
+    }
+}
+
+/// How often the VMM flushes a partial console line.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl ConsoleSink {
+    /// Flushes what was written since the last flush.
+    pub fn flush_pending(&mut self) {
+        if self.pending && !self.broken && self.out.flush().is_err() {
+            self.broken = true;
+        }
+        self.pending = false;
     }
 }
 
@@ -154,9 +171,9 @@ impl SerialDevice {
         self.uart.writer().panic_message()
     }
 
-    /// Flushes the sink.
+    /// Flushes what the sink holds.
     pub fn flush(&mut self) {
-        let _ = self.uart.writer_mut().flush();
+        self.uart.writer_mut().flush_pending();
     }
 }
 
@@ -187,6 +204,35 @@ mod tests {
         assert!(out.0.lock().unwrap().starts_with(b"hello\n"));
         let msg = dev.panic_message().unwrap();
         assert!(msg.contains("Attempted to kill init"), "{msg}");
+    }
+
+    /// Counts the writes and flushes reaching the sink.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<Mutex<(Vec<u8>, usize)>>);
+    impl Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.lock().unwrap().1 += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bytes_are_flushed_per_line_and_a_partial_line_on_request() {
+        let out = Counting::default();
+        let mut dev = SerialDevice::new(EventFd::new(0).unwrap(), ConsoleSink::new(Box::new(out.clone())));
+        for b in b"one line\nanother line\n/ # " {
+            dev.write(0, *b);
+        }
+        assert_eq!(out.0.lock().unwrap().1, 2, "one flush per line, none per byte");
+        dev.flush();
+        assert_eq!(out.0.lock().unwrap().1, 3, "the prompt is flushed on request");
+        dev.flush();
+        assert_eq!(out.0.lock().unwrap().1, 3, "nothing pending: no flush");
+        assert_eq!(out.0.lock().unwrap().0, b"one line\nanother line\n/ # ");
     }
 
     #[test]
