@@ -92,6 +92,7 @@ wait_state noisy stopped
 echo "noisy_state=$(field noisy state)"
 
 # A zone whose workload floods stdout through the real protocol (8 MB at the 1 MiB/s throttle).
+loud_start=$(date +%s)
 zonectl launch loud --initrd {SHELL_IMAGE} --wait-timeout 600 -- /bin/sh -c '/bin/busybox yes 0123456789abcdef | /bin/busybox head -c 8000000; exit 0' > /tmp/loud.out 2>&1 || cat /tmp/loud.out
 max_rss=0
 for i in $(seq 1200); do
@@ -100,7 +101,9 @@ for i in $(seq 1200); do
   [ "$(field loud state)" = stopped ] && break; sleep 0.5
 done
 echo "loud_state=$(field loud state)"
+echo "loud_secs=$(( $(date +%s) - loud_start ))"
 echo "loud_log_bytes=$(wc -c < /var/lib/za/zones/loud/workload.log)"
+echo "loud_on_console=$(grep -c 0123456789abcdef /var/lib/za/zones/loud/console.log)"
 echo "daemon_alive=$(test -d /proc/$daemon_pid && echo yes || echo no)"
 echo "calm_state=$(field calm state)"
 echo "rss_before_kib=$rss_before"
@@ -115,6 +118,10 @@ echo "bad_frame_logged=$(grep -c 'bad frame' /tmp/daemon.log)"
     assert_eq!(v("noisy_state"), "stopped", "{}", run.output);
     assert_eq!(v("loud_state"), "stopped", "{}", run.output);
     assert_eq!(v("loud_log_bytes"), "8000000", "throttled, not dropped (below the cap)");
+    assert_eq!(v("loud_on_console"), "0", "the workload's output went to the host channel only, never to the console");
+    // 8 MB at 1 MiB/s is ~8 s of output plus the boot: a stall would take minutes.
+    let secs: u64 = v("loud_secs").parse().unwrap();
+    assert!(secs < 240, "the flooding zone took {secs} s to finish: its output stalled\n{}", run.output);
     assert!(v("bad_frame_logged").parse::<u32>().unwrap() >= 1);
     let (before, max) = (v("rss_before_kib").parse::<u64>().unwrap(), v("rss_max_kib").parse::<u64>().unwrap());
     assert!(max < before + 32 * 1024, "daemon RSS grew from {before} KiB to {max} KiB under a flood");
