@@ -15,3 +15,5 @@ shellcheck -x scripts/*.sh scripts/bench-boot scripts/bench-runtime scripts/*/*.
 log "test: cargo test (unit, machine KVM, test host)"
 # One test at a time: the test-host tests each run a QEMU TCG VM using both cores.
 cargo test --workspace --locked -- --test-threads=1
+log "test: the fuzz scenarios' own tests (genuine evidence verifies; each forgery, checkpoint fault and hidden own event is rejected by its check)"
+cargo test --manifest-path attestation-proto/fuzz/Cargo.toml --locked --lib

@@ -111,7 +111,10 @@ pub struct StopRecord {
 /// The ledger appends one every so many events and has the TPM quote the
 /// zone PCR right after it; evidence then carries that checkpoint and only
 /// the events after it, so its size and the cost of checking it do not grow
-/// with the host's history (see [`crate::verify`]).
+/// with the host's history (see [`crate::verify`]). The live launches are
+/// committed to by a Merkle root (so the record stays small however many
+/// zones run); evidence about a launch from before the checkpoint carries
+/// its inclusion proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointRecord {
@@ -121,12 +124,37 @@ pub struct CheckpointRecord {
     pub seq: u64,
     /// Events of the log before this one.
     pub events_before: u64,
-    /// SHA-256 (hex) of the launch record of every launch logged before and
-    /// not stopped, sorted.
-    pub live: Vec<String>,
+    /// Launches logged before and not stopped.
+    pub live_count: u64,
+    /// Hex of [`CheckpointRecord::live_root`] over their launch records'
+    /// SHA-256 digests (all zero without any).
+    pub live_root: String,
 }
 
 impl CheckpointRecord {
+    /// The Merkle leaves of a live set: `leaf_hash(SHA-256(record))` of each
+    /// launch record, in ascending order of the record digests (which must
+    /// be sorted and distinct).
+    pub fn live_leaves(sorted_digests: &[[u8; 32]]) -> Vec<[u8; 32]> {
+        sorted_digests.iter().map(|d| crate::merkle::leaf_hash(d)).collect()
+    }
+
+    /// The root over [`Self::live_leaves`] (all zero for an empty set).
+    pub fn live_root(sorted_digests: &[[u8; 32]]) -> [u8; 32] {
+        crate::merkle::root(&Self::live_leaves(sorted_digests)).unwrap_or([0; 32])
+    }
+
+    /// The record of a checkpoint over the live set `sorted_digests`.
+    pub fn new(seq: u64, events_before: u64, sorted_digests: &[[u8; 32]]) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            seq,
+            events_before,
+            live_count: sorted_digests.len() as u64,
+            live_root: hex::encode(Self::live_root(sorted_digests)),
+        }
+    }
+
     /// The canonical bytes.
     pub fn encode(&self) -> Vec<u8> {
         encode_canonical(self)
@@ -135,8 +163,8 @@ impl CheckpointRecord {
     /// Parses canonical bytes and checks every field.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let r: Self = decode_canonical(bytes, |r: &Self| r.version)?;
-        if r.live.iter().any(|d| !is_hex_digest(d)) || r.live.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(RecordError::Field("live must be sorted, distinct SHA-256 hex digests".into()));
+        if !is_hex_digest(&r.live_root) {
+            return Err(RecordError::Field("live_root must be a SHA-256 hex digest".into()));
         }
         if r.seq == 0 {
             return Err(RecordError::Field("seq starts at 1".into()));

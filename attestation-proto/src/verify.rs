@@ -32,7 +32,8 @@
 //!    (redacted events of other zones included: they keep the launch tag and
 //!    the record's digest);
 //! 12. **launch-record** — the zone's launch record is a launch event of the
-//!    log, or listed as live by the checkpoint;
+//!    log, or (with an inclusion proof under the checkpoint's live-set root)
+//!    was live at the checkpoint;
 //! 13. **not-stopped** — no stop event of that launch follows, and no redacted
 //!    event is one of this launch's (a zone's own events are never withheld
 //!    from it, so a hidden stop would be a forgery);
@@ -43,14 +44,16 @@
 //! so `V` is `V_c` extended by whatever was extended since; the events after
 //! the checkpoint replay from `V_c` to `V`, and by collision resistance they
 //! are exactly those. The checkpoint event itself is bound as the extend that
-//! produced `V_c`. What came before is summarized by the checkpoint's list of
-//! live launches, which the same daemon wrote that wrote every other event.
+//! produced `V_c`. What came before is summarized by the checkpoint's
+//! Merkle root over the live launches' record digests, which the same daemon
+//! wrote that wrote every other event; a launch from before the checkpoint
+//! proves it was live with an inclusion proof under that root.
 
 use sha2::{Digest, Sha256};
 
 use crate::evidence::{self, Evidence, FORMAT_VERSION};
 use crate::eventlog::{self, Event, ZoneEvent};
-use crate::launch::{CheckpointRecord, LaunchRecord, StopRecord, sha256_hex};
+use crate::launch::{CheckpointRecord, LaunchRecord, StopRecord};
 use crate::merkle;
 use crate::policy::Policy;
 use crate::tpm::{
@@ -221,6 +224,8 @@ struct ParsedCheckpoint {
     pcr_before: [u8; 32],
     event: Event,
     record: CheckpointRecord,
+    /// The zone's inclusion proof in the live set: (leaf index, siblings).
+    live_proof: Option<(u64, Vec<[u8; 32]>, u64)>,
 }
 
 struct Parsed {
@@ -302,7 +307,17 @@ fn check_format(bytes: &[u8], nonce: &[u8]) -> Result<Parsed, Rejection> {
                 }
                 _ => return reject(f, "checkpoint.event is not a checkpoint event"),
             };
-            Some(ParsedCheckpoint { attest_bytes: c.quote_attest.clone(), attest, signature, pcr_before, event, record })
+            let live_proof = match &c.live_proof {
+                None => None,
+                Some(p) => {
+                    if p.siblings.len() > MAX_PROOF || p.siblings.iter().any(|s| s.len() != 32) {
+                        return reject(f, format!("checkpoint.live_proof is malformed (at most {MAX_PROOF} 32-byte hashes)"));
+                    }
+                    let siblings = p.siblings.iter().filter_map(|s| <[u8; 32]>::try_from(s.as_slice()).ok()).collect();
+                    Some((p.leaf_index, siblings, p.tree_size))
+                }
+            };
+            Some(ParsedCheckpoint { attest_bytes: c.quote_attest.clone(), attest, signature, pcr_before, event, record, live_proof })
         }
     };
     Ok(Parsed { ev, attest, signature, ak, ek, record, events, checkpoint })
@@ -428,8 +443,21 @@ pub fn verify(bytes: &[u8], nonce: &[u8], trust: &Trust, policy: &Policy) -> Res
             _ => {}
         }
     }
-    let own_digest = sha256_hex(&ev.launch_record);
-    let live_at_checkpoint = checkpoint.as_ref().is_some_and(|c| c.record.live.binary_search(&own_digest).is_ok());
+    let live_at_checkpoint = match checkpoint.as_ref().and_then(|c| c.live_proof.as_ref().map(|p| (c, p))) {
+        None => false,
+        Some((c, (index, siblings, size))) => {
+            let digest: [u8; 32] = Sha256::digest(&ev.launch_record).into();
+            let leaf = merkle::leaf_hash(&digest);
+            let root = hex::decode(&c.record.live_root).ok().and_then(|r| <[u8; 32]>::try_from(r).ok()).unwrap_or_default();
+            if *size != c.record.live_count {
+                return reject(Check::LaunchRecord, "the live-set proof is for another number of live launches than the checkpoint's");
+            }
+            if let Err(e) = merkle::verify_inclusion(&leaf, *index, *size, siblings, &root) {
+                return reject(Check::LaunchRecord, format!("the zone's launch record is not in the checkpoint's live set ({e})"));
+            }
+            true
+        }
+    };
     match (launches, live_at_checkpoint) {
         (1, false) | (0, true) => {}
         (n, live) => {
@@ -520,8 +548,6 @@ fn check_checkpoint(c: &ParsedCheckpoint, ak: &PublicArea, attest: &Attest, zone
 mod tests {
     use super::*;
 
-    /// Found by the `verify_signed` fuzz target: genuine evidence with an
-    /// unknown field appended verified, the field unread.
     #[test]
     fn trust_entries_bind_an_ak_to_one_host() {
         let t = Trust::parse_entry(&format!("host-a={}", "ab".repeat(32))).unwrap();
@@ -533,6 +559,8 @@ mod tests {
         assert!(Trust::parse_entry(&format!("={}", "ab".repeat(32))).unwrap_err().contains("empty"));
     }
 
+    /// Found by the `verify_signed` fuzz target: genuine evidence with an
+    /// unknown field appended verified, the field unread.
     #[test]
     fn unknown_or_repeated_fields_are_rejected() {
         let ev = Evidence { format_version: FORMAT_VERSION, zone_pcr: 15, ..Evidence::default() };

@@ -308,6 +308,9 @@ fn after_100000_events_a_new_zones_evidence_is_small_and_verifies() {
     let _swtpm = SwtpmGuard(dir.path());
     let settings = TpmSettings { device: "/nonexistent/tpm".into(), swtpm_port: free_port_pair(), ..TpmSettings::default() };
     let ledger = Ledger::start(&settings, dir.path()).expect("the ledger starts on an embedded swtpm");
+    // A zone launched before all that history, still running after it.
+    let early = record(2_000_000);
+    ledger.record_launch(15, &early).unwrap();
     // 50,000 zones launched and stopped in this TPM boot: 100,000 events,
     // each appended and extended into the real (software) TPM.
     let started = Instant::now();
@@ -339,6 +342,13 @@ fn after_100000_events_a_new_zones_evidence_is_small_and_verifies() {
     assert!(v.events <= host_attest::ledger::CHECKPOINT_EVERY + 1, "{} events in the evidence", v.events);
     let own = Event::zone(15, TAG_ZONE_LAUNCH, &ours.launch_id, &ours.encode()).encode().len();
     assert!(bytes.len() < 64 * 1024 + own, "evidence of {} bytes after 100,000 events", bytes.len());
+    // The early zone's launch is before the checkpoint: it proves it was live there.
+    let expected = Expected { zone: early.zone.clone(), record: early.encode() };
+    let bytes_early = rt.block_on(ledger.evidence(&early.launch_id, expected, &nonce)).unwrap();
+    let v_early = verify(&bytes_early, &nonce, &trust, &Policy::admitting(&early)).expect("the early zone's evidence verifies");
+    assert_eq!(v_early.record, early);
+    assert!(attestation_proto::evidence::decode(&bytes_early).unwrap().checkpoint.unwrap().live_proof.is_some());
+    assert!(bytes_early.len() < 64 * 1024, "{} bytes", bytes_early.len());
     eprintln!("100,000 events of history in {history:?}; the new zone's evidence: {} bytes, {} events after checkpoint {:?}", bytes.len(), v.events, v.checkpoint_seq);
 
     // A log over the verifier's event limit was never what bounded this:

@@ -366,8 +366,10 @@ pub enum CheckpointFault {
     Selection,
     /// The checkpoint event names another PCR.
     EventPcr,
-    /// The live list leaves the zone's launch out although it is before the checkpoint.
+    /// The evidence leaves out the zone's live-set proof although its launch is before the checkpoint.
     ForgetOurs,
+    /// The zone's live-set proof is for another leaf.
+    WrongProof,
 }
 
 /// The log starts after a checkpoint: events before `at` are summarized by it.
@@ -634,27 +636,28 @@ fn classify_events(events: &[Event], zone_pcr: u32, ours: &[u8], launch_id: &str
     None
 }
 
-/// The honest checkpoint record over `before`: launches logged and not stopped.
-fn checkpoint_record(before: &[Event], seq: u64) -> CheckpointRecord {
-    let mut live: Vec<(Option<[u8; LAUNCH_TAG_LEN]>, String)> = Vec::new();
+/// The live set an honest daemon has after `before`: the sorted record
+/// digests of launches logged and not stopped.
+fn live_after(before: &[Event]) -> Vec<[u8; 32]> {
+    let mut live: Vec<([u8; LAUNCH_TAG_LEN], [u8; 32])> = Vec::new();
     for e in before {
         match e.zone_event() {
-            Some(ZoneEvent::Launch { launch_tag, record }) => live.push((Some(launch_tag), sha256_hex(record))),
-            Some(ZoneEvent::Stop { launch_tag, .. }) => live.retain(|(t, _)| *t != Some(launch_tag)),
+            Some(ZoneEvent::Launch { launch_tag, record }) => live.push((launch_tag, Sha256::digest(record).into())),
+            Some(ZoneEvent::Stop { launch_tag, .. }) => live.retain(|(t, _)| *t != launch_tag),
             Some(ZoneEvent::Redacted { tag, launch_tag, record_sha256 }) => {
                 if tag == TAG_ZONE_STOP {
-                    live.retain(|(t, _)| *t != Some(launch_tag));
+                    live.retain(|(t, _)| *t != launch_tag);
                 } else {
-                    live.push((Some(launch_tag), hex::encode(record_sha256)));
+                    live.push((launch_tag, record_sha256));
                 }
             }
             _ => {}
         }
     }
-    let mut live: Vec<String> = live.into_iter().map(|(_, d)| d).collect();
-    live.sort();
-    live.dedup();
-    CheckpointRecord { version: RECORD_VERSION, seq, events_before: before.len() as u64, live }
+    let mut digests: Vec<[u8; 32]> = live.into_iter().map(|(_, d)| d).collect();
+    digests.sort_unstable();
+    digests.dedup();
+    digests
 }
 
 impl Scenario {
@@ -759,43 +762,55 @@ impl Scenario {
             }
         }
         // A checkpoint summarizes the events before it; the log holds the rest.
-        let mut cp_state: Option<(CheckpointSpec, Event, [u8; 32])> = None;
+        let mut cp_state: Option<(CheckpointSpec, Event, [u8; 32], Option<MerkleProof>)> = None;
+        let mut live_at_checkpoint = false;
         if let Some(spec) = &self.checkpoint {
             let at = usize::from(spec.at) % (events.len() + 1);
             let after = events.split_off(at);
             let before = std::mem::replace(&mut events, after);
-            let mut rec = checkpoint_record(&before, spec.seq);
-            if spec.fault == Some(CheckpointFault::ForgetOurs) {
-                let d = sha256_hex(&record_bytes);
-                if rec.live.contains(&d) {
-                    rec.live.retain(|x| *x != d);
-                } else {
-                    any = true; // nothing to forget: the checkpoint is honest
-                }
-            }
+            let live = live_after(&before);
+            let rec = CheckpointRecord::new(spec.seq.max(1), before.len() as u64, &live);
             let cp_pcr = if spec.fault == Some(CheckpointFault::EventPcr) { zone_pcr ^ 1 } else { zone_pcr };
             let cp_event = Event::checkpoint(cp_pcr, &rec.encode());
             let pcr_before = eventlog::replay(&before, zone_pcr);
-            cp_state = Some((spec.clone(), cp_event, pcr_before));
-            if let Some(f) = spec.fault
-                && f != CheckpointFault::ForgetOurs
-            {
-                mark("the checkpoint is forged or broken");
+            // The zone's proof, when its record is in the live set.
+            let own: [u8; 32] = Sha256::digest(&record_bytes).into();
+            let leaves = CheckpointRecord::live_leaves(&live);
+            let mut proof = live.binary_search(&own).ok().map(|i| MerkleProof {
+                leaf_index: i as u64,
+                tree_size: leaves.len() as u64,
+                siblings: merkle::inclusion_proof(&leaves, i).unwrap_or_default().iter().map(|h| h.to_vec()).collect(),
+            });
+            match spec.fault {
+                Some(CheckpointFault::ForgetOurs) => {
+                    if proof.take().is_none() {
+                        any = true; // nothing to forget
+                    }
+                }
+                Some(CheckpointFault::WrongProof) => match proof.as_mut() {
+                    Some(p) if p.tree_size > 1 => {
+                        p.leaf_index = (p.leaf_index + 1) % p.tree_size;
+                        mark("the live-set proof is for another leaf");
+                    }
+                    Some(p) => {
+                        p.siblings.push(vec![0; 32]);
+                        mark("the live-set proof is too long");
+                    }
+                    None => any = true,
+                },
+                Some(_) => mark("the checkpoint is forged or broken"),
+                None => {}
             }
+            live_at_checkpoint = proof.is_some() && !matches!(spec.fault, Some(CheckpointFault::WrongProof));
             if before.iter().any(|e| e.pcr != zone_pcr || e.zone_event().is_none_or(|z| z.digest() != e.digest)) {
                 any = true; // the honest daemon never checkpoints over such events
             }
+            cp_state = Some((spec.clone(), cp_event, pcr_before, proof));
         }
-        let live_at_checkpoint = cp_state.as_ref().is_some_and(|(_, e, _)| match e.zone_event() {
-            Some(ZoneEvent::Checkpoint { record }) => {
-                CheckpointRecord::decode(record).is_ok_and(|r| r.live.binary_search(&sha256_hex(&record_bytes)).is_ok())
-            }
-            _ => false,
-        });
         if let Some(why) = classify_events(&events, zone_pcr, &record_bytes, &subject.launch_id, live_at_checkpoint) {
             mark(why);
         }
-        let start_value = cp_state.as_ref().map_or([0u8; 32], |(_, e, before)| eventlog::extend(before, &e.digest));
+        let start_value = cp_state.as_ref().map_or([0u8; 32], |(_, e, before, _)| eventlog::extend(before, &e.digest));
         let mut event_log = eventlog::encode(&events);
         if event_log.len() > verify::MAX_EVENT_LOG || events.len() > verify::MAX_EVENTS {
             mark("event log over the size limit");
@@ -947,7 +962,7 @@ impl Scenario {
         let quote_signature = raw_sig.unwrap_or_else(|| signature_bytes(&sig, trim));
 
         // The checkpoint's own quote of the zone PCR.
-        let checkpoint = cp_state.map(|(spec, event, mut pcr_before)| {
+        let checkpoint = cp_state.map(|(spec, event, mut pcr_before, live_proof)| {
             let value = eventlog::extend(&pcr_before, &event.digest);
             let mut q = Quote {
                 qualified_signer: honest.qualified_signer.clone(),
@@ -979,6 +994,7 @@ impl Scenario {
                 quote_signature: signature_bytes(&sign(&signed), false),
                 pcr_before: pcr_before.to_vec(),
                 event: event.encode(),
+                live_proof,
             }
         });
 
@@ -1255,10 +1271,12 @@ mod tests {
             assert!(matches!(expect, Expect::Reject(_)), "{fault:?}: {expect:?}");
             assert_eq!(result.map_err(|r| r.check).unwrap_err(), Check::Checkpoint, "{fault:?}");
         }
-        // The zone's launch is before the checkpoint, which does not list it.
-        let (expect, result) = run(&checkpointed(2, Some(CheckpointFault::ForgetOurs)));
-        assert!(matches!(expect, Expect::Reject(_)), "{expect:?}");
-        assert_eq!(result.map_err(|r| r.check).unwrap_err(), Check::LaunchRecord);
+        // The zone's launch is before the checkpoint, and its live-set proof is missing or wrong.
+        for fault in [CheckpointFault::ForgetOurs, CheckpointFault::WrongProof] {
+            let (expect, result) = run(&checkpointed(2, Some(fault)));
+            assert!(matches!(expect, Expect::Reject(_)), "{fault:?}: {expect:?}");
+            assert_eq!(result.map_err(|r| r.check).unwrap_err(), Check::LaunchRecord, "{fault:?}");
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use attestation_proto::eventlog::{self, Event};
 use attestation_proto::evidence::{self, Checkpoint, Evidence, FORMAT_VERSION, MerkleProof, PcrValue};
-use attestation_proto::launch::LaunchRecord;
+use attestation_proto::launch::{CheckpointRecord, LaunchRecord};
+use sha2::Digest as _;
 use attestation_proto::merkle;
 
 use crate::tpm::{Quote, TpmKeys};
@@ -42,6 +43,9 @@ pub struct StoredCheckpoint {
     pub event: Event,
     /// The quote (TPMS_ATTEST and TPMT_SIGNATURE).
     pub quote: Quote,
+    /// The live launches' record digests at the checkpoint, sorted (the
+    /// leaves of its live-set root).
+    pub live: Vec<[u8; 32]>,
 }
 
 /// The ledger as it is at the moment of one quote.
@@ -72,6 +76,8 @@ pub struct Prepared {
     pub record: Vec<u8>,
     /// The request's Merkle leaf.
     pub leaf: [u8; 32],
+    /// When the launch is from before the checkpoint: its live-set proof.
+    pub live_proof: Option<MerkleProof>,
 }
 
 /// What the daemon recorded for the zone asking: its name and the bytes of
@@ -108,7 +114,25 @@ pub fn prepare(view: &LogView<'_>, launch_id: &str, expected: &Expected, nonce: 
         )));
     }
     let leaf = evidence::leaf(nonce, record).map_err(|e| EvidenceError::NotMeasured(e.to_string()))?;
-    Ok(Prepared { launch_id: launch_id.to_owned(), record: record.clone(), leaf })
+    // Launched after the checkpoint: its event is in the log the zone gets.
+    // Before it: the checkpoint's live set must hold it, with a proof.
+    let in_log = view.since.iter().zip(view.owners).any(|(e, o)| {
+        o.as_deref() == Some(launch_id) && matches!(e.zone_event(), Some(eventlog::ZoneEvent::Launch { .. }))
+    });
+    let live_proof = match (in_log, view.checkpoint) {
+        (true, _) => None,
+        (false, Some(c)) => {
+            let digest: [u8; 32] = sha2::Sha256::digest(record).into();
+            let index = c.live.binary_search(&digest).map_err(|_| {
+                EvidenceError::NotMeasured(format!("launch {launch_id} is neither in the log since the checkpoint nor live at it"))
+            })?;
+            let leaves = CheckpointRecord::live_leaves(&c.live);
+            let siblings = merkle::inclusion_proof(&leaves, index).map_err(|e| EvidenceError::NotMeasured(e.to_string()))?;
+            Some(MerkleProof { leaf_index: index as u64, tree_size: leaves.len() as u64, siblings: siblings.iter().map(|s| s.to_vec()).collect() })
+        }
+        (false, None) => return Err(EvidenceError::NotMeasured(format!("launch {launch_id} is live but not in the log"))),
+    };
+    Ok(Prepared { launch_id: launch_id.to_owned(), record: record.clone(), leaf, live_proof })
 }
 
 /// The Merkle root a batch's quote must carry as qualifying data.
@@ -141,6 +165,7 @@ pub fn assemble(view: &LogView<'_>, quote: &Quote, batch: &[Prepared]) -> Vec<Ve
         quote_signature: c.quote.signature.clone(),
         pcr_before: c.pcr_before.to_vec(),
         event: c.event.encode(),
+        live_proof: None,
     });
     batch
         .iter()
@@ -162,7 +187,7 @@ pub fn assemble(view: &LogView<'_>, quote: &Quote, batch: &[Prepared]) -> Vec<Ve
                     siblings: proof.iter().map(|s| s.to_vec()).collect(),
                 }),
                 zone_pcr: view.pcr,
-                checkpoint: checkpoint.clone(),
+                checkpoint: checkpoint.clone().map(|c| Checkpoint { live_proof: p.live_proof.clone(), ..c }),
                 ek_certificate: view.keys.ek_certificate.clone().unwrap_or_default(),
             };
             evidence::encode(&ev)

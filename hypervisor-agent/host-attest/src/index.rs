@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, HashSet};
 
 use attestation_proto::eventlog::{Event, LAUNCH_TAG_LEN, ZoneEvent, launch_tag};
-use attestation_proto::launch::{CheckpointRecord, LaunchRecord, StopRecord, sha256_hex};
+use attestation_proto::launch::{CheckpointRecord, LaunchRecord, StopRecord};
+use sha2::{Digest, Sha256};
 
 /// What an event of the log is, for the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,12 +99,17 @@ impl LogIndex {
         Ok(())
     }
 
+    /// The live launches' record digests, sorted and distinct.
+    pub fn live_digests(&self) -> Vec<[u8; 32]> {
+        let mut live: Vec<[u8; 32]> = self.live.values().map(|r| Sha256::digest(r).into()).collect();
+        live.sort_unstable();
+        live.dedup();
+        live
+    }
+
     /// The checkpoint record of this moment (sequence `seq`, `events_before` events logged).
     pub fn checkpoint_record(&self, seq: u64, events_before: u64) -> CheckpointRecord {
-        let mut live: Vec<String> = self.live.values().map(|r| sha256_hex(r)).collect();
-        live.sort();
-        live.dedup();
-        CheckpointRecord { version: attestation_proto::launch::RECORD_VERSION, seq, events_before, live }
+        CheckpointRecord::new(seq, events_before, &self.live_digests())
     }
 }
 

@@ -39,7 +39,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use attestation_proto::eventlog::{Event, TAG_ZONE_LAUNCH, TAG_ZONE_STOP};
-use attestation_proto::launch::{LaunchRecord, MAX_RECORD_LEN, StopRecord};
+use attestation_proto::launch::{CheckpointRecord, LaunchRecord, MAX_RECORD_LEN, StopRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
@@ -176,7 +176,7 @@ impl CheckpointFile {
     }
 
     /// The stored checkpoint, if it is the one of `event`.
-    fn matching(&self, event: &Event, pcr_before: [u8; 32]) -> Option<StoredCheckpoint> {
+    fn matching(&self, event: &Event, pcr_before: [u8; 32], live: Vec<[u8; 32]>) -> Option<StoredCheckpoint> {
         let same = hex::decode(&self.event).ok()? == event.encode() && hex::decode(&self.pcr_before).ok()? == pcr_before;
         same.then(|| StoredCheckpoint {
             seq: self.seq,
@@ -187,6 +187,7 @@ impl CheckpointFile {
                 signature: hex::decode(&self.quote_signature).unwrap_or_default(),
                 reset_count: 0,
             },
+            live,
         })
     }
 }
@@ -325,17 +326,18 @@ impl State {
     /// Appends a checkpoint event and has the TPM quote the PCR right after it.
     fn make_checkpoint(&mut self) -> Result<(), LedgerError> {
         let seq = self.checkpoint.as_ref().map_or(1, |c| c.seq + 1);
-        let record = self.index.checkpoint_record(seq, self.events_total);
+        let live = self.index.live_digests();
+        let record = CheckpointRecord::new(seq, self.events_total, &live);
         let event = Event::checkpoint(self.pcr, &record.encode());
         let pcr_before = self.pcr_value;
         self.commit(&[(event.clone(), Kind::Checkpoint(record))])?;
-        self.quote_checkpoint(seq, pcr_before, event)
+        self.quote_checkpoint(seq, pcr_before, event, live)
     }
 
-    fn quote_checkpoint(&mut self, seq: u64, pcr_before: [u8; 32], event: Event) -> Result<(), LedgerError> {
+    fn quote_checkpoint(&mut self, seq: u64, pcr_before: [u8; 32], event: Event, live: Vec<[u8; 32]>) -> Result<(), LedgerError> {
         let data = attestation_proto::evidence::checkpoint_qualifying_data(&event.digest);
         let quote = self.tpm.quote(&data, &[self.pcr])?;
-        let cp = StoredCheckpoint { seq, pcr_before, event, quote };
+        let cp = StoredCheckpoint { seq, pcr_before, event, quote, live };
         let path = self.log.dir().join("checkpoint.json");
         let json = serde_json::to_vec(&CheckpointFile::of(&cp)).unwrap_or_default();
         crate::durable::write_atomic(&path, &json, 0o600).map_err(|source| LogError::Io { path, source })?;
@@ -475,8 +477,17 @@ fn open(mut tpm: Box<dyn TpmOps>, settings: &TpmSettings, log_dir: &Path) -> Res
     // What the ledger keeps: the live launches, and the events since the latest checkpoint.
     let mut index = LogIndex::default();
     let mut kinds = Vec::with_capacity(events.len());
+    // The live set at the latest checkpoint (its record holds only the root).
+    let mut live_at_checkpoint = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let kind = kind_of(e).map_err(|m| bad(i, m))?;
+        if let Kind::Checkpoint(r) = &kind {
+            let live = index.live_digests();
+            if r.live_count != live.len() as u64 || r.live_root != hex::encode(CheckpointRecord::live_root(&live)) {
+                return Err(bad(i, "a checkpoint whose live launches are not the log's".into()));
+            }
+            live_at_checkpoint = live;
+        }
         index.push(&kind).map_err(|m| bad(i, m))?;
         kinds.push(kind);
     }
@@ -508,12 +519,12 @@ fn open(mut tpm: Box<dyn TpmOps>, settings: &TpmSettings, log_dir: &Path) -> Res
         let stored = std::fs::read(log_dir.join("checkpoint.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<CheckpointFile>(&b).ok())
-            .and_then(|f| f.matching(&events[p], pcr_before));
+            .and_then(|f| f.matching(&events[p], pcr_before, live_at_checkpoint.clone()));
         match (stored, &kinds[p]) {
             (Some(c), _) => state.checkpoint = Some(c),
             // Interrupted between the checkpoint's extend and its quote: quote it now.
             (None, Kind::Checkpoint(r)) if p + 1 == events.len() => {
-                state.quote_checkpoint(r.seq, pcr_before, events[p].clone())?;
+                state.quote_checkpoint(r.seq, pcr_before, events[p].clone(), live_at_checkpoint)?;
             }
             // Its quote is lost and events followed: the next checkpoint replaces it.
             (None, _) => {
@@ -923,6 +934,8 @@ mod tests {
         let cp_event = attestation_proto::eventlog::parse_event_bytes(&cp.event, &attestation_proto::eventlog::Limits::default()).unwrap();
         let v_c = attestation_proto::eventlog::extend(&cp.pcr_before.try_into().unwrap(), &cp_event.digest);
         assert_eq!(attestation_proto::eventlog::replay_from(v_c, &events, 15), snap.pcr_value, "replays from the checkpoint");
+        let proof = cp.live_proof.expect("a launch from before the checkpoint carries its live-set proof");
+        assert!((1..=2).contains(&proof.tree_size), "the long-lived zone (and at most one churning one) was live: {}", proof.tree_size);
         // The long-lived zone is live at the checkpoint; a restart keeps it so.
         drop(ledger);
         let ledger = start(&soft, dir.path()).unwrap();

@@ -59,7 +59,7 @@ fn describe(e: &eventlog::Event) -> serde_json::Value {
             Err(err) => json!({"kind": "stop", "error": err.to_string()}),
         },
         Some(ZoneEvent::Checkpoint { record }) => match CheckpointRecord::decode(record) {
-            Ok(r) => json!({"kind": "checkpoint", "seq": r.seq, "live": r.live.len()}),
+            Ok(r) => json!({"kind": "checkpoint", "seq": r.seq, "live": r.live_count}),
             Err(err) => json!({"kind": "checkpoint", "error": err.to_string()}),
         },
         Some(ZoneEvent::Redacted { .. }) => json!({"kind": "redacted"}),
