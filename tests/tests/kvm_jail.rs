@@ -27,6 +27,24 @@ fn status_field(pid: i64, task: Option<&str>, field: &str) -> String {
         .to_owned()
 }
 
+/// The VMM's threads as (name, seccomp mode), without the kernel workers
+/// KVM attaches to the VM.
+fn vmm_threads(pid: i64) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return out };
+    for task in tasks.flatten() {
+        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else { continue };
+        let name = name.trim().to_owned();
+        if name.starts_with("kvm-") {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let seccomp = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).unwrap_or("?").trim().to_owned();
+        out.push((name, seccomp));
+    }
+    out
+}
+
 fn fd_targets(pid: i64) -> Vec<(i32, String)> {
     let mut out: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -67,12 +85,26 @@ fn the_vmm_runs_unprivileged_in_its_own_namespaces_with_only_its_descriptors() {
     let d = Daemon::new("").start();
     let z = d.launch("web");
     let pid = z["vmm_pid"].as_i64().unwrap();
-    // Wait until the VMM has entered its jail and runs its vCPU.
+    // Wait until the VMM has entered its jail and every thread it started
+    // has run its prologue (a thread just cloned still carries its creator's
+    // name and filter until it names itself and installs its own).
     let t = Instant::now();
-    while !std::fs::read_to_string(d.state().join("zones/web/vmm.log")).unwrap_or_default().contains("entered the jail")
-        || status_field(pid, None, "Seccomp") != "2"
-    {
-        assert!(t.elapsed() < Duration::from_secs(20), "the VMM never entered its jail: {}", d.log());
+    let expected = ["vcpu0", "vsock", "signals", "console-input"];
+    loop {
+        let entered =
+            std::fs::read_to_string(d.state().join("zones/web/vmm.log")).unwrap_or_default().contains("entered the jail");
+        let threads = vmm_threads(pid);
+        let settled = entered
+            && expected.iter().all(|e| threads.iter().any(|(n, _)| n == e))
+            && threads.iter().all(|(_, seccomp)| seccomp == "2");
+        if settled {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the VMM never had every thread filtered in its jail: threads {threads:?}; {}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -89,19 +121,14 @@ fn the_vmm_runs_unprivileged_in_its_own_namespaces_with_only_its_descriptors() {
         assert_eq!(status_field(pid, None, field), "0000000000000000", "{field}");
     }
     assert_eq!(status_field(pid, None, "NoNewPrivs"), "1");
-    // Every thread of the VMM (main, vCPU, vsock, signals, console input) has a filter.
-    let mut names = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let t = task.file_name().to_string_lossy().into_owned();
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap().trim().to_owned();
-        if name.starts_with("kvm-") {
-            continue; // a kernel worker KVM attaches to the VM
-        }
-        assert_eq!(status_field(pid, Some(&t), "Seccomp"), "2", "thread {name} runs without a filter");
-        names.push(name);
+    // Every thread of the VMM (main, vCPU, vsock, signals, console input)
+    // has a filter, and keeps it.
+    let threads = vmm_threads(pid);
+    for (name, seccomp) in &threads {
+        assert_eq!(seccomp, "2", "thread {name} runs without a filter");
     }
-    for expected in ["vcpu0", "vsock", "signals", "console-input"] {
-        assert!(names.iter().any(|n| n == expected), "no {expected} thread in {names:?}");
+    for expected in expected {
+        assert!(threads.iter().any(|(n, _)| n == expected), "no {expected} thread in {threads:?}");
     }
 
     // Namespaces: all its own.

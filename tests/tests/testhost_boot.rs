@@ -12,35 +12,58 @@ fn zones_boot_to_zone_guest_in_the_test_host() {
     let run = testhost::run(&format!(
         r#"
 Q="console=ttyS0 reboot=k panic=-1 quiet"
+# A zone run that outlives its own --timeout by half a minute is hung: show
+# where its threads are (and the kernel's last words), then kill it, so the
+# run fails with that instead of at the test host's timeout.
+exec 3>&1
+guard() {{
+    "$@" &
+    local pid=$! rc
+    (
+        sleep 330
+        kill -0 "$pid" 2>/dev/null || exit 0
+        echo "HUNG: $*" >&3
+        for t in /proc/"$pid"/task/*; do
+            echo "  task $(basename "$t") $(cat "$t"/comm) state=$(cut -d' ' -f3 "$t"/stat) wchan=$(cat "$t"/wchan)" >&3
+            sed 's/^/    /' "$t"/stack >&3 2>/dev/null
+        done
+        dmesg | tail -n 30 | sed 's/^/  dmesg: /' >&3
+        kill -9 "$pid"
+    ) &
+    local watchdog=$!
+    wait "$pid"; rc=$?
+    kill "$watchdog" 2>/dev/null
+    return $rc
+}}
 echo "kvm=$(test -c /dev/kvm && echo yes || echo no)"
 echo "tpmrm=$(test -c /dev/tpmrm0 && echo yes || echo no)"
 
 # 1. The default zone: base image, no command, powers off once ready.
-{ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 \
+guard {ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 \
     --cmdline "console=ttyS0 reboot=k panic=-1 quiet zone.oneshot" --console-log /tmp/base.log > /tmp/base.out 2>&1
 echo "base_rc=$?"
 echo "base_ready=$(grep -c '^ZONE-GUEST-READY uptime_ms=[0-9]*' /tmp/base.log)"
 echo "base_exit=$(grep -o 'ZONE-GUEST-EXIT status=[0-9]*' /tmp/base.log)"
 
 # 2. A command in the shell image: its output and exit status come back.
-{ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" \
+guard {ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" \
     -- /bin/sh -c 'echo hello from $(uname -s) zone; exit 3' > /tmp/cmd.out 2>&1
 echo "cmd_rc=$?"
 echo "cmd_hello=$(grep -c 'hello from Linux zone' /tmp/cmd.out)"
 
 # 3. Two vCPUs: the zone kernel brings both up (MP table).
-{ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --vcpus 2 --memory 256 --timeout 300 --cmdline "$Q" \
+guard {ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --vcpus 2 --memory 256 --timeout 300 --cmdline "$Q" \
     -- /bin/nproc > /tmp/smp.out 2>&1
 echo "smp_rc=$?"
 # The console turns \n into \r\n.
 echo "smp_nproc=$(tr -d '\r' < /tmp/smp.out | grep -x '[0-9]*' | tail -n 1)"
 
 # 4. A command that does not exist: zone-guest reports 127.
-{ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" -- /no/such/cmd > /tmp/missing.out 2>&1
+guard {ZONECTL} run --kernel {KERNEL} --initrd {BASE_IMAGE} --memory 128 --timeout 300 --cmdline "$Q" -- /no/such/cmd > /tmp/missing.out 2>&1
 echo "missing_rc=$?"
 
 # 5. PID 1 exits (rdinit=/bin/false) -> the kernel panics -> the VMM reports a panic.
-{ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 \
+guard {ZONECTL} run --kernel {KERNEL} --initrd {SHELL_IMAGE} --memory 128 --timeout 300 \
     --cmdline "$Q rdinit=/bin/false" -o json > /tmp/panic.json 2>/dev/null
 echo "panic_rc=$?"
 echo "panic_reason=$(grep -o '"reason": "[a-z_]*"' /tmp/panic.json)"

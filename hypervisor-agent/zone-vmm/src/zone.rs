@@ -69,6 +69,10 @@ pub enum VmmError {
     },
 }
 
+/// How long the VMM kicks its vCPUs out of `KVM_RUN` at the end of a zone
+/// before it ends without the ones that did not come out.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// A zone ready to run.
 #[derive(Debug)]
 pub struct Zone {
@@ -258,12 +262,20 @@ impl Zone {
         let run_time_ms = started.elapsed().as_millis();
 
         self.devices.request_stop();
-        for t in threads {
-            while !t.is_finished() {
+        // Kick each vCPU out of KVM_RUN until it sees the stop flag; one that
+        // does not come out within STOP_WAIT is left behind (the process ends
+        // after reporting the outcome, which takes it down).
+        let stop_started = Instant::now();
+        for (index, t) in threads.into_iter().enumerate() {
+            while !t.is_finished() && stop_started.elapsed() < STOP_WAIT {
                 let _ = t.kill(SIGRTMIN());
                 thread::sleep(Duration::from_millis(1));
             }
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::error!(vcpu = index, wait_ms = STOP_WAIT.as_millis(), "a vCPU did not leave KVM_RUN when kicked; ending without it");
+            }
         }
         // A panic line can arrive on the console just before a triple fault or timeout.
         if let (ExitReason::Reset | ExitReason::TripleFault, Some(message)) = (&reason, self.devices.finish()) {
