@@ -4,7 +4,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
-    let protos = ["proto/zone/v1/common.proto", "proto/zone/v1/control.proto", "proto/zone/guest/v1/agent.proto", "proto/zone/evidence/v1/evidence.proto"];
+    let protos = ["proto/zone/v1/common.proto", "proto/zone/v1/control.proto", "proto/zone/guest/v1/agent.proto", "proto/zone/evidence/v1/evidence.proto", "proto/zone/spire/v1/spire.proto"];
     if std::process::Command::new(std::env::var("PROTOC").unwrap_or_else(|_| "protoc".into()))
         .arg("--version")
         .output()

@@ -142,6 +142,7 @@ mod tests {
             message: Some(host_message::Message::EvidenceReply(EvidenceReply {
                 id: 1,
                 result: Some(evidence_reply::Result::Evidence(vec![7; n])),
+                activated_secret: Vec::new(),
             })),
         };
         let frame = encode_host(&reply(1024 * 1024)).unwrap();

@@ -50,6 +50,12 @@ pub mod guest {
     include!(concat!(env!("OUT_DIR"), "/zone.guest.v1.rs"));
 }
 
+/// The SPIRE `zone` NodeAttestor's messages (`zone.spire.v1`).
+#[allow(missing_docs, clippy::all)]
+pub mod spire {
+    include!(concat!(env!("OUT_DIR"), "/zone.spire.v1.rs"));
+}
+
 /// Evidence messages (`zone.evidence.v1`); use them through [`evidence`].
 #[allow(missing_docs, clippy::all)]
 pub mod evidence_pb {

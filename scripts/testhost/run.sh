@@ -120,7 +120,23 @@ if ((!interactive)); then
 fi
 
 # --- swtpm ----------------------------------------------------------------------
+# A TPM with an EK certificate, as a manufactured TPM has: swtpm_setup with a
+# local CA kept beside the test host cache (the test host TPM's "manufacturer",
+# made once). Its root and issuing certificates go into the test host at
+# /opt/testhost/ek-ca.pem, for verifiers that trust hosts by their EK.
 mkdir "$run/tpm"
+need swtpm_setup swtpm-tools
+ekca="$(dirname "$cache")/ek-ca"
+mkdir -p "$ekca/localca"
+printf 'statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n' \
+	"$ekca/localca" "$ekca/localca" "$ekca/localca" "$ekca/localca" >"$ekca/swtpm-localca.conf"
+printf 'create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n' \
+	"$ekca/swtpm-localca.conf" >"$ekca/swtpm_setup.conf"
+swtpm_setup --tpm2 --tpmstate "$run/tpm" --create-ek-cert --pcr-banks sha256 --config "$ekca/swtpm_setup.conf" \
+	>"$run/swtpm_setup.log" 2>&1 || die "swtpm_setup failed: $(tail -n 5 "$run/swtpm_setup.log")"
+mkdir -p "$run/ekca-root/opt/testhost"
+cat "$ekca/localca/swtpm-localca-rootca-cert.pem" "$ekca/localca/issuercert.pem" >"$run/ekca-root/opt/testhost/ek-ca.pem"
+append_cpio "$run/ekca-root"
 swtpm socket --tpm2 --tpmstate "dir=$run/tpm" \
 	--ctrl "type=unixio,path=$run/swtpm.sock" \
 	--flags startup-clear --pid "file=$run/swtpm.pid" \

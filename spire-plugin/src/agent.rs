@@ -1,7 +1,9 @@
 //! The agent-side `zone` NodeAttestor, run by `spire-agent` inside a zone:
-//! sends [`crate::server::AgentHello`] as the payload, then answers each
-//! challenge (the server's nonce) with fresh evidence about this zone,
-//! asked for over the zone's host channel (`zone_guest::evidence`).
+//! sends `zone.spire.v1.AgentPayload` (the protocol version and the host
+//! TPM's public keys, asked for over the zone's host channel), then answers
+//! each challenge (the server's nonce, and with EK trust a credential for
+//! the host's AK) with fresh evidence about this zone and the credential's
+//! secret, both from the host (`zone_guest::evidence`).
 
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -15,7 +17,9 @@ use crate::goplugin::Configurable;
 use crate::log::{Level, log};
 use crate::proto::agent_nodeattestor::node_attestor_server::NodeAttestor;
 use crate::proto::agent_nodeattestor::{Challenge, PayloadOrChallengeResponse, payload_or_challenge_response};
-use crate::server::{AgentHello, PROTOCOL_VERSION};
+use crate::server::PROTOCOL_VERSION;
+use attestation_proto::spire::{AgentPayload, ChallengeResponse, HostKeys, ServerChallenge};
+use prost::Message;
 
 /// Default wait for the host's evidence.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,9 +80,25 @@ impl Configurable for AgentPlugin {
     }
 }
 
-/// The payload the agent plugin sends first.
+/// The payload the agent plugin sends first, with the host's keys when it has them.
+pub fn payload_with(keys: Option<HostKeys>) -> Vec<u8> {
+    AgentPayload { version: PROTOCOL_VERSION, keys }.encode_to_vec()
+}
+
+/// The payload without keys (a host trusted by its pinned AK needs none).
 pub fn payload() -> Vec<u8> {
-    serde_json::to_vec(&AgentHello { zone_attestor: PROTOCOL_VERSION }).unwrap_or_default()
+    payload_with(None)
+}
+
+/// The host's keys over the host channel, in this payload's form.
+fn host_keys(timeout: Duration) -> Option<HostKeys> {
+    match zone_guest::evidence::host_keys(timeout) {
+        Ok(k) => Some(HostKeys { ak_public: k.ak_public, ek_public: k.ek_public, ek_certificate: k.ek_certificate, ek_chain: k.ek_chain }),
+        Err(e) => {
+            log(Level::Warn, "the host gave no TPM keys (only a pinned AK can attest it)", &[("reason", &e.to_string())]);
+            None
+        }
+    }
 }
 
 fn message(data: payload_or_challenge_response::Data) -> PayloadOrChallengeResponse {
@@ -96,21 +116,33 @@ impl NodeAttestor for Arc<AgentPlugin> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut challenges = request.into_inner();
         tokio::spawn(async move {
-            let first = settings.payload.clone().unwrap_or_else(payload);
+            let first = match settings.payload.clone() {
+                Some(p) => p,
+                None => {
+                    let timeout = settings.timeout;
+                    payload_with(tokio::task::spawn_blocking(move || host_keys(timeout)).await.ok().flatten())
+                }
+            };
             if tx.send(Ok(message(payload_or_challenge_response::Data::Payload(first)))).await.is_err() {
                 return;
             }
-            while let Ok(Some(Challenge { challenge: nonce })) = challenges.message().await {
+            while let Ok(Some(Challenge { challenge })) = challenges.message().await {
                 let (timeout, canned) = (settings.timeout, settings.canned_evidence.clone());
-                let got = tokio::task::spawn_blocking(move || match canned {
-                    Some(bytes) => Ok(bytes),
-                    None => zone_guest::evidence::request(&nonce, timeout),
+                let got = tokio::task::spawn_blocking(move || {
+                    let c = ServerChallenge::decode(challenge.as_slice())
+                        .map_err(|e| zone_guest::evidence::EvidenceError::Refused(format!("a challenge this plugin does not understand: {e}")))?;
+                    let activation = c.activation.map(|a| zone_guest::evidence::Activation { id_object: a.id_object, encrypted_secret: a.encrypted_secret });
+                    match canned {
+                        Some(bytes) => Ok((bytes, Vec::new())),
+                        None => zone_guest::evidence::request_activated(&c.nonce, activation, timeout),
+                    }
                 })
                 .await;
                 let reply = match got {
-                    Ok(Ok(evidence)) => {
+                    Ok(Ok((evidence, activated_secret))) => {
                         log(Level::Info, "evidence obtained from the host", &[("bytes", &evidence.len().to_string())]);
-                        Ok(message(payload_or_challenge_response::Data::ChallengeResponse(evidence)))
+                        let answer = ChallengeResponse { evidence, activated_secret }.encode_to_vec();
+                        Ok(message(payload_or_challenge_response::Data::ChallengeResponse(answer)))
                     }
                     Ok(Err(e)) => {
                         log(Level::Error, "no evidence from the host", &[("reason", &e.to_string())]);
@@ -134,7 +166,9 @@ mod tests {
 
     #[test]
     fn the_payload_is_what_the_server_expects() {
-        crate::server::check_payload(&payload()).unwrap();
+        crate::server::decode_payload(&payload()).unwrap();
+        let keys = HostKeys { ak_public: vec![1], ek_public: vec![2], ek_certificate: vec![3], ek_chain: vec![vec![4]] };
+        assert_eq!(crate::server::decode_payload(&payload_with(Some(keys.clone()))).unwrap().keys, Some(keys));
     }
 
     #[test]

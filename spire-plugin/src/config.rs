@@ -70,6 +70,72 @@ pub struct ServerData {
     /// The policy file (TOML, as `zonectl measure --policy` and `zonectl policy suggest` write it).
     #[serde(default)]
     pub policy_path: Option<PathBuf>,
+    /// EK trust: a PEM bundle (or a directory of PEM/DER files) of the CAs
+    /// that issue TPM EK certificates, intermediates included. A host whose
+    /// AK is not pinned attests by its EK certificate and a credential
+    /// activation; its host id is derived from the EK.
+    #[serde(default)]
+    pub endorsement_ca_path: Option<PathBuf>,
+    /// With EK trust, only these EKs (SHA-256 hex of the EK's
+    /// SubjectPublicKeyInfo, the `zone:ek:sha256:` selector value).
+    #[serde(default)]
+    pub trusted_ek_sha256: Option<Vec<String>>,
+    /// With EK trust, only the EKs named by the files in this directory
+    /// (file name = SHA-256 hex; read at each attestation, so hosts can be
+    /// added or removed without reconfiguring).
+    #[serde(default)]
+    pub trusted_ek_hash_path: Option<PathBuf>,
+}
+
+/// Which EKs the server plugin trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EkConfig {
+    /// The EK CAs.
+    pub cas: attestation_proto::ek::EkTrust,
+    /// Only these EK digests (`None`: any EK the CAs certify).
+    pub allowed: Option<Vec<[u8; 32]>>,
+    /// Only the EK digests named by the files here.
+    pub allowed_dir: Option<PathBuf>,
+}
+
+impl EkConfig {
+    /// Whether the EK with SPKI digest `d` may attest.
+    pub fn allows(&self, d: &[u8; 32]) -> Result<(), String> {
+        let hex_d = hex::encode(d);
+        if let Some(list) = &self.allowed
+            && !list.contains(d)
+        {
+            return Err(format!("EK sha256:{hex_d} is not in trusted_ek_sha256"));
+        }
+        if let Some(dir) = &self.allowed_dir
+            && !dir.join(&hex_d).is_file()
+        {
+            return Err(format!("EK sha256:{hex_d} has no file in trusted_ek_hash_path {}", dir.display()));
+        }
+        Ok(())
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    hex::decode(s.trim()).ok().and_then(|d| <[u8; 32]>::try_from(d).ok())
+}
+
+/// Reads the EK CA bundle at `path`: a PEM file, or every file of a directory.
+fn read_ek_cas(path: &std::path::Path) -> Result<attestation_proto::ek::EkTrust, ConfigError> {
+    let bad = |e: String| ConfigError::Invalid(format!("endorsement_ca_path {}: {e}", path.display()));
+    let mut ders = Vec::new();
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path).map_err(|e| bad(e.to_string()))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_owned()]
+    };
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(|e| bad(format!("cannot read {}: {e}", f.display())))?;
+        ders.extend(attestation_proto::ek::certificates_of(&bytes).map_err(|e| bad(format!("{}: {e}", f.display())))?);
+    }
+    attestation_proto::ek::EkTrust::new(ders).map_err(bad)
 }
 
 /// What the server plugin runs with.
@@ -81,6 +147,8 @@ pub struct ServerConfig {
     pub trust: Trust,
     /// The policy.
     pub policy: Policy,
+    /// EK trust, if configured.
+    pub ek: Option<EkConfig>,
 }
 
 /// A trust domain name as SPIFFE allows it: lower-case letters, digits, `.`, `-`, `_`.
@@ -119,9 +187,36 @@ impl ServerConfig {
             })?;
             trust = trust.with(host.trim(), ak_digest(&bytes));
         }
-        if trust.aks.is_empty() {
+        let ek = match &data.endorsement_ca_path {
+            None => {
+                if data.trusted_ek_sha256.is_some() || data.trusted_ek_hash_path.is_some() {
+                    return Err(ConfigError::Invalid("trusted_ek_sha256 and trusted_ek_hash_path need endorsement_ca_path".into()));
+                }
+                None
+            }
+            Some(p) => {
+                let allowed = data
+                    .trusted_ek_sha256
+                    .as_ref()
+                    .map(|l| {
+                        l.iter()
+                            .map(|h| hex32(h).ok_or_else(|| ConfigError::Invalid(format!("trusted_ek_sha256: {h:?} is not 64 hex digits"))))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()?;
+                if let Some(d) = &data.trusted_ek_hash_path
+                    && !d.is_dir()
+                {
+                    return Err(ConfigError::Invalid(format!("trusted_ek_hash_path {} is not a directory", d.display())));
+                }
+                Some(EkConfig { cas: read_ek_cas(p)?, allowed, allowed_dir: data.trusted_ek_hash_path.clone() })
+            }
+        };
+        if trust.aks.is_empty() && ek.is_none() {
             return Err(ConfigError::Invalid(
-                "no trusted host: set trusted_hosts = [\"HOST=SHA256\"] (`zonectl eventlog` prints both) or trusted_host_ak_paths".into(),
+                "no trusted host: set trusted_hosts = [\"HOST=SHA256\"] (`zonectl eventlog` prints both), trusted_host_ak_paths, \
+                 or endorsement_ca_path (trust hosts by their TPM's EK certificate)"
+                    .into(),
             ));
         }
         let path = data.policy_path.ok_or_else(|| {
@@ -129,7 +224,7 @@ impl ServerConfig {
         })?;
         let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Invalid(format!("cannot read policy_path {}: {e}", path.display())))?;
         let policy = Policy::parse(&text).map_err(|e| ConfigError::Invalid(format!("policy_path {}: {e}", path.display())))?;
-        Ok(Self { trust_domain: trust_domain.to_owned(), trust, policy })
+        Ok(Self { trust_domain: trust_domain.to_owned(), trust, policy, ek })
     }
 }
 

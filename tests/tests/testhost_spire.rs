@@ -115,7 +115,7 @@ wait_zone() {{
 # launch ZONE INITRD [AGENT_CONF] [extra cmdline]
 launch() {{
   cl="$C"; [ -n "${{4:-}}" ] && cl="$C $4"
-  zonectl launch "$1" --initrd "$2" --memory 384 --cmdline "$cl" --wait-timeout 900 -- /bin/sh /opt/spire/start.sh ${{3:-}} > /tmp/launch-$1.out 2>&1 || cat /tmp/launch-$1.out
+  zonectl launch "$1" --initrd "$2" --memory 384 --cmdline "$cl" --wait-timeout 900 -- /bin/sh /opt/spire/start.sh ${{3:-}} > /tmp/launch-$1.out 2>&1 || {{ cat /tmp/launch-$1.out; zonectl logs "$1" --console | tail -n 40 | sed "s/^/  $1 console: /"; }}
   wait_zone "$1"
 }}
 denials() {{ grep -c "$1" /tmp/spire/server.log; }}
@@ -179,6 +179,22 @@ echo "agents_total=$(sp agent list | grep -c 'spiffe://example.org/spire/agent/z
 # when its 60 s SVID rotated (spire-server refuses to renew re-attestable agents).
 for i in $(seq 240); do [ "$(grep -c 'zone attested.*spire/agent/zone/testhost/spire-good' /tmp/spire/server.log)" -ge 2 ] && break; sleep 0.5; done
 echo "good_attestations=$(grep 'zone attested' /tmp/spire/server.log | grep -c 'spire/agent/zone/testhost/spire-good')"
+
+# 5. No pinned AK at all: the server trusts the TPM's EK certificate (the
+# test host TPM's local CA), and the host proves its AK by credential activation.
+printf 'endorsement_ca_path = "/opt/testhost/ek-ca.pem"\npolicy_path = "/tmp/spire/policy.toml"\n' > /tmp/spire/zone.hcl
+kill -USR1 $server
+sleep 5
+# Its workload's entry: a node alias keyed on the TPM's issuer, not the host's config.
+sp entry create -node -spiffeID spiffe://example.org/zones/ek-web -selector zone:ek-issuer:cn:swtpm-localca -selector zone:name:spire-ek > /dev/null
+sp entry create -parentID spiffe://example.org/zones/ek-web -spiffeID spiffe://example.org/workload/ek-hello -selector unix:uid:0 > /dev/null
+launch spire-ek $I
+echo "ek_workload_id=$(zonectl logs spire-ek | grep -o 'spiffe://example.org/workload/[a-z-]*' | head -n 1)"
+ek_id=$(grep -o 'spiffe://example.org/spire/agent/zone/ek-[0-9a-f]*/spire-ek' /tmp/spire/server.log | head -n 1)
+echo "ek_agent_id=$ek_id"
+sp agent show -spiffeID "$ek_id" > /tmp/spire/ek-show.txt 2>&1
+echo "ek_selector_issuer=$(grep -c 'zone:ek-issuer:cn:swtpm-localca' /tmp/spire/ek-show.txt)"
+echo "ek_agent_ready=$(zonectl logs spire-ek | grep -c SPIRE-AGENT-READY)"
 grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head -n 10
 "#,
         prelude = daemon_prelude_with(FORWARD)
@@ -204,4 +220,10 @@ grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head 
     }
     assert_eq!(n("agents_total"), 1, "only the verified zone is an agent:\n{}", run.output);
     assert!(n("good_attestations") >= 2, "the agent did not re-attest when its SVID rotated:\n{}", run.output);
+    let ek_id = v("ek_agent_id");
+    let ek_hex = ek_id.trim_start_matches("spiffe://example.org/spire/agent/zone/ek-").trim_end_matches("/spire-ek");
+    assert_eq!(ek_hex.len(), 64, "the zone did not attest by its host's EK: {ek_id:?}\n{}", run.output);
+    assert_eq!(n("ek_agent_ready"), 1, "the EK-trusted zone's agent did not start:\n{}", run.output);
+    assert_eq!(v("ek_workload_id"), "spiffe://example.org/workload/ek-hello", "{}", run.output);
+    assert_eq!(n("ek_selector_issuer"), 1, "{}", run.output);
 }

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use attestation_proto::channel::{Decoder, encode};
 use attestation_proto::evidence::{MAX_NONCE_LEN, MIN_NONCE_LEN};
-use attestation_proto::guest::{EvidenceRequest, GuestMessage, HostMessage, evidence_reply, guest_message, host_message};
+pub use attestation_proto::guest::{Activation, HostKeys};
+use attestation_proto::guest::{EvidenceRequest, GuestMessage, HostMessage, KeysRequest, evidence_reply, guest_message, host_message, keys_reply};
 
 /// Why there is no evidence.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +48,53 @@ const REQUEST_ID: u64 = 1;
 /// evidence bytes (`zone.evidence.v1.Evidence`), waiting at most `timeout`
 /// for each read.
 pub fn request(nonce: &[u8], timeout: Duration) -> Result<Vec<u8>, EvidenceError> {
+    request_activated(nonce, None, timeout).map(|(evidence, _)| evidence)
+}
+
+/// Like [`request`], with a verifier's credential for the host's AK: returns
+/// the evidence and the secret the host's TPM released.
+pub fn request_activated(
+    nonce: &[u8],
+    activation: Option<Activation>,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Vec<u8>), EvidenceError> {
     if !(MIN_NONCE_LEN..=MAX_NONCE_LEN).contains(&nonce.len()) {
         return Err(EvidenceError::Nonce(nonce.len()));
     }
+    let req = EvidenceRequest { id: REQUEST_ID, nonce: nonce.to_vec(), activation };
+    let reply = exchange(guest_message::Message::EvidenceRequest(req), timeout, |m| match m {
+        host_message::Message::EvidenceReply(r) if r.id == REQUEST_ID => Some(r),
+        _ => None,
+    })?;
+    match reply.result {
+        Some(evidence_reply::Result::Evidence(bytes)) => Ok((bytes, reply.activated_secret)),
+        Some(evidence_reply::Result::Error(e)) => Err(EvidenceError::Refused(e)),
+        None => Err(EvidenceError::Refused("an empty reply".into())),
+    }
+}
+
+/// The host TPM's public keys (AK, EK, EK certificate).
+pub fn host_keys(timeout: Duration) -> Result<HostKeys, EvidenceError> {
+    let reply = exchange(guest_message::Message::KeysRequest(KeysRequest { id: REQUEST_ID }), timeout, |m| match m {
+        host_message::Message::KeysReply(r) if r.id == REQUEST_ID => Some(r),
+        _ => None,
+    })?;
+    match reply.result {
+        Some(keys_reply::Result::Keys(k)) => Ok(k),
+        Some(keys_reply::Result::Error(e)) => Err(EvidenceError::Refused(e)),
+        None => Err(EvidenceError::Refused("an empty reply".into())),
+    }
+}
+
+/// Sends `msg` on a private connection and waits for the reply `pick` accepts.
+fn exchange<T>(
+    msg: guest_message::Message,
+    timeout: Duration,
+    pick: impl Fn(host_message::Message) -> Option<T>,
+) -> Result<T, EvidenceError> {
     let mut conn = crate::channel::connect().map_err(EvidenceError::Connect)?;
     set_read_timeout(&conn, timeout).map_err(EvidenceError::Io)?;
-    let msg = GuestMessage {
-        message: Some(guest_message::Message::EvidenceRequest(EvidenceRequest { id: REQUEST_ID, nonce: nonce.to_vec() })),
-    };
-    conn.write_all(&encode(&msg)?).map_err(EvidenceError::Io)?;
+    conn.write_all(&encode(&GuestMessage { message: Some(msg) })?).map_err(EvidenceError::Io)?;
     let mut decoder = Decoder::for_host_messages();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -64,19 +103,12 @@ pub fn request(nonce: &[u8], timeout: Duration) -> Result<Vec<u8>, EvidenceError
         if n == 0 {
             return Err(EvidenceError::Closed);
         }
-        let Some(HostMessage { message: Some(host_message::Message::EvidenceReply(reply)) }) = decoder.push::<HostMessage>(&buf[..n])?
-        else {
-            // Heartbeats (and anything else) are not for this connection.
-            continue;
-        };
-        if reply.id != REQUEST_ID {
-            continue;
+        // Heartbeats (and anything else) are not for this connection.
+        if let Some(HostMessage { message: Some(m) }) = decoder.push::<HostMessage>(&buf[..n])?
+            && let Some(reply) = pick(m)
+        {
+            return Ok(reply);
         }
-        return match reply.result {
-            Some(evidence_reply::Result::Evidence(bytes)) => Ok(bytes),
-            Some(evidence_reply::Result::Error(e)) => Err(EvidenceError::Refused(e)),
-            None => Err(EvidenceError::Refused("an empty reply".into())),
-        };
     }
 }
 

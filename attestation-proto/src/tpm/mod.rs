@@ -9,12 +9,14 @@
 //! | [`public`] | TPMT_PUBLIC / TPM2B_PUBLIC (ECC and RSA), Name, signature check |
 //! | [`name`] | Qualified Names, what `qualifiedSigner` holds |
 //! | [`pcrs`] | PCR digest, and tpm2-tools' serialized PCR file |
+//! | [`credential`] | TPM2_MakeCredential in software (a verifier's challenge to an AK under an EK) |
 //!
 //! Every parser takes one complete structure, rejects trailing bytes and
 //! unknown algorithms, bounds every size field before reading, and returns a
 //! [`TpmError`] naming the field at fault; none of them panics.
 
 pub mod attest;
+pub mod credential;
 mod error;
 pub mod name;
 pub mod pcrs;

@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use attestation_proto::channel::{Decoder, encode_host};
 use attestation_proto::guest::{
-    EvidenceReply, EvidenceRequest, GuestMessage, HostMessage, Ping, evidence_reply, guest_message, host_message,
+    Activation, EvidenceReply, EvidenceRequest, GuestMessage, HostKeys, HostMessage, KeysReply, Ping, evidence_reply,
+    guest_message, host_message, keys_reply,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -43,13 +44,17 @@ pub trait ZoneHost: Send + Sync + 'static {
     fn mark_ready(&self, zone: &str, ready_uptime_ms: u64);
     /// The workload exited.
     fn mark_exited(&self, zone: &str, status: i32);
-    /// Fresh evidence about the zone's launch `launch_id` for `nonce`, or why not.
+    /// Fresh evidence about the zone's launch `launch_id` for `nonce`, with
+    /// the secret of `activation` when there is one (empty otherwise), or why not.
     fn evidence(
         &self,
         zone: &str,
         launch_id: Option<&str>,
         nonce: &[u8],
-    ) -> impl std::future::Future<Output = Result<Vec<u8>, String>> + Send;
+        activation: Option<Activation>,
+    ) -> impl std::future::Future<Output = Result<(Vec<u8>, Vec<u8>), String>> + Send;
+    /// The host TPM's public keys.
+    fn keys(&self) -> HostKeys;
 }
 
 /// Workload output accepted per second and zone (the burst is the same).
@@ -58,6 +63,9 @@ pub const OUTPUT_RATE: f64 = 1024.0 * 1024.0;
 pub const MAX_WORKLOAD_LOG: u64 = 64 * 1024 * 1024;
 /// Evidence requests of one zone that may wait for the TPM at once.
 pub const MAX_EVIDENCE_IN_FLIGHT: usize = 4;
+/// Credential activations one zone may ask for per minute (each is a TPM
+/// decryption with the EK; a verifier needs one per attestation).
+pub const MAX_ACTIVATIONS_PER_MINUTE: u32 = 30;
 /// Host-channel connections one zone may have open at once.
 pub const MAX_CONNECTIONS: usize = 8;
 /// Heartbeat period.
@@ -70,6 +78,7 @@ pub async fn serve<H: ZoneHost>(daemon: Arc<H>, name: String, zone_dir: ZoneDir,
     let evidence_slots = Arc::new(Semaphore::new(MAX_EVIDENCE_IN_FLIGHT));
     let connection_slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let output = Arc::new(tokio::sync::Mutex::new(ZoneOutput::new(zone_dir.workload_log())));
+    let activations = Arc::new(std::sync::Mutex::new(ActivationBudget::default()));
     let mut refused = 0u64;
     loop {
         match listener.accept().await {
@@ -83,9 +92,9 @@ pub async fn serve<H: ZoneHost>(daemon: Arc<H>, name: String, zone_dir: ZoneDir,
                     continue;
                 };
                 let (daemon, name, output) = (Arc::clone(&daemon), name.clone(), Arc::clone(&output));
-                let slots = Arc::clone(&evidence_slots);
+                let limits = Limits { evidence_slots: Arc::clone(&evidence_slots), activations: Arc::clone(&activations) };
                 tokio::spawn(async move {
-                    if let Err(e) = session(daemon, &name, output, stream, slots).await {
+                    if let Err(e) = session(daemon, &name, output, stream, limits).await {
                         tracing::warn!(zone = %name, error = %e, "host channel closed");
                     }
                     drop(permit);
@@ -96,6 +105,36 @@ pub async fn serve<H: ZoneHost>(daemon: Arc<H>, name: String, zone_dir: ZoneDir,
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// What a zone's connections share: evidence slots and the activation budget.
+#[derive(Debug, Clone)]
+struct Limits {
+    evidence_slots: Arc<Semaphore>,
+    activations: Arc<std::sync::Mutex<ActivationBudget>>,
+}
+
+/// Activations in the current minute.
+#[derive(Debug, Default)]
+struct ActivationBudget {
+    window: Option<std::time::Instant>,
+    used: u32,
+}
+
+impl ActivationBudget {
+    /// Takes one activation; `false` when the zone used this minute's.
+    fn take(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self.window.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60)) {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        if self.used >= MAX_ACTIVATIONS_PER_MINUTE {
+            return false;
+        }
+        self.used += 1;
+        true
     }
 }
 
@@ -170,27 +209,34 @@ fn serve_evidence<H: ZoneHost>(
     name: &str,
     launch_id: Option<&str>,
     req: EvidenceRequest,
-    slots: &Arc<Semaphore>,
+    limits: &Limits,
     replies: &mpsc::Sender<HostMessage>,
 ) {
     let id = req.id;
-    let reply = move |result| HostMessage { message: Some(host_message::Message::EvidenceReply(EvidenceReply { id, result: Some(result) })) };
-    let Ok(permit) = Arc::clone(slots).try_acquire_owned() else {
+    let reply = move |result, activated_secret| {
+        HostMessage { message: Some(host_message::Message::EvidenceReply(EvidenceReply { id, result: Some(result), activated_secret })) }
+    };
+    let Ok(permit) = Arc::clone(&limits.evidence_slots).try_acquire_owned() else {
         let busy = format!("zone {name} already has {MAX_EVIDENCE_IN_FLIGHT} evidence requests waiting for the TPM; retry when one is answered");
         // A full reply queue means the zone is not reading: dropping is fine.
-        let _ = replies.try_send(reply(evidence_reply::Result::Error(busy)));
+        let _ = replies.try_send(reply(evidence_reply::Result::Error(busy), Vec::new()));
         return;
     };
+    if req.activation.is_some() && !limits.activations.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let busy = format!("zone {name} asked for {MAX_ACTIVATIONS_PER_MINUTE} credential activations this minute; retry in a minute");
+        let _ = replies.try_send(reply(evidence_reply::Result::Error(busy), Vec::new()));
+        return;
+    }
     let (daemon, name, launch_id, replies) = (Arc::clone(daemon), name.to_owned(), launch_id.map(str::to_owned), replies.clone());
     tokio::spawn(async move {
-        let result = match daemon.evidence(&name, launch_id.as_deref(), &req.nonce).await {
-            Ok(bytes) => evidence_reply::Result::Evidence(bytes),
+        let (result, secret) = match daemon.evidence(&name, launch_id.as_deref(), &req.nonce, req.activation).await {
+            Ok((bytes, secret)) => (evidence_reply::Result::Evidence(bytes), secret),
             Err(e) => {
                 tracing::warn!(zone = %name, error = %e, "evidence request over the host channel refused");
-                evidence_reply::Result::Error(e)
+                (evidence_reply::Result::Error(e), Vec::new())
             }
         };
-        let _ = replies.send(reply(result)).await;
+        let _ = replies.send(reply(result, secret)).await;
         drop(permit);
     });
 }
@@ -200,7 +246,7 @@ async fn session<H: ZoneHost>(
     name: &str,
     output: Arc<tokio::sync::Mutex<ZoneOutput>>,
     stream: UnixStream,
-    evidence_slots: Arc<Semaphore>,
+    limits: Limits,
 ) -> std::io::Result<()> {
     // The launch this connection belongs to: evidence is only ever about it.
     let launch_id = daemon.launch_id(name);
@@ -225,7 +271,7 @@ async fn session<H: ZoneHost>(
             wr.write_all(&frame).await?;
         }
     });
-    let result = read_frames(daemon, name, &output, &mut rd, &evidence_slots, launch_id.as_deref(), &replies).await;
+    let result = read_frames(daemon, name, &output, &mut rd, &limits, launch_id.as_deref(), &replies).await;
     writer.abort();
     result
 }
@@ -236,7 +282,7 @@ async fn read_frames<H: ZoneHost>(
     name: &str,
     output: &tokio::sync::Mutex<ZoneOutput>,
     rd: &mut tokio::net::unix::OwnedReadHalf,
-    evidence_slots: &Arc<Semaphore>,
+    limits: &Limits,
     launch_id: Option<&str>,
     replies: &mpsc::Sender<HostMessage>,
 ) -> std::io::Result<()> {
@@ -256,7 +302,12 @@ async fn read_frames<H: ZoneHost>(
             guest_message::Message::Hello(h) => daemon.mark_ready(name, h.ready_uptime_ms),
             guest_message::Message::Exited(x) => daemon.mark_exited(name, x.status),
             guest_message::Message::Pong(_) => {}
-            guest_message::Message::EvidenceRequest(req) => serve_evidence(&daemon, name, launch_id, req, evidence_slots, replies),
+            guest_message::Message::EvidenceRequest(req) => serve_evidence(&daemon, name, launch_id, req, limits, replies),
+            guest_message::Message::KeysRequest(k) => {
+                let msg = KeysReply { id: k.id, result: Some(keys_reply::Result::Keys(daemon.keys())) };
+                // A zone that does not read its replies loses this one.
+                let _ = replies.try_send(HostMessage { message: Some(host_message::Message::KeysReply(msg)) });
+            }
             guest_message::Message::Output(o) => output.lock().await.write(name, &o.data).await?,
         }
     }

@@ -23,6 +23,8 @@
 //! pcr = 15                    # the zone PCR (8-15: not resettable at locality 0)
 //! swtpm_port = 2321           # embedded swtpm on 127.0.0.1 (control: port + 1)
 //! max_batch = 256             # evidence requests sharing one quote (1: no batching)
+//! ek_chain_path = "/etc/zone-attestor/ek-chain.pem"  # optional: CA certificates from the EK certificate up to its
+//!                             # manufacturer root, sent to verifiers with the keys (embedded swtpm: automatic)
 //!
 //! [jail]                      # see crate::jail
 //! first_uid = 3000000         # VMMs run as first_uid + slot, one uid/gid per zone

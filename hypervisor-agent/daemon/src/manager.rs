@@ -911,8 +911,30 @@ impl channel::ZoneHost for Daemon {
         Daemon::mark_exited(self, zone, status);
     }
 
-    async fn evidence(&self, zone: &str, launch_id: Option<&str>, nonce: &[u8]) -> Result<Vec<u8>, String> {
-        self.launch_evidence(zone, launch_id, nonce).await.map_err(|e| e.to_string())
+    async fn evidence(
+        &self,
+        zone: &str,
+        launch_id: Option<&str>,
+        nonce: &[u8],
+        activation: Option<attestation_proto::guest::Activation>,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        // The activation first: evidence goes out only with its secret.
+        let secret = match activation {
+            Some(a) => self.ledger.activate(&a.id_object, &a.encrypted_secret).await.map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        let evidence = self.launch_evidence(zone, launch_id, nonce).await.map_err(|e| e.to_string())?;
+        Ok((evidence, secret))
+    }
+
+    fn keys(&self) -> attestation_proto::guest::HostKeys {
+        let k = self.ledger.keys();
+        attestation_proto::guest::HostKeys {
+            ak_public: k.ak_public.clone(),
+            ek_public: k.ek_public.clone(),
+            ek_certificate: k.ek_certificate.clone().unwrap_or_default(),
+            ek_chain: k.ek_chain.clone(),
+        }
     }
 }
 

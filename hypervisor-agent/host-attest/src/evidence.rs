@@ -233,7 +233,7 @@ mod tests {
         let events = vec![la, lb, stop("b", &id_b)];
         let owners = vec![Some(id_a.clone()), Some(id_b.clone()), Some(id_b.clone())];
         let live: BTreeMap<String, Vec<u8>> = [(id_a.clone(), ra.clone())].into();
-        let keys = TpmKeys { ak_public: vec![1], ek_public: vec![2], ek_certificate: None, tcti: "t".into(), software: true };
+        let keys = TpmKeys { ak_public: vec![1], ek_public: vec![2], ek_certificate: None, ek_chain: Vec::new(), tcti: "t".into(), software: true };
         let view = LogView {
             since: &events,
             owners: &owners,

@@ -144,6 +144,7 @@ enum Request {
     Record { event: Event, reply: mpsc::SyncSender<Result<(), LedgerError>> },
     Evidence(EvidenceRequest),
     Snapshot { reply: mpsc::SyncSender<Result<Snapshot, LedgerError>> },
+    Activate { id_object: Vec<u8>, encrypted_secret: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, LedgerError>> },
     #[cfg(feature = "test-hooks")]
     Bulk { events: Vec<Event>, reply: mpsc::SyncSender<Result<(), LedgerError>> },
 }
@@ -152,6 +153,8 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Request>,
+    /// The TPM's public keys (fixed for the ledger's life).
+    keys: std::sync::Arc<crate::tpm::TpmKeys>,
 }
 
 /// The latest checkpoint as kept in `checkpoint.json`.
@@ -437,6 +440,36 @@ impl State {
 /// Picks the TPM: the device if present, else the embedded swtpm (unless
 /// `tpm.require_device`), which is private to this thread's network namespace.
 fn open_tpm(settings: &TpmSettings, state_dir: &Path) -> Result<Tpm, LedgerError> {
+    let configured = settings.ek_chain_path.as_deref().map(read_ek_chain).transpose()?;
+    let mut tpm = open_tpm_alone(settings, state_dir)?;
+    let chain = match configured {
+        Some(chain) => chain,
+        // The embedded swtpm's EK certificate is issued by its local CA's
+        // issuing certificate, signed by that CA's root.
+        None if tpm.keys().software => {
+            let issuer = state_dir.join("swtpm/localca/issuercert.pem");
+            std::fs::read(&issuer).ok().and_then(|b| attestation_proto::ek::certificates_of(&b).ok()).unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    tpm.set_ek_chain(chain);
+    Ok(tpm)
+}
+
+/// Reads `tpm.ek_chain_path`: PEM certificates.
+fn read_ek_chain(path: &Path) -> Result<Vec<Vec<u8>>, LedgerError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        LedgerError::Irreconcilable(format!("cannot read tpm.ek_chain_path {}: {e}; fix the path or remove the setting", path.display()))
+    })?;
+    attestation_proto::ek::certificates_of(&bytes).map_err(|e| {
+        LedgerError::Irreconcilable(format!(
+            "tpm.ek_chain_path {}: {e}; it must hold the PEM certificates between the EK certificate and its root",
+            path.display()
+        ))
+    })
+}
+
+fn open_tpm_alone(settings: &TpmSettings, state_dir: &Path) -> Result<Tpm, LedgerError> {
     let key_dir = state_dir.join("tpm");
     if settings.device.exists() {
         let tcti = format!("device:{}", settings.device.display());
@@ -648,7 +681,7 @@ impl Ledger {
             .name("ledger".into())
             .spawn(move || match open_tpm().and_then(|tpm| open(tpm, &settings, &log_dir)) {
                 Ok(state) => {
-                    let _ = ready_tx.send(Ok(()));
+                    let _ = ready_tx.send(Ok(state.tpm.keys().clone()));
                     run(state, rx);
                 }
                 Err(e) => {
@@ -656,8 +689,13 @@ impl Ledger {
                 }
             })
             .map_err(|e| LedgerError::Irreconcilable(format!("cannot start the TPM thread: {e}")))?;
-        ready_rx.recv().map_err(|_| LedgerError::Gone)??;
-        Ok(Self { tx })
+        let keys = ready_rx.recv().map_err(|_| LedgerError::Gone)??;
+        Ok(Self { tx, keys: std::sync::Arc::new(keys) })
+    }
+
+    /// The TPM's public keys: AK, EK and the EK certificate.
+    pub fn keys(&self) -> &crate::tpm::TpmKeys {
+        &self.keys
     }
 
     fn call<T>(&self, make: impl FnOnce(mpsc::SyncSender<Result<T, LedgerError>>) -> Request) -> Result<T, LedgerError> {
@@ -699,6 +737,15 @@ impl Ledger {
         self.call(|reply| Request::Snapshot { reply })
     }
 
+    /// Runs TPM2_ActivateCredential with the AK and the EK: the secret a
+    /// verifier encrypted for them (`attestation_proto::tpm::credential`).
+    pub async fn activate(&self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, LedgerError> {
+        let (reply, rx) = oneshot::channel();
+        let req = Request::Activate { id_object: id_object.to_vec(), encrypted_secret: encrypted_secret.to_vec(), reply };
+        self.tx.send(req).map_err(|_| LedgerError::Gone)?;
+        rx.await.map_err(|_| LedgerError::Gone)?
+    }
+
     /// Fresh evidence about launch `launch_id` for `nonce` (encoded
     /// `Evidence`), if the log holds it as a live launch of `expected.zone`
     /// with exactly the record the daemon recorded.
@@ -735,6 +782,14 @@ fn run(mut state: State, rx: mpsc::Receiver<Request>) {
             }
             Request::Snapshot { reply } => {
                 let _ = reply.send(state.snapshot());
+            }
+            Request::Activate { id_object, encrypted_secret, reply } => {
+                let result = state.tpm.activate_credential(&id_object, &encrypted_secret).map_err(|e| {
+                    LedgerError::Refused(format!(
+                        "the TPM did not release the credential ({e}): it was not made for this host's attestation key and EK"
+                    ))
+                });
+                let _ = reply.send(result);
             }
             #[cfg(feature = "test-hooks")]
             Request::Bulk { events, reply } => {
@@ -814,11 +869,15 @@ mod tests {
         fn keys(&self) -> &TpmKeys {
             &self.1
         }
+        fn activate_credential(&mut self, _: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+            // No credential crypto in the unit tests: the "secret" passes through.
+            Ok(encrypted_secret.to_vec())
+        }
     }
 
     fn start(soft: &Soft, dir: &Path) -> Result<Ledger, LedgerError> {
         let soft = soft.clone();
-        let keys = TpmKeys { ak_public: vec![1], ek_public: vec![2], ek_certificate: None, tcti: "soft".into(), software: true };
+        let keys = TpmKeys { ak_public: vec![1], ek_public: vec![2], ek_certificate: None, ek_chain: Vec::new(), tcti: "soft".into(), software: true };
         Ledger::start_with(move || Ok(Box::new(SoftTpm(soft, keys)) as Box<dyn TpmOps>), &TpmSettings::default(), dir)
     }
 

@@ -25,6 +25,12 @@ pub struct TpmSettings {
     /// Benchmarks only: sleep this long after every quote, standing in for a
     /// slow hardware TPM. Honoured only by test builds.
     pub simulated_quote_latency_ms: u64,
+    /// PEM file of the CA certificates between the TPM's EK certificate and
+    /// its manufacturer's root (the manufacturer publishes them; the EK
+    /// certificate's Authority Information Access names where). Passed to
+    /// verifiers with the TPM's keys, untrusted, to build the chain to a root
+    /// they trust. The embedded swtpm's issuing certificate is passed without it.
+    pub ek_chain_path: Option<PathBuf>,
 }
 
 impl Default for TpmSettings {
@@ -36,6 +42,7 @@ impl Default for TpmSettings {
             swtpm_port: 2321,
             max_batch: 256,
             simulated_quote_latency_ms: 0,
+            ek_chain_path: None,
         }
     }
 }

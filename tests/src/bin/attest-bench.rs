@@ -113,6 +113,7 @@ fn ledger(dir: &Path, port: u16, max_batch: usize, quote_ms: u64) -> anyhow::Res
         swtpm_port: port,
         max_batch,
         simulated_quote_latency_ms: quote_ms,
+        ek_chain_path: None,
     };
     // The previous ledger's thread lets go of the TPM connection when its handle drops.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -319,9 +320,18 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
     let plugin = spire::Plugin::start(dir, rt)?;
     let policy_file = dir.join("policy.toml");
     std::fs::write(&policy_file, Policy::admitting(&record(0)).to_toml())?;
-    plugin.configure(rt, &hex::encode(ak), &policy_file)?;
+    plugin.configure(rt, &format!("trusted_hosts = [\"bench-host={}\"]", hex::encode(ak)), &policy_file)?;
     let plugin_seq = plugin.rate(rt, &l, &ids[0], 1, 3.0)?;
     let plugin_conc = plugin.rate(rt, &l, &ids[0], 8, 3.0)?;
+    // EK trust: the embedded swtpm's local CA as the manufacturer, an activation per attestation.
+    let ca = dir.join("swtpm/localca");
+    let mut bundle = std::fs::read(ca.join("swtpm-localca-rootca-cert.pem"))?;
+    bundle.extend(std::fs::read(ca.join("issuercert.pem"))?);
+    let bundle_path = dir.join("ek-ca.pem");
+    std::fs::write(&bundle_path, bundle)?;
+    plugin.configure(rt, &format!("endorsement_ca_path = \"{}\"", bundle_path.display()), &policy_file)?;
+    let plugin_ek_seq = plugin.rate(rt, &l, &ids[0], 1, 3.0)?;
+    let plugin_ek_conc = plugin.rate(rt, &l, &ids[0], 8, 3.0)?;
     drop(plugin);
     drop(l);
 
@@ -347,11 +357,13 @@ fn run(args: &Args, dir: &Path, port: u16, rt: &tokio::runtime::Runtime) -> anyh
     println!("| verifier, host with {history} events of history (evidence with {events_hist} events after its checkpoint, {} bytes), 1 core | {verify_hist:.0} verifications/s |", ev_hist.len());
     println!("| SPIRE server plugin: payload → nonce → fresh evidence → verified agent ID, 1 at a time | {plugin_seq:.0} attestations/s |");
     println!("| SPIRE server plugin, 8 concurrent attestations (evidence batched) | {plugin_conc:.0} attestations/s |");
+    println!("| SPIRE server plugin with EK trust (EK certificate check, MakeCredential, TPM activation), 1 at a time | {plugin_ek_seq:.0} attestations/s |");
+    println!("| SPIRE server plugin with EK trust, 8 concurrent attestations | {plugin_ek_conc:.0} attestations/s |");
     let summary = json!({
         "latency_ms": {"p50": percentile(&lat, 50.0), "p99": percentile(&lat, 99.0), "runs": lat.len()},
         "peer_tpm2_quote_ms": peer.as_ref().map(|p| json!({"p50": percentile(p, 50.0), "p99": percentile(p, 99.0), "runs": p.len()})),
         "concurrent": conc,
-        "spire_plugin_attestations_per_s": {"sequential": plugin_seq, "concurrent_8": plugin_conc},
+        "spire_plugin_attestations_per_s": {"sequential": plugin_seq, "concurrent_8": plugin_conc, "ek_sequential": plugin_ek_seq, "ek_concurrent_8": plugin_ek_conc},
         "verifier": [
             {"history": 10, "events": events10, "per_s": verify10, "evidence_bytes": ev10.len()},
             {"history": 1000, "events": events1000, "per_s": verify1000, "evidence_bytes": ev1000.len()},
@@ -375,6 +387,9 @@ mod spire {
     use spire_plugin::proto::server_nodeattestor::node_attestor_client::NodeAttestorClient;
     use spire_plugin::proto::server_nodeattestor::{AttestRequest, attest_request, attest_response};
     use tonic::transport::Channel;
+
+    use attestation_proto::spire::{ChallengeResponse, HostKeys, ServerChallenge};
+    use prost::Message;
 
     /// A running plugin process and a connection to it.
     pub struct Plugin {
@@ -400,11 +415,11 @@ mod spire {
             Ok(Self { child: p.child, channel: p.channel })
         }
 
-        /// Configures trust in `ak` and the policy file.
-        pub fn configure(&self, rt: &tokio::runtime::Runtime, ak: &str, policy: &Path) -> anyhow::Result<()> {
+        /// Configures the plugin with `trust` (HCL lines) and the policy file.
+        pub fn configure(&self, rt: &tokio::runtime::Runtime, trust: &str, policy: &Path) -> anyhow::Result<()> {
             let req = ConfigureRequest {
                 core_configuration: Some(CoreConfiguration { trust_domain: "example.org".into() }),
-                hcl_configuration: format!("trusted_hosts = [\"bench-host={ak}\"]\npolicy_path = \"{}\"", policy.display()),
+                hcl_configuration: format!("{trust}\npolicy_path = \"{}\"", policy.display()),
             };
             rt.block_on(ConfigClient::new(self.channel.clone()).configure(req))?;
             Ok(())
@@ -413,13 +428,27 @@ mod spire {
         async fn attest_once(channel: Channel, ledger: Ledger, launch_id: String) -> anyhow::Result<()> {
             let (tx, rx) = tokio::sync::mpsc::channel(2);
             let msg = |r| AttestRequest { request: Some(r) };
-            tx.send(msg(attest_request::Request::Payload(spire_plugin::agent::payload()))).await?;
+            let k = ledger.keys();
+            let keys = HostKeys {
+                ak_public: k.ak_public.clone(),
+                ek_public: k.ek_public.clone(),
+                ek_certificate: k.ek_certificate.clone().unwrap_or_default(),
+                ek_chain: k.ek_chain.clone(),
+            };
+            tx.send(msg(attest_request::Request::Payload(spire_plugin::agent::payload_with(Some(keys))))).await?;
             let mut replies = NodeAttestorClient::new(channel).attest(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-            let Some(attest_response::Response::Challenge(nonce)) = replies.message().await?.and_then(|r| r.response) else {
+            let Some(attest_response::Response::Challenge(c)) = replies.message().await?.and_then(|r| r.response) else {
                 bail!("no challenge");
             };
-            let evidence = ledger.evidence(&launch_id, super::expected(0), &nonce).await?;
-            tx.send(msg(attest_request::Request::ChallengeResponse(evidence))).await?;
+            let c = ServerChallenge::decode(c.as_slice())?;
+            // As the daemon does for a zone: the activation, then the evidence.
+            let activated_secret = match &c.activation {
+                Some(a) => ledger.activate(&a.id_object, &a.encrypted_secret).await?,
+                None => Vec::new(),
+            };
+            let evidence = ledger.evidence(&launch_id, super::expected(0), &c.nonce).await?;
+            let answer = ChallengeResponse { evidence, activated_secret }.encode_to_vec();
+            tx.send(msg(attest_request::Request::ChallengeResponse(answer))).await?;
             match replies.message().await?.and_then(|r| r.response) {
                 Some(attest_response::Response::AgentAttributes(_)) => Ok(()),
                 other => bail!("attestation not admitted: {other:?}"),

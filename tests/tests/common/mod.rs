@@ -254,3 +254,65 @@ pub fn fails_with(out: &Output, needle: &str) {
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
 }
 
+
+/// Sends `msg` on a new connection to `zone`'s host-channel socket, as the
+/// zone's guest arrives there through its VMM (the daemon knows the zone by
+/// the socket), and returns the first reply `pick` accepts.
+pub fn guest_exchange<T>(
+    d: &Daemon,
+    zone: &str,
+    msg: attestation_proto::guest::guest_message::Message,
+    pick: impl Fn(attestation_proto::guest::host_message::Message) -> Option<T>,
+) -> T {
+    use std::io::{Read, Write};
+    let path = d.state().join(format!("zones/{zone}/sock/vsock.sock_{}", attestation_proto::channel::HOST_CHANNEL_PORT));
+    let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let frame = attestation_proto::channel::encode(&attestation_proto::guest::GuestMessage { message: Some(msg) }).unwrap();
+    s.write_all(&frame).unwrap();
+    let mut decoder = attestation_proto::channel::Decoder::for_host_messages();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let want = decoder.wanted().min(buf.len());
+        let n = s.read(&mut buf[..want]).expect("the daemon answers on the host channel");
+        assert!(n > 0, "the daemon closed the host channel");
+        if let Some(attestation_proto::guest::HostMessage { message: Some(m) }) =
+            decoder.push::<attestation_proto::guest::HostMessage>(&buf[..n]).unwrap()
+            && let Some(r) = pick(m)
+        {
+            return r;
+        }
+    }
+}
+
+/// The host TPM's keys, asked for over `zone`'s host channel.
+pub fn guest_keys(d: &Daemon, zone: &str) -> attestation_proto::guest::HostKeys {
+    use attestation_proto::guest::{KeysRequest, guest_message, host_message, keys_reply};
+    guest_exchange(d, zone, guest_message::Message::KeysRequest(KeysRequest { id: 7 }), |m| match m {
+        host_message::Message::KeysReply(r) if r.id == 7 => match r.result {
+            Some(keys_reply::Result::Keys(k)) => Some(k),
+            other => panic!("no keys: {other:?}"),
+        },
+        _ => None,
+    })
+}
+
+/// Evidence about `zone` for `nonce` over its host channel, with the secret
+/// of `activation`; `Err` with the daemon's reason when it refuses.
+pub fn guest_evidence(
+    d: &Daemon,
+    zone: &str,
+    nonce: &[u8],
+    activation: Option<attestation_proto::guest::Activation>,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    use attestation_proto::guest::{EvidenceRequest, evidence_reply, guest_message, host_message};
+    let req = EvidenceRequest { id: 9, nonce: nonce.to_vec(), activation };
+    guest_exchange(d, zone, guest_message::Message::EvidenceRequest(req), |m| match m {
+        host_message::Message::EvidenceReply(r) if r.id == 9 => Some(match r.result {
+            Some(evidence_reply::Result::Evidence(e)) => Ok((e, r.activated_secret)),
+            Some(evidence_reply::Result::Error(e)) => Err(e),
+            None => Err("an empty reply".into()),
+        }),
+        _ => None,
+    })
+}

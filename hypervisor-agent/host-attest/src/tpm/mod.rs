@@ -12,7 +12,8 @@
 //!   a loaded key's handle is visible to every local client, and without the
 //!   value nobody else can make it sign.
 //! - **Sessions**: extends and quotes use password authorisation (one round
-//!   trip each; HMAC sessions cost several).
+//!   trip each; HMAC sessions cost several). Credential activation needs a
+//!   policy session for the EK (PolicySecret of the endorsement hierarchy).
 
 pub mod swtpm;
 
@@ -21,14 +22,15 @@ use std::str::FromStr;
 
 use tss_esapi::Context;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, ak, ek};
-use tss_esapi::constants::CapabilityType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle};
+use tss_esapi::constants::{CapabilityType, SessionType};
+use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, PcrHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
-use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Auth, CapabilityData, Data, Digest, DigestValues, PcrSelectionListBuilder, PcrSlot, Private, Public, SignatureScheme,
+    Auth, CapabilityData, Data, Digest, DigestValues, EncryptedSecret, IdObject, PcrSelectionListBuilder, PcrSlot, Private,
+    Public, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -131,6 +133,9 @@ pub struct TpmKeys {
     pub ek_public: Vec<u8>,
     /// The EK certificate (DER), if the TPM holds one.
     pub ek_certificate: Option<Vec<u8>>,
+    /// CA certificates (DER) between the EK certificate and its root, as
+    /// configured (`tpm.ek_chain_path`) or the embedded swtpm's issuer.
+    pub ek_chain: Vec<Vec<u8>>,
     /// Which TPM this is (TCTI).
     pub tcti: String,
     /// Whether it is a software TPM (the embedded swtpm).
@@ -148,6 +153,10 @@ pub trait TpmOps {
     fn quote(&mut self, qualifying_data: &[u8], pcrs: &[u32]) -> Result<Quote, TpmError>;
     /// The keys.
     fn keys(&self) -> &TpmKeys;
+    /// TPM2_ActivateCredential with the AK as the credential's object and the
+    /// EK as its key: the secret, if the credential was made for this AK in
+    /// this TPM (see `attestation_proto::tpm::credential`).
+    fn activate_credential(&mut self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, TpmError>;
 }
 
 /// An open TPM with the EK and AK loaded.
@@ -204,12 +213,20 @@ impl Tpm {
         };
         let (ak_pub, _, _) = ctx.read_public(ak).map_err(tss("read the AK public area"))?;
         let ak_public = ak_pub.marshall().map_err(tss("marshal the AK public area"))?;
-        Ok(Self { ctx, ek, ak, keys: TpmKeys { ak_public, ek_public, ek_certificate, tcti: tcti.to_owned(), software: is_embedded(tcti) } })
+        Ok(Self { ctx, ek, ak, keys: TpmKeys { ak_public, ek_public, ek_certificate, ek_chain: Vec::new(), tcti: tcti.to_owned(), software: is_embedded(tcti) } })
     }
 
     /// Reads SHA-256 PCR values, in the order given.
     pub fn read_pcrs(&mut self, pcrs: &[u32]) -> Result<Vec<[u8; 32]>, TpmError> {
         pcrs.iter().map(|&p| self.read_pcr(p)).collect()
+    }
+}
+
+impl Tpm {
+    /// Sets the CA certificates between the EK certificate and its root
+    /// (configuration, not the TPM, knows them).
+    pub fn set_ek_chain(&mut self, chain: Vec<Vec<u8>>) {
+        self.keys.ek_chain = chain;
     }
 }
 
@@ -253,6 +270,40 @@ impl TpmOps for Tpm {
             signature: signature.marshall().map_err(tss("marshal the signature"))?,
             reset_count,
         })
+    }
+
+    fn activate_credential(&mut self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+        self.activate(id_object, encrypted_secret)
+    }
+}
+
+impl Tpm {
+    fn activate(&mut self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let blob = IdObject::try_from(id_object.to_vec()).map_err(tss("credential blob"))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(tss("encrypted secret"))?;
+        // The EK's default policy is PolicySecret(TPM_RH_ENDORSEMENT): a policy
+        // session satisfied with the (empty) endorsement authorisation.
+        let session = self
+            .ctx
+            .start_auth_session(None, None, None, SessionType::Policy, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
+            .map_err(tss("start a policy session"))?
+            .ok_or(TpmError::Tss { op: "start a policy session", source: tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::WrongValueFromTpm) })?;
+        let result = (|| {
+            let policy = PolicySession::try_from(session).map_err(tss("policy session"))?;
+            self.ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.policy_secret(policy, AuthHandle::Endorsement, Default::default(), Default::default(), Default::default(), None)
+                })
+                .map_err(tss("PolicySecret(endorsement)"))?;
+            let (ak, ek) = (self.ak, self.ek);
+            self.ctx
+                .execute_with_sessions((Some(AuthSession::Password), Some(session), None), |ctx| {
+                    ctx.activate_credential(ak, ek, blob, secret)
+                })
+                .map_err(tss("ActivateCredential"))
+        })();
+        let _ = self.ctx.flush_context(SessionHandle::from(session).into());
+        Ok(result?.value().to_vec())
     }
 }
 
