@@ -58,8 +58,6 @@ zonectl destroy default > /dev/null 2>&1 || true
 zonectl destroy other > /dev/null 2>&1 || true
 zonectl launch default --wait-timeout 600 -- /bin/sh /opt/spire/start.sh
 echo
-zonectl list
-echo
 zonectl logs default --console | grep ZONE-GUEST-READY
 echo
 # Its verified identity: fresh evidence for a random nonce, checked offline
@@ -122,7 +120,7 @@ sp entry create -parentID spiffe://example.org/zones/default -spiffeID spiffe://
 echo "spire-server is up, with the zone attestor trusting \$host"
 for i in \$(seq 600); do zonectl logs default | grep -q -E 'WORKLOAD-SVID-OK|SPIRE-AGENT-FAILED' && break; sleep 0.5; done
 echo "default: agent \$(grep -o "spiffe://example.org/spire/agent/zone/[^ \\"]*/default" /tmp/spire-demo/server.log | head -n 1)"
-echo "default: workload \$(zonectl logs default | grep -o 'SPIFFE ID:.*' | head -n 1)"
+echo "default: workload \$(zonectl logs default | grep -o 'SPIFFE ID:.*' | head -n 1 | tr -s ' \t' ' ')"
 zonectl logs default | grep -q WORKLOAD-SVID-OK
 # Another image (the same one with a file added): denied, with the reason.
 mkdir -p /tmp/other-root/etc && echo other > /tmp/other-root/etc/other
@@ -130,7 +128,9 @@ mkdir -p /tmp/other-root/etc && echo other > /tmp/other-root/etc/other
 cat "\$image" /tmp/other-extra.cpio > /tmp/other.cpio
 zonectl launch other --initrd /tmp/other.cpio --wait-timeout 600 -- /bin/sh /opt/spire/start.sh > /dev/null
 for i in \$(seq 600); do zonectl logs other | grep -q -E 'WORKLOAD-SVID-OK|SPIRE-AGENT-FAILED' && break; sleep 0.5; done
-echo "other:   \$(grep -o 'zone evidence rejected by check [^"]*' /tmp/spire-demo/server.log | head -n 1 | cut -c1-160)"
+# (spire-server's log escapes the quotes around the zone's name.)
+reason=\$(sed 's/\\\\"/'"'"'/g' /tmp/spire-demo/server.log | grep -o 'zone evidence rejected by check [^"]*' | head -n 1)
+echo "other:   denied: \$reason"
 zonectl logs other | grep -q SPIRE-AGENT-FAILED
 SCRIPT
 }
