@@ -130,11 +130,11 @@ fn claimed_host(evidence: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-fn random(n: usize) -> Result<Vec<u8>, Status> {
-    let mut b = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .map_err(|e| Status::internal(format!("cannot read /dev/urandom: {e}")))?;
+/// `N` random bytes from the OS (getrandom).
+fn random<const N: usize>() -> Result<[u8; N], Status> {
+    let mut b = [0u8; N];
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut b)
+        .map_err(|e| Status::internal(format!("no randomness from the OS: {e}")))?;
     Ok(b)
 }
 
@@ -191,13 +191,13 @@ impl ServerPlugin {
             (Some(ek), Some(keys)) if !pinned => Some((check_host_keys(ek, keys, now_unix()).map_err(|e| deny(format!("zone host rejected by {e}")))?, keys.clone())),
             _ => None,
         };
-        let nonce = random(NONCE_LEN)?;
+        let nonce = random::<NONCE_LEN>()?.to_vec();
         let mut secret = Vec::new();
         let activation = match &ek_path {
             None => None,
             Some(((_, ek, ak), _)) => {
-                secret = random(32)?;
-                let seed: [u8; 32] = random(32)?.try_into().map_err(|_| Status::internal("seed"))?;
+                secret = random::<32>()?.to_vec();
+                let seed = random::<32>()?;
                 let c = attestation_proto::tpm::credential::make_credential(ek, &ak.name(), &secret, &seed, &mut rand_core::OsRng)
                     .map_err(|e| deny(format!("zone host rejected by check ek-certificate: {e}")))?;
                 Some(Activation { id_object: c.id_object, encrypted_secret: c.encrypted_secret })
