@@ -36,6 +36,8 @@ evidence_of alpha /tmp/alpha.ev
 evidence_of beta /tmp/beta.ev
 zonectl logs alpha | grep -v '^[A-Za-z0-9+/=]*$' | head -n 20
 echo "alpha_rc=$(zonectl logs alpha | sed -n 's/^evidence_rc=//p')"
+# The short-nonce line follows the evidence; wait for it rather than race it.
+for i in $(seq 600); do zonectl logs alpha | grep -q '^short_nonce_rc=' && break; sleep 0.5; done
 echo "alpha_short_nonce_rc=$(zonectl logs alpha | sed -n 's/^short_nonce_rc=//p')"
 echo "alpha_bytes=$(wc -c < /tmp/alpha.ev)"
 zonectl policy suggest alpha > /tmp/alpha.policy
