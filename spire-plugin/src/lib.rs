@@ -38,7 +38,9 @@ pub fn server_main() -> i32 {
     use proto::server_nodeattestor::node_attestor_server::NodeAttestorServer;
     let plugin = std::sync::Arc::new(server::ServerPlugin::default());
     let served = std::sync::Arc::clone(&plugin);
-    run("zone-attestor-server", goplugin::serve(&[proto::SERVER_NODEATTESTOR], plugin, |r| r.add_service(NodeAttestorServer::new(served))))
+    // Attestations verify on the runtime's worker threads, one per core.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    run("zone-attestor-server", workers, goplugin::serve(&[proto::SERVER_NODEATTESTOR], plugin, |r| r.add_service(NodeAttestorServer::new(served))))
 }
 
 /// `main` of the agent plugin binary: serves until SPIRE shuts it down.
@@ -46,11 +48,17 @@ pub fn agent_main() -> i32 {
     use proto::agent_nodeattestor::node_attestor_server::NodeAttestorServer;
     let plugin = std::sync::Arc::new(agent::AgentPlugin::default());
     let served = std::sync::Arc::clone(&plugin);
-    run("zone-attestor-agent", goplugin::serve(&[proto::AGENT_NODEATTESTOR], plugin, |r| r.add_service(NodeAttestorServer::new(served))))
+    run("zone-attestor-agent", 1, goplugin::serve(&[proto::AGENT_NODEATTESTOR], plugin, |r| r.add_service(NodeAttestorServer::new(served))))
 }
 
-fn run(name: &str, serve: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+/// Serves on a runtime of `workers` threads (1: the current thread only).
+fn run(name: &str, workers: usize, serve: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
+    let built = if workers > 1 {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: cannot start the async runtime: {e}");

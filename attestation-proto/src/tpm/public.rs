@@ -5,7 +5,6 @@
 //! guessed at). It keeps the raw bytes: the key's Name is a hash of them.
 
 use p256::ecdsa::VerifyingKey;
-use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::pkcs8::{EncodePublicKey, LineEnding};
 use sha2::{Digest, Sha256};
 
@@ -181,10 +180,19 @@ impl PublicArea {
     /// Checks an ECDSA-P256 signature over SHA-256(`message`) (for a quote,
     /// `message` is the marshalled TPMS_ATTEST). High-S signatures are
     /// accepted, as TPMs produce them.
+    ///
+    /// The key and scalars are validated first (so a malformed key or
+    /// signature is named as such); the arithmetic is `ring`'s.
     pub fn verify(&self, message: &[u8], sig: &Signature) -> Result<(), TpmError> {
         let key = self.ecc_p256_verifying_key()?;
-        let sig = sig.to_p256()?;
-        key.verify_prehash(&Sha256::digest(message), &sig).map_err(|_| TpmError::BadSignature)
+        sig.to_p256()?;
+        let point = key.to_encoded_point(false);
+        let mut fixed = [0u8; 64];
+        fixed[..32].copy_from_slice(&sig.r);
+        fixed[32..].copy_from_slice(&sig.s);
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point.as_bytes())
+            .verify(message, &fixed)
+            .map_err(|_| TpmError::BadSignature)
     }
 
     /// The ECC P-256 key as a SubjectPublicKeyInfo PEM (what `tpm2_checkquote -u` reads).
