@@ -11,7 +11,7 @@
 #   opt/zone/test-bin/{hypervisor-agent,zone-vmm}     the same with their test hooks
 #                                                     (tests that need them put
 #                                                     test-bin first in PATH)
-#   opt/zone/kernel/vmlinux                         zone kernel (scripts/kernel/build.sh, cached)
+#   opt/zone/kernel/vmlinux                         zone kernel (scripts/kernel/build.sh, cached; symbols stripped)
 #   opt/zone/images/{base,shell,vsock-test}.cpio    zone images (scripts/images/build.sh)
 #
 # and, beside it (`<payload>-spire`, only for the SPIRE tests: ~250 MB more
@@ -54,7 +54,10 @@ mkdir -p "$tmp/usr/lib/x86_64-linux-gnu"
 for lib in "$tcti" $(ldd "$ZONE_HOST_BIN_DIR/hypervisor-agent" "$tcti" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' | sort -u); do
   cp -L "$lib" "$tmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
 done
-cp "$kernel" "$tmp/opt/zone/kernel/vmlinux"
+# Symbols are never loaded: strip them (deterministically) so a launch reads,
+# hashes and seals only what boots.
+objcopy --strip-all "$kernel" "$tmp/opt/zone/kernel/vmlinux"
+chmod 0644 "$tmp/opt/zone/kernel/vmlinux"
 for img in "$ZONE_CACHE_DIR"/images/*.cpio; do
   [ "$(basename "$img")" = spire-agent.cpio ] || cp "$img" "$tmp/opt/zone/images/"
 done

@@ -269,6 +269,49 @@ fn the_zone_boots_the_measured_bytes_even_if_the_file_is_replaced_after_measurem
     assert!(Path::new(&format!("/proc/{}", z["vmm_pid"])).exists(), "the VMM booted the measured bytes and runs");
 }
 
+#[test]
+fn an_unchanged_file_is_measured_once_and_a_rewritten_one_is_measured_again() {
+    let d = Daemon::new("").start();
+    let kernel = d.dir.path().join("vmlinux");
+    let original = std::fs::read(STUB).unwrap();
+    std::fs::write(&kernel, &original).unwrap();
+    let aged = || std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options().write(true).open(&kernel).unwrap().set_modified(aged()).unwrap();
+    // Out of the racy window (host_attest::cache::RACY_WINDOW) of that change.
+    std::thread::sleep(host_attest::cache::RACY_WINDOW + Duration::from_millis(100));
+    let launch = |name: &str| {
+        let out = d.zonectl(&["launch", name, "--no-wait", "--kernel", kernel.to_str().unwrap(), "-o", "json"]);
+        assert!(out.status.success(), "{}\n{}", text(&out.stderr), d.log());
+        let z = d.wait_state_alive(name);
+        (z["measurement"]["kernel_sha256"].as_str().unwrap().to_owned(), z)
+    };
+    let cached = |name: &str| {
+        let log = d.log();
+        let line = log.lines().filter(|l| l.contains("VMM started") && l.contains(&format!("zone={name}"))).last().map(str::to_owned);
+        line.unwrap_or_else(|| panic!("no launch line for {name}:\n{log}")).contains("kernel_cached=true")
+    };
+    let (a, _) = launch("a");
+    assert_eq!(a, attestation_proto::launch::sha256_hex(&original));
+    assert!(!cached("a"), "the first launch measures the file");
+    let (b, _) = launch("b");
+    assert_eq!(b, a);
+    assert!(cached("b"), "an unchanged file is not read again:\n{}", d.log());
+
+    // Rewritten in place (still a bootable ELF: bytes appended), its
+    // modification time put back: the change time moved, so it is measured anew.
+    let mut grown = original.clone();
+    grown.extend_from_slice(b"appended after the cache was filled");
+    std::fs::write(&kernel, &grown).unwrap();
+    std::fs::File::options().write(true).open(&kernel).unwrap().set_modified(aged()).unwrap();
+    let (c, z) = launch("c");
+    assert_eq!(c, attestation_proto::launch::sha256_hex(&grown), "the new content is measured, never the cached digest");
+    assert!(!cached("c"));
+    assert!(Path::new(&format!("/proc/{}", z["vmm_pid"])).exists(), "and it boots");
+    // The zone launched before the rewrite still holds the bytes it measured.
+    let zb = d.json(&["inspect", "b"]);
+    assert_eq!(zb["measurement"]["kernel_sha256"], a);
+}
+
 /// Stops the embedded swtpm a ledger in `dir` started, when dropped.
 struct SwtpmGuard<'a>(&'a Path);
 

@@ -17,6 +17,7 @@
 //! max_vcpus = 8                               # per zone
 //! max_memory_mib = 4096                       # per zone
 //! max_total_memory_mib = 16384                # all zones of this host
+//! artifact_cache_mib = 512                    # sealed kernels/initramfs kept by file identity (0: off)
 //!
 //! [tpm]
 //! device = "/dev/tpmrm0"      # used when it exists; else the embedded swtpm
@@ -113,11 +114,14 @@ pub struct Limits {
     pub max_memory_mib: u64,
     /// Most memory of all live zones together (MiB).
     pub max_total_memory_mib: u64,
+    /// Sealed copies of boot artifacts kept for later launches (MiB; 0:
+    /// every launch reads and measures its files again).
+    pub artifact_cache_mib: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_zones: 64, max_vcpus: 8, max_memory_mib: 4096, max_total_memory_mib: 16384 }
+        Self { max_zones: 64, max_vcpus: 8, max_memory_mib: 4096, max_total_memory_mib: 16384, artifact_cache_mib: 512 }
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use attestation_proto::launch::{LaunchRecord, RECORD_VERSION, StopRecord};
+use host_attest::cache::{SealCache, Source};
 use host_attest::ledger::{Ledger, LedgerError};
 use host_attest::measure::{self, MeasureError};
 use zone_vmm::launch::{self as vmm_launch, LaunchConfig};
@@ -132,6 +133,8 @@ pub struct Daemon {
     store: Store,
     ledger: Ledger,
     jailer: Jailer,
+    /// Sealed boot artifacts by file identity: a file is measured once.
+    artifacts: SealCache,
     zones: Mutex<BTreeMap<String, Entry>>,
     changes: watch::Sender<u64>,
     saver: Saver,
@@ -214,8 +217,19 @@ impl Daemon {
             records.push(Self::fail_unreadable(&store, &jailer, &name, &detail)?);
         }
         let (changes, _) = watch::channel(0);
-        let daemon =
-            Arc::new(Self { config, store, ledger, jailer, zones: Mutex::new(BTreeMap::new()), changes, saver: Saver::default() });
+        // Measuring is hashing: one file per core at a time.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let artifacts = SealCache::new(config.limits.artifact_cache_mib << 20, cores);
+        let daemon = Arc::new(Self {
+            config,
+            store,
+            ledger,
+            jailer,
+            artifacts,
+            zones: Mutex::new(BTreeMap::new()),
+            changes,
+            saver: Saver::default(),
+        });
         Self::start_saver(&daemon)?;
         for record in records {
             let name = record.name.clone();
@@ -531,12 +545,19 @@ impl Daemon {
         let kvm = zone_vmm::vstate::kvm::open(Path::new(zone_vmm::vstate::kvm::KVM_PATH))
             .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
 
-        // Measure: read each artifact once into a sealed memfd; the VMM boots those bytes.
-        let kernel = measure::seal("kernel", kernel_file, &spec.kernel.display().to_string()).map_err(measure_error)?;
-        let initrd = match (initrd_file, &spec.initrd) {
-            (Some(f), Some(p)) => Some(measure::seal("initramfs", f, &p.display().to_string()).map_err(measure_error)?),
-            _ => None,
+        // Measure: each artifact into a sealed memfd (or the sealed copy of
+        // the same, unchanged file from the cache); the VMM boots those bytes.
+        let measure_started = Instant::now();
+        let (kernel, kernel_source) =
+            self.artifacts.seal("kernel", kernel_file, &spec.kernel.display().to_string()).map_err(measure_error)?;
+        let (initrd, initrd_source) = match (initrd_file, &spec.initrd) {
+            (Some(f), Some(p)) => {
+                let (sealed, source) = self.artifacts.seal("initramfs", f, &p.display().to_string()).map_err(measure_error)?;
+                (Some(sealed), Some(source))
+            }
+            _ => (None, None),
         };
+        let measure_us = measure_started.elapsed().as_micros();
         #[cfg(feature = "test-hooks")]
         if let Some(ms) = std::env::var(PAUSE_AFTER_MEASURE_ENV).ok().and_then(|v| v.parse().ok()) {
             // Tests only: a window to replace the files after measurement.
@@ -570,7 +591,9 @@ impl Daemon {
         // The record knows its launch before the log does, so a crash in
         // between can still be closed with a stop event after a restart.
         self.update(name, |e| e.record.launch = Some(launch_record.clone()))?;
+        let ledger_started = Instant::now();
         self.ledger.record_launch(self.config.tpm.pcr, &launch_record).map_err(ledger_error)?;
+        let ledger_us = ledger_started.elapsed().as_micros();
 
         // The sockets the VMM serves: bound here (the jailed VMM creates no files).
         let vsock = ZoneDir::bind(&dir.vsock(), None).map_err(internal)?;
@@ -636,6 +659,10 @@ impl Daemon {
             pid,
             uid = jail.uid,
             kernel = %launch_record.kernel.sha256,
+            kernel_cached = kernel_source == Source::Cached,
+            initrd_cached = initrd_source == Some(Source::Cached),
+            measure_us,
+            ledger_us,
             prepare_us,
             spawn_us,
             clone_us = times.clone_us,

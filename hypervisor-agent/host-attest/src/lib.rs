@@ -4,6 +4,7 @@
 //! | module | concept |
 //! |---|---|
 //! | [`measure`] | measurement before boot: artifacts into sealed memfds, digests |
+//! | [`cache`] | sealed artifacts kept by file identity, so a file is measured once |
 //! | [`tpm`] | the host TPM (tss-esapi): EK, AK, PCR extend/read, quotes; the embedded swtpm |
 //! | [`eventlog`] | the host's event log on disk (durable appends, torn-tail recovery) |
 //! | [`index`] | which launch each logged event belongs to |
@@ -15,6 +16,7 @@
 //! It knows nothing of zones' processes or of the control API: the daemon
 //! (`hypervisor-agent`) drives it.
 
+pub mod cache;
 pub mod durable;
 pub mod eventlog;
 pub mod evidence;

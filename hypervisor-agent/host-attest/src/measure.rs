@@ -39,6 +39,17 @@ pub enum MeasureError {
         /// Its path (or how it was given).
         label: String,
     },
+    /// The file changed while it was being read.
+    #[error(
+        "the {what} {label} changed while it was being read; launch again once nothing writes it \
+         (replace boot files by renaming a complete new file over them)"
+    )]
+    Changed {
+        /// Which artifact.
+        what: &'static str,
+        /// Its path (or how it was given).
+        label: String,
+    },
     /// memfd trouble.
     #[error("cannot prepare the {what} for the VMM: {source}")]
     Memfd {
