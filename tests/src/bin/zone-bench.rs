@@ -52,6 +52,11 @@ fn main() {
     println!("{out}");
 }
 
+/// How long one run may take before it is killed as hung.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// Output lines kept to report where a failed run stopped.
+const TAIL_LINES: usize = 15;
+
 fn one_run(command: &[String], marker: &str, kill_at_marker: bool) -> Result<(f64, f64, f64), String> {
     let start = Instant::now();
     let mut child = Command::new(&command[0])
@@ -67,17 +72,27 @@ fn one_run(command: &[String], marker: &str, kill_at_marker: bool) -> Result<(f6
     // the run is over first (the message arrives before the child is reaped,
     // so the pid still names our child whenever the kill happens).
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&timed_out);
     let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        if done_rx.recv_timeout(RUN_TIMEOUT).is_err() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             // SAFETY: `pid` is our child and has not been reaped yet (see above).
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     });
+    // The last lines, to say where a run that hung stopped.
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut marker_at = None;
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
     while reader.read_until(b'\n', &mut line).map_err(|e| e.to_string())? > 0 {
-        if marker_at.is_none() && String::from_utf8_lossy(&line).contains(marker) {
+        let text = String::from_utf8_lossy(&line).into_owned();
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(text.trim_end().to_owned());
+        if marker_at.is_none() && text.contains(marker) {
             marker_at = Some(start.elapsed());
             if kill_at_marker {
                 // SAFETY: `pid` is our unreaped child, so it cannot have been reused.
@@ -102,7 +117,18 @@ fn one_run(command: &[String], marker: &str, kill_at_marker: bool) -> Result<(f6
     if got != pid {
         return Err(format!("wait4 failed: {}", std::io::Error::last_os_error()));
     }
-    let marker_at = marker_at.ok_or_else(|| format!("the output never contained {marker:?} (status {status:#x})"))?;
+    let last = tail.iter().map(|l| format!("\n  | {l}")).collect::<String>();
+    let marker_at = match marker_at {
+        Some(m) => m,
+        None if timed_out.load(std::sync::atomic::Ordering::SeqCst) => {
+            return Err(format!(
+                "no {marker:?} within {} s: killed {}; its last output:{last}",
+                RUN_TIMEOUT.as_secs(),
+                command.join(" ")
+            ));
+        }
+        None => return Err(format!("{} ended (status {status:#x}) without printing {marker:?}; its last output:{last}", command[0])),
+    };
     Ok((marker_at.as_secs_f64() * 1e3, exited_at.as_secs_f64() * 1e3, usage.ru_maxrss as f64))
 }
 
