@@ -132,7 +132,7 @@ fn a_full_state_disk_is_a_clear_error_and_harms_no_zone() {
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("is full") && err.contains("free space"), "{err}");
     let first = d.json(&["inspect", "first"]);
-    assert_eq!(first["state"], "booting", "the existing zone is unaffected");
+    assert_eq!(first["state"], "booting", "the existing zone is unaffected: {first}\n{}", d.log());
     assert!(alive(first["vmm_pid"].as_i64().unwrap()));
     assert_eq!(d.json(&["list"]).as_array().unwrap().len(), 1, "no half-made zone remains");
 }

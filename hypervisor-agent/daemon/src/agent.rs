@@ -33,6 +33,9 @@ pub fn main() -> ! {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log that cannot be written (a full disk) loses the line; the
+        // default would eprintln! about it, which panics when stderr fails.
+        .log_internal_errors(false)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ZONE_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let result = match args.command.unwrap_or(Command::Daemon) {

@@ -216,10 +216,15 @@ pub fn main() -> ! {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        // vmm.log lives in the state directory: when that disk is full a log
+        // line is lost, and the zone must not die of it (the default reports
+        // the failed write with eprintln!, which panics when stderr fails).
+        .log_internal_errors(false)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ZONE_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     if std::env::args_os().len() > 1 {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "zone-vmm: takes no arguments; it is started by hypervisor-agent with its launch descriptors \
              (to boot a zone by hand, use `zonectl run`)"
         );
@@ -228,7 +233,7 @@ pub fn main() -> ! {
     let code = match run() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("zone-vmm: error: {e}");
+            let _ = writeln!(std::io::stderr(), "zone-vmm: error: {e}");
             1
         }
     };
