@@ -90,8 +90,13 @@ zonectl launch noisy --initrd /opt/zone/images/vsock-test.cpio --wait-timeout 60
   'vsock-probe connect 1024 not-a-frame-at-all; vsock-probe flood 1024 64 5; exit 0' > /dev/null 2>&1
 wait_state noisy stopped
 echo "noisy_state=$(field noisy state)"
-zonectl inspect noisy 2>&1 | tail -n 4 | sed "s/^/  noisy: /"
-zonectl logs noisy --console 2>&1 | tail -n 15 | sed "s/^/  noisy console: /"
+if [ "$(field noisy state)" != stopped ]; then
+  zonectl inspect noisy 2>&1 | sed "s/^/  noisy: /"
+  zonectl logs noisy --console 2>&1 | tail -n 15 | sed "s/^/  noisy console: /"
+  tail -n 20 /var/lib/za/zones/noisy/workload.log 2>&1 | sed "s/^/  noisy workload: /"
+  tail -n 20 /var/lib/za/zones/noisy/vmm.log 2>&1 | sed "s/^/  noisy vmm: /"
+  grep noisy /tmp/daemon.log | tail -n 20 | sed "s/^/  daemon: /"
+fi
 
 # A zone whose workload floods stdout through the real protocol (8 MB at the 1 MiB/s throttle).
 loud_start=$(date +%s)
