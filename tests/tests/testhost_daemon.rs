@@ -96,6 +96,8 @@ if [ "$(field noisy state)" != stopped ]; then
   tail -n 20 /var/lib/za/zones/noisy/workload.log 2>&1 | sed "s/^/  noisy workload: /"
   tail -n 20 /var/lib/za/zones/noisy/vmm.log 2>&1 | sed "s/^/  noisy vmm: /"
   grep noisy /tmp/daemon.log | tail -n 20 | sed "s/^/  daemon: /"
+  # A seccomp kill is audited by the kernel with the thread's name (comm).
+  dmesg | grep -i -E 'type=1326|seccomp' | tail -n 5 | sed "s/^/  kernel: /"
 fi
 
 # A zone whose workload floods stdout through the real protocol (8 MB at the 1 MiB/s throttle).
