@@ -185,11 +185,8 @@ impl PublicArea {
     /// signature is named as such); the arithmetic is `ring`'s.
     pub fn verify(&self, message: &[u8], sig: &Signature) -> Result<(), TpmError> {
         let key = self.ecc_p256_verifying_key()?;
-        sig.to_p256()?;
+        let fixed = sig.to_p256()?.to_bytes();
         let point = key.to_encoded_point(false);
-        let mut fixed = [0u8; 64];
-        fixed[..32].copy_from_slice(&sig.r);
-        fixed[32..].copy_from_slice(&sig.s);
         ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point.as_bytes())
             .verify(message, &fixed)
             .map_err(|_| TpmError::BadSignature)

@@ -101,7 +101,7 @@ pub enum Source {
     MeasuredUncached,
 }
 
-/// Counters, for logs and `zonectl` status.
+/// Counters: what the cache holds and how often it answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Entries held.
@@ -123,14 +123,23 @@ pub struct SealCache {
     parallel: usize,
 }
 
-/// Decrements the count of files being measured, and wakes waiters, however
-/// the measurement ends.
-struct Measuring<'a>(&'a SealCache);
+/// One file being measured: however the measurement ends (an error, an early
+/// return, a panic), its `Filling` slot goes, the count of files being
+/// measured drops, and waiters wake (to find the entry, or to measure).
+struct Measuring<'a> {
+    cache: &'a SealCache,
+    key: Key,
+}
 
 impl Drop for Measuring<'_> {
     fn drop(&mut self) {
-        self.0.lock().measuring -= 1;
-        self.0.changed.notify_all();
+        let mut s = self.cache.lock();
+        s.measuring -= 1;
+        if matches!(s.slots.get(&self.key), Some(Slot::Filling)) {
+            s.slots.remove(&self.key);
+        }
+        drop(s);
+        self.cache.changed.notify_all();
     }
 }
 
@@ -156,11 +165,8 @@ impl SealCache {
     /// cached, else measured now (and cached when it is not racy).
     pub fn seal(&self, what: &'static str, file: File, label: &str) -> Result<(Sealed, Source), MeasureError> {
         let read_err = |source| MeasureError::Read { what, label: label.to_owned(), source };
-        let meta = file.metadata().map_err(read_err)?;
-        if !meta.is_file() {
-            return Err(MeasureError::NotAFile { what, label: label.to_owned() });
-        }
-        let key = Key::of(&meta);
+        // What is not a regular file is refused by `measure::seal`, below.
+        let key = Key::of(&file.metadata().map_err(read_err)?);
         let mut s = self.lock();
         loop {
             let st: &mut State = &mut s;
@@ -186,21 +192,17 @@ impl SealCache {
             s.slots.insert(key, Slot::Filling);
         }
         drop(s);
-        let _measuring = Measuring(self);
+        let _measuring = Measuring { cache: self, key };
         let started = SystemTime::now();
-        let result = measure::seal(what, file.try_clone().map_err(read_err)?, label).and_then(|sealed| {
-            // The file must be what it was when the read began.
-            let after = file.metadata().map_err(read_err)?;
-            if Key::of(&after) != key || sealed.artifact.size != key.size {
-                return Err(MeasureError::Changed { what, label: label.to_owned() });
-            }
-            Ok(sealed)
-        });
+        let sealed = measure::seal(what, file.try_clone().map_err(read_err)?, label)?;
+        // The file must be what it was when the read began.
+        if Key::of(&file.metadata().map_err(read_err)?) != key || sealed.artifact.size != key.size {
+            return Err(MeasureError::Changed { what, label: label.to_owned() });
+        }
         let mut s = self.lock();
         if cacheable {
             s.slots.remove(&key);
         }
-        let sealed = result?;
         if !cacheable || key.is_racy(started) {
             return Ok((sealed, Source::MeasuredUncached));
         }
@@ -336,6 +338,21 @@ mod tests {
         assert!(matches!(e, MeasureError::Changed { .. }), "{e}");
         assert!(e.to_string().contains("changed while it was being read"), "{e}");
         assert_eq!(cache.stats().entries, 0, "a file written during or just before its read is never cached");
+    }
+
+    #[test]
+    fn what_is_not_a_file_is_refused_and_leaves_nothing_to_wait_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SealCache::new(1 << 20, 1);
+        for _ in 0..2 {
+            // A second refusal comes at once: the first left no slot behind.
+            let e = cache.seal("kernel", open(dir.path()), "dir").unwrap_err();
+            assert!(matches!(e, MeasureError::NotAFile { .. }), "{e}");
+        }
+        let e = cache.seal("kernel", File::open("/dev/zero").unwrap(), "/dev/zero").unwrap_err();
+        assert!(matches!(e, MeasureError::NotAFile { .. }), "{e}");
+        let s = cache.lock();
+        assert_eq!((s.slots.len(), s.measuring), (0, 0));
     }
 
     #[test]
