@@ -198,4 +198,56 @@ mod tests {
             assert_eq!(o.reason, ExitReason::SeccompViolation { syscall: nr });
         }
     }
+
+    /// Set in the child process of the test below: the thread class to filter.
+    const CHILD_CLASS: &str = "ZONE_VMM_SECCOMP_TEST_CLASS";
+
+    /// What glibc does when it trims a thread's malloc arena: the first
+    /// shrink of a non-main heap opens `/proc/sys/vm/overcommit_memory`
+    /// (`check_may_shrink_heap`). It happens on whichever thread frees the
+    /// memory, whenever that is: a zone's vsock worker did it after a guest's
+    /// flood of frames, and its filter killed the VMM.
+    fn trim_a_thread_arena() {
+        let blocks: Vec<Vec<u8>> = (0..128).map(|i| vec![i as u8; 64 * 1024]).collect();
+        std::hint::black_box(&blocks);
+        for b in blocks.into_iter().rev() {
+            drop(std::hint::black_box(b));
+        }
+    }
+
+    #[test]
+    fn every_filter_survives_glibc_trimming_a_thread_arena() {
+        if let Ok(class) = std::env::var(CHILD_CLASS) {
+            let class = match class.as_str() {
+                "vmm" => ThreadClass::Vmm,
+                "vcpu" => ThreadClass::Vcpu,
+                _ => ThreadClass::Vsock,
+            };
+            // A new thread gets an arena of its own; the filter (trap, with
+            // no SIGSYS handler: the kernel kills the process) covers it alone.
+            std::thread::spawn(move || {
+                let prog = program(class, SeccompMode::Kill).unwrap();
+                seccompiler::apply_filter(&prog).unwrap();
+                trim_a_thread_arena();
+            })
+            .join()
+            .unwrap();
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock] {
+            let out = std::process::Command::new(&exe)
+                .args(["--exact", "jail::seccomp::tests::every_filter_survives_glibc_trimming_a_thread_arena", "--test-threads=1"])
+                .env(CHILD_CLASS, class.name())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "the {} filter killed a thread that freed memory: {:?}\n{}",
+                class.name(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
 }
