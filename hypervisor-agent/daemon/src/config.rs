@@ -18,6 +18,7 @@
 //! max_memory_mib = 4096                       # per zone
 //! max_total_memory_mib = 16384                # all zones of this host
 //! artifact_cache_mib = 512                    # sealed kernels/initramfs kept by file identity (0: off)
+//! max_scratch_mib = 4096                      # per zone: its writable scratch disk (zonectl launch --scratch-mib)
 //!
 //! [tpm]
 //! device = "/dev/tpmrm0"      # used when it exists; else the embedded swtpm
@@ -117,11 +118,13 @@ pub struct Limits {
     /// Sealed copies of boot artifacts kept for later launches (MiB; 0:
     /// every launch reads and measures its files again).
     pub artifact_cache_mib: u64,
+    /// Largest scratch disk of one zone (MiB; 0: no scratch disks).
+    pub max_scratch_mib: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_zones: 64, max_vcpus: 8, max_memory_mib: 4096, max_total_memory_mib: 16384, artifact_cache_mib: 512 }
+        Self { max_zones: 64, max_vcpus: 8, max_memory_mib: 4096, max_total_memory_mib: 16384, artifact_cache_mib: 512, max_scratch_mib: 4096 }
     }
 }
 

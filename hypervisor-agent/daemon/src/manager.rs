@@ -45,6 +45,19 @@ pub const VMM_PROBE_ENV: &str = "HYPERVISOR_AGENT_VMM_PROBE";
 pub const VMM_FORBIDDEN_SYSCALL_ENV: &str = "HYPERVISOR_AGENT_VMM_FORBIDDEN_SYSCALL";
 /// How long a stop waits for the VMM before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The scratch disk's name: its virtio-blk serial in the guest
+/// (`/sys/block/vdX/serial`) and its entry in the launch record.
+pub const SCRATCH_DISK: &str = "scratch";
+
+/// The devices of a zone as its launch record lists them (measured: a
+/// verifier sees what the zone was given).
+fn devices_of(spec: &Spec, guest_cid: u32) -> Vec<String> {
+    let mut d = vec![format!("virtio-vsock:cid={guest_cid}")];
+    if spec.scratch_mib > 0 {
+        d.push(format!("virtio-blk:{SCRATCH_DISK}:rw:{}MiB", spec.scratch_mib));
+    }
+    d
+}
 
 /// Why a request failed; each maps to one gRPC status code in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +108,8 @@ pub struct LaunchRequest {
     pub memory_mib: Option<u64>,
     /// The zone's command.
     pub command: Vec<String>,
+    /// Scratch disk size (MiB).
+    pub scratch_mib: Option<u64>,
     /// Who asks (the control connection's peer): artifacts it names are
     /// opened with its rights.
     pub caller: Option<crate::artifacts::Caller>,
@@ -275,6 +290,7 @@ impl Daemon {
                 vcpus: 0,
                 memory_mib: 0,
                 command: Vec::new(),
+                scratch_mib: 0,
             },
             failure: Some(failure),
             created_unix_ms: now_unix_ms(),
@@ -433,10 +449,18 @@ impl Daemon {
                 l.max_memory_mib
             )));
         }
+        let scratch_mib = req.scratch_mib.unwrap_or(0);
+        if scratch_mib > l.max_scratch_mib {
+            return Err(DaemonError::InvalidArgument(format!(
+                "a scratch disk of {scratch_mib} MiB is more than limits.max_scratch_mib = {} MiB; ask for less",
+                l.max_scratch_mib
+            )));
+        }
         let cmdline = req.cmdline.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| d.cmdline.clone());
+        let devices = 1 + u32::from(scratch_mib > 0);
         // Bounded before anything is logged: the line must fit the kernel's
         // command line buffer (and so the launch record fits a log event).
-        let full = zone_vmm::boot::cmdline::boot_cmdline(&cmdline, &req.command, 1)
+        let full = zone_vmm::boot::cmdline::boot_cmdline(&cmdline, &req.command, devices)
             .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let max = zone_vmm::vstate::layout::CMDLINE_MAX_SIZE - 1;
         if full.len() > max {
@@ -445,7 +469,7 @@ impl Daemon {
                 full.len()
             )));
         }
-        Ok(Spec { kernel, initrd, cmdline, vcpus: vcpus as u8, memory_mib, command: req.command.clone() })
+        Ok(Spec { kernel, initrd, cmdline, vcpus: vcpus as u8, memory_mib, command: req.command.clone(), scratch_mib })
     }
 
     /// Creates and boots a zone; returns once its VMM runs.
@@ -565,7 +589,7 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(ms));
         }
         // The command line, computed once: measured here, loaded verbatim by the VMM.
-        let cmdline = zone_vmm::boot::cmdline::boot_cmdline(&spec.cmdline, &spec.command, 1)
+        let cmdline = zone_vmm::boot::cmdline::boot_cmdline(&spec.cmdline, &spec.command, spec.virtio_devices())
             .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let launch_record = LaunchRecord {
             version: RECORD_VERSION,
@@ -578,7 +602,7 @@ impl Daemon {
             cmdline: cmdline.clone(),
             vcpus: u32::from(spec.vcpus),
             memory_mib: spec.memory_mib,
-            devices: vec![format!("virtio-vsock:cid={}", record.guest_cid)],
+            devices: devices_of(spec, record.guest_cid),
             launched_unix_ms: now_unix_ms(),
         };
         if launch_record.encode().len() > attestation_proto::launch::MAX_RECORD_LEN {
@@ -598,6 +622,20 @@ impl Daemon {
         // The sockets the VMM serves: bound here (the jailed VMM creates no files).
         let vsock = ZoneDir::bind(&dir.vsock(), None).map_err(internal)?;
         let console = ZoneDir::bind(&dir.console_socket(), None).map_err(internal)?;
+        // The scratch disk: created empty (sparse) for this launch.
+        let scratch = match spec.scratch_mib {
+            0 => None,
+            mib => Some(dir.create_scratch(mib << 20).map_err(|e| {
+                DaemonError::FailedPrecondition(format!("cannot create the zone's {mib} MiB scratch disk: {e}"))
+            })?),
+        };
+        let mut disks = Vec::new();
+        if scratch.is_some() {
+            disks.push(zone_vmm::launch::LaunchDisk { name: SCRATCH_DISK.into(), read_only: false });
+        }
+        let mut jail_spec = self.jailer.spec(&jail, &dir.sock_dir());
+        // RLIMIT_FSIZE bounds the offset of every write, disks included.
+        jail_spec.max_file_size = jail_spec.max_file_size.max(spec.scratch_mib << 20);
         self.open_channel(name, jail.gid)?;
         let config = LaunchConfig {
             zone: name.clone(),
@@ -606,7 +644,8 @@ impl Daemon {
             memory_mib: spec.memory_mib,
             guest_cid: record.guest_cid,
             initrd: initrd.is_some(),
-            jail: self.jailer.spec(&jail, &dir.sock_dir()),
+            disks,
+            jail: jail_spec,
             #[cfg(feature = "test-hooks")]
             test_hooks: test_hooks(),
         };
@@ -626,6 +665,9 @@ impl Daemon {
         ];
         if let Some(i) = &initrd {
             fds.push((vmm_launch::INITRD_FD, i.fd.as_fd()));
+        }
+        if let Some(s) = &scratch {
+            fds.push((vmm_launch::FIRST_DISK_FD, s.as_fd()));
         }
         let cgroups = jail.cgroups.clone();
         let migrate = move |pid: u32| jail::cgroup::enter(&cgroups, pid).map_err(|e| e.to_string());

@@ -62,6 +62,16 @@ pub struct Spec {
     pub memory_mib: u64,
     /// The zone's command.
     pub command: Vec<String>,
+    /// Size of the zone's writable scratch disk (MiB; 0: none).
+    #[serde(default)]
+    pub scratch_mib: u64,
+}
+
+impl Spec {
+    /// The zone's virtio-mmio devices: the vsock, then the scratch disk if any.
+    pub fn virtio_devices(&self) -> u32 {
+        1 + u32::from(self.scratch_mib > 0)
+    }
 }
 
 /// The VMM process of a zone, identified so that a recycled PID is never
@@ -270,6 +280,7 @@ mod tests {
                 vcpus: 1,
                 memory_mib: 64,
                 command: vec![],
+                scratch_mib: 0,
             },
             failure: None,
             created_unix_ms: 1,

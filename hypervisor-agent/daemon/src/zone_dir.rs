@@ -8,6 +8,7 @@
 //! | `workload.log` | daemon | the workload's stdout/stderr from the host channel |
 //! | `outcome.json` | VMM, through a descriptor | how the zone ended (read as hostile input) |
 //! | `vmm.log` | VMM (its stderr) | the VMM process's own logs |
+//! | `scratch.img` (0600) | daemon creates (sparse), VMM writes through a descriptor | the zone's writable scratch disk, if it has one |
 //! | `sock/` (0750, group = the zone's gid) | daemon | the zone's sockets; the VMM sees it read-only as `/sock` |
 //! | `sock/vsock.sock` (0600) | daemon binds, VMM serves | `U` of the hybrid vsock: host → guest connections |
 //! | `sock/console.sock` (0600) | daemon binds, VMM serves | console input |
@@ -75,6 +76,30 @@ impl ZoneDir {
     /// `vmm.log`.
     pub fn vmm_log(&self) -> PathBuf {
         self.dir.join("vmm.log")
+    }
+
+    /// `scratch.img`.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.join("scratch.img")
+    }
+
+    /// Creates `scratch.img` empty and sparse, `bytes` long (replacing one a
+    /// previous launch left), opened for reading and writing.
+    pub fn create_scratch(&self, bytes: u64) -> std::io::Result<File> {
+        let path = self.scratch();
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        f.set_len(bytes)?;
+        Ok(f)
     }
 
     /// `sock/`.

@@ -80,6 +80,9 @@ pub enum ConfigError {
     /// places them (it was not computed with [`cmdline::boot_cmdline`]).
     #[error("the kernel command line does not declare the zone's {0} virtio-mmio device(s) the way the VMM places them")]
     CmdlineDevices(u32),
+    /// More devices than virtio-mmio windows.
+    #[error("{0} virtio-mmio devices do not fit the zone's {max} windows; attach fewer disks", max = crate::vstate::layout::VIRTIO_MMIO_MAX_DEVICES)]
+    TooManyDevices(u32),
 }
 
 /// The host side of the zone's vsock: a Unix socket `U` (Firecracker-style
@@ -132,6 +135,17 @@ impl VsockConfig {
     }
 }
 
+/// One of the zone's disks (virtio-blk, after the vsock in window order).
+#[derive(Debug)]
+pub struct DiskConfig {
+    /// Its name: the guest's `GET_ID` answer and the VMM's logs.
+    pub name: String,
+    /// The backing file (a whole number of 512-byte sectors).
+    pub file: std::fs::File,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+}
+
 /// Where the VMM gets KVM from.
 #[derive(Debug)]
 pub enum KvmSource {
@@ -160,6 +174,8 @@ pub struct ZoneConfig {
     pub kvm: KvmSource,
     /// The vsock device (the host channel), if any.
     pub vsock: Option<VsockConfig>,
+    /// Disks, in window order after the vsock (`/dev/vda`, `/dev/vdb`, … in the guest).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl ZoneConfig {
@@ -173,6 +189,7 @@ impl ZoneConfig {
             memory_mib: 128,
             kvm: KvmSource::Path(PathBuf::from(KVM_PATH)),
             vsock: None,
+            disks: Vec::new(),
         }
     }
 
@@ -182,9 +199,9 @@ impl ZoneConfig {
     }
 
     /// The virtio-mmio devices of this zone, in window order (device `i` is
-    /// at `layout::virtio_mmio_slot(i)`); today only the vsock.
+    /// at `layout::virtio_mmio_slot(i)`): the vsock, then the disks.
     pub fn virtio_mmio_devices(&self) -> u32 {
-        u32::from(self.vsock.is_some())
+        u32::from(self.vsock.is_some()) + u32::try_from(self.disks.len()).unwrap_or(u32::MAX)
     }
 
     /// Checks counts, sizes and the command line before any resource is taken.
@@ -202,6 +219,9 @@ impl ZoneConfig {
             v.validate()?;
         }
         let devices = self.virtio_mmio_devices();
+        if devices > crate::vstate::layout::VIRTIO_MMIO_MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
         if !cmdline::declares_devices(&self.cmdline, devices) {
             return Err(ConfigError::CmdlineDevices(devices));
         }

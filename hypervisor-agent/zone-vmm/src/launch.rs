@@ -17,6 +17,7 @@
 //! | [`OUTCOME_FD`] | the zone's `outcome.json` (written once, when the zone ends) |
 //! | [`VSOCK_LISTENER_FD`] | listening socket `U` of the zone's hybrid vsock |
 //! | [`CONSOLE_LISTENER_FD`] | listening socket of the zone's console input |
+//! | [`FIRST_DISK_FD`] + i | disk i of [`LaunchConfig::disks`] (read-only or read-write, as the disk says) |
 //!
 //! A VMM started this way boots only the sealed memfds: there is no path
 //! through which it reads a boot artifact from a file.
@@ -43,8 +44,12 @@ pub const OUTCOME_FD: RawFd = 8;
 pub const VSOCK_LISTENER_FD: RawFd = 9;
 /// The listening socket of the zone's console input.
 pub const CONSOLE_LISTENER_FD: RawFd = 10;
+/// Disk `i`'s file is on `FIRST_DISK_FD + i`.
+pub const FIRST_DISK_FD: RawFd = 11;
+/// Most disks a zone may have.
+pub const MAX_DISKS: usize = 4;
 /// The first descriptor number not in the contract.
-pub const FIRST_FREE_FD: RawFd = 11;
+pub const FIRST_FREE_FD: RawFd = FIRST_DISK_FD + MAX_DISKS as RawFd;
 
 /// Inside the jail: the zone's socket directory (read-only), where the
 /// daemon's listeners for guest connections (`vsock.sock_<port>`) are.
@@ -110,6 +115,16 @@ impl TestHooks {
     }
 }
 
+/// A disk of the zone, as the VMM gets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchDisk {
+    /// Its name (the guest's `GET_ID` answer).
+    pub name: String,
+    /// Whether the guest may only read it.
+    pub read_only: bool,
+}
+
 /// What the daemon tells the VMM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +141,9 @@ pub struct LaunchConfig {
     pub guest_cid: u32,
     /// Whether an initramfs is on [`INITRD_FD`].
     pub initrd: bool,
+    /// The zone's disks, in order, on [`FIRST_DISK_FD`] onwards.
+    #[serde(default)]
+    pub disks: Vec<LaunchDisk>,
     /// The jail.
     pub jail: JailSpec,
     /// Test hooks.
@@ -171,7 +189,7 @@ impl LaunchConfig {
 
 /// The descriptor numbers the VMM expects, as (target fd, what) pairs, for
 /// the daemon's spawner and for tests that audit a running VMM.
-pub fn descriptor_table(initrd: bool) -> Vec<(RawFd, &'static str)> {
+pub fn descriptor_table(initrd: bool, disks: usize) -> Vec<(RawFd, &'static str)> {
     let mut t = vec![
         (CONFIG_FD, "launch configuration"),
         (KVM_FD, "/dev/kvm"),
@@ -183,6 +201,10 @@ pub fn descriptor_table(initrd: bool) -> Vec<(RawFd, &'static str)> {
     ];
     if initrd {
         t.push((INITRD_FD, "initramfs"));
+    }
+    const DISK_NAMES: [&str; MAX_DISKS] = ["disk 0", "disk 1", "disk 2", "disk 3"];
+    for (fd, what) in (FIRST_DISK_FD..).zip(DISK_NAMES).take(disks.min(MAX_DISKS)) {
+        t.push((fd, what));
     }
     t.sort_unstable();
     t
@@ -211,12 +233,13 @@ mod tests {
 
     #[test]
     fn descriptor_numbers_are_distinct_and_below_the_first_free_one() {
-        let t = descriptor_table(true);
+        let t = descriptor_table(true, MAX_DISKS);
+        assert_eq!(t.len(), 8 + MAX_DISKS);
         let mut fds: Vec<RawFd> = t.iter().map(|(fd, _)| *fd).collect();
         fds.dedup();
         assert_eq!(fds.len(), t.len());
         assert!(fds.iter().all(|&fd| fd > 2 && fd < FIRST_FREE_FD));
-        assert!(!descriptor_table(false).iter().any(|(fd, _)| *fd == INITRD_FD));
+        assert!(!descriptor_table(false, 0).iter().any(|(fd, _)| *fd == INITRD_FD));
     }
 
     #[test]
@@ -228,6 +251,7 @@ mod tests {
             memory_mib: 64,
             guest_cid: 3,
             initrd: false,
+            disks: vec![LaunchDisk { name: "scratch".into(), read_only: false }],
             jail: JailSpec {
                 root: "/j".into(),
                 sock_dir: "/s".into(),

@@ -18,7 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use crate::artifact::Artifact;
-use crate::config::{KvmSource, VsockConfig, VsockHost, ZoneConfig};
+use crate::config::{DiskConfig, KvmSource, VsockConfig, VsockHost, ZoneConfig};
 use crate::devices::ConsoleSink;
 use crate::jail::seccomp::{self, ThreadClass};
 use crate::launch::{self, LaunchConfig, take_fd};
@@ -181,7 +181,21 @@ pub fn run() -> Result<i32, ProcessError> {
     // SAFETY: see above.
     let console = File::from(unsafe { take_fd(launch::CONSOLE_LOG_FD) });
 
+    if config.disks.len() > launch::MAX_DISKS {
+        return Err(launch::LaunchError::Parse(format!("{} disks, at most {} are allowed", config.disks.len(), launch::MAX_DISKS)).into());
+    }
+    let disks = (launch::FIRST_DISK_FD..)
+        .zip(&config.disks)
+        .map(|(fd, d)| DiskConfig {
+            name: d.name.clone(),
+            // SAFETY: see above; the daemon passes disk i on FIRST_DISK_FD + i.
+            file: File::from(unsafe { take_fd(fd) }),
+            read_only: d.read_only,
+        })
+        .collect();
+
     let mut zone_config = ZoneConfig::new(kernel, initrd, config.cmdline.clone());
+    zone_config.disks = disks;
     zone_config.vcpus = config.vcpus;
     zone_config.memory_mib = config.memory_mib;
     zone_config.kvm = KvmSource::Fd(kvm);

@@ -3,8 +3,8 @@
 //! [`Zone::create`] validates the configuration, opens KVM, allocates guest
 //! memory, loads the kernel, initramfs and command line, sets up the devices
 //! (console UART; with `vsock` configured, a virtio-vsock device in the first
-//! virtio-mmio window, announced on the kernel command line and served by its
-//! own thread) and creates the vCPUs; [`Zone::run`] runs them, one thread each, until the guest powers
+//! virtio-mmio window, then one virtio-blk device per disk, all announced on
+//! the kernel command line and each served by its own thread) and creates the vCPUs; [`Zone::run`] runs them, one thread each, until the guest powers
 //! off, resets, panics, triple-faults or the optional deadline passes.
 //! The library is what `zonectl run` drives in the foreground and what the
 //! jailed per-zone VMM process ([`crate::process`]) drives.
@@ -26,6 +26,8 @@ use crate::jail::seccomp::{self, SeccompError, ThreadClass};
 use crate::outcome::{ExitReason, Outcome};
 use crate::devices::serial::COM1_IRQ;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::block::device::BlockError;
+use crate::devices::virtio::block::{Block, Disk, DiskError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{ConsoleSink, Devices, SerialDevice};
@@ -55,6 +57,12 @@ pub enum VmmError {
     /// The vsock device could not be set up.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A disk cannot be used.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A disk's device could not be set up.
+    #[error(transparent)]
+    Block(#[from] BlockError),
     /// A seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -157,6 +165,10 @@ impl Zone {
                 VsockHost::Listener { listener, path } => Backend::from_listener(listener, &path)?,
             };
             virtio.push(Box::new(Vsock::new(v.guest_cid, backend)?));
+        }
+        for d in config.disks {
+            let disk = Disk::new(&d.name, d.file, d.read_only)?;
+            virtio.push(Box::new(Block::new(disk)?));
         }
         for (index, device) in (0u32..).zip(virtio) {
             // The command line declares the same windows, in the same order (checked by `validate`).

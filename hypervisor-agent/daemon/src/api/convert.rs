@@ -42,6 +42,7 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
             vcpus: u32::from(r.spec.vcpus),
             memory_mib: r.spec.memory_mib,
             command: r.spec.command.clone(),
+            scratch_mib: r.spec.scratch_mib,
         }),
         failure: r.failure.clone().unwrap_or_default(),
         created_unix_ms: r.created_unix_ms,

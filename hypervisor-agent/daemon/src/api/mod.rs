@@ -47,6 +47,7 @@ impl ZoneControl for ControlService {
             vcpus: (spec.vcpus != 0).then_some(spec.vcpus),
             memory_mib: (spec.memory_mib != 0).then_some(spec.memory_mib),
             command: spec.command,
+            scratch_mib: (spec.scratch_mib != 0).then_some(spec.scratch_mib),
             caller,
         };
         let daemon = Arc::clone(&self.daemon);

@@ -6,6 +6,7 @@
 //! | `vmm` | the main thread once the zone runs, the signal and console-input threads |
 //! | `vcpu` | one per vCPU: `KVM_RUN` and device emulation |
 //! | `vsock` | the vsock device's worker: the guest's queues and the host sockets |
+//! | `block` | a disk's worker: its queue, positioned reads and writes of its file |
 //!
 //! A jailed VMM [`enable`]s the filters before it creates the zone; from then
 //! on every thread calls [`apply`] for its class first thing (a thread
@@ -36,6 +37,8 @@ pub enum ThreadClass {
     Vcpu,
     /// The vsock worker.
     Vsock,
+    /// A disk's worker.
+    Block,
 }
 
 impl ThreadClass {
@@ -44,6 +47,7 @@ impl ThreadClass {
             Self::Vmm => "vmm",
             Self::Vcpu => "vcpu",
             Self::Vsock => "vsock",
+            Self::Block => "block",
         }
     }
 }
@@ -182,7 +186,7 @@ mod tests {
 
     #[test]
     fn every_class_has_both_filters() {
-        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock] {
+        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock, ThreadClass::Block] {
             for mode in [SeccompMode::Kill, SeccompMode::Log] {
                 assert!(program(class, mode).unwrap().len() > 10, "{class:?} {mode:?}");
             }
@@ -221,6 +225,7 @@ mod tests {
             let class = match class.as_str() {
                 "vmm" => ThreadClass::Vmm,
                 "vcpu" => ThreadClass::Vcpu,
+                "block" => ThreadClass::Block,
                 _ => ThreadClass::Vsock,
             };
             // A new thread gets an arena of its own; the filter (trap, with
@@ -235,7 +240,7 @@ mod tests {
             return;
         }
         let exe = std::env::current_exe().unwrap();
-        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock] {
+        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock, ThreadClass::Block] {
             let out = std::process::Command::new(&exe)
                 .args(["--exact", "jail::seccomp::tests::every_filter_survives_glibc_trimming_a_thread_arena", "--test-threads=1"])
                 .env(CHILD_CLASS, class.name())

@@ -1,4 +1,4 @@
-//! `zonectl launch NAME [--kernel K] [--initrd I] [--cmdline C] [--vcpus N] [--memory MiB] [-- CMD…]`
+//! `zonectl launch NAME [--kernel K] [--initrd I] [--cmdline C] [--vcpus N] [--memory MiB] [--scratch-mib MiB] [-- CMD…]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +31,11 @@ pub struct LaunchArgs {
     /// Memory in MiB.
     #[arg(long)]
     pub memory: Option<u64>,
+    /// A writable scratch disk of this many MiB, created empty for the zone
+    /// and removed with it (virtio-blk; in the zone the disk whose
+    /// /sys/block/vdX/serial is "scratch").
+    #[arg(long, value_name = "MiB")]
+    pub scratch_mib: Option<u64>,
     /// Return as soon as the VMM runs instead of waiting for zone-guest.
     #[arg(long)]
     pub no_wait: bool,
@@ -61,9 +66,10 @@ pub fn run(g: &GlobalArgs, args: LaunchArgs) -> anyhow::Result<i32> {
             vcpus: args.vcpus.unwrap_or(0),
             memory_mib: args.memory.unwrap_or(0),
             command: args.command,
+            scratch_mib: args.scratch_mib.unwrap_or(0),
         };
-        if args.vcpus == Some(0) || args.memory == Some(0) {
-            anyhow::bail!("--vcpus and --memory must be at least 1");
+        if args.vcpus == Some(0) || args.memory == Some(0) || args.scratch_mib == Some(0) {
+            anyhow::bail!("--vcpus, --memory and --scratch-mib must be at least 1");
         }
         let mut zone = client
             .launch_zone(LaunchZoneRequest { name: args.name.clone(), spec: Some(spec) })

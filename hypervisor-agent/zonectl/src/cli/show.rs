@@ -38,6 +38,7 @@ pub fn json(z: &Zone) -> serde_json::Value {
         "failure": (!z.failure.is_empty()).then_some(&z.failure),
         "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib,
+        "scratch_mib": (spec.scratch_mib != 0).then_some(spec.scratch_mib),
         "kernel": spec.kernel,
         "initrd": (!spec.initrd.is_empty()).then_some(&spec.initrd),
         "cmdline": spec.cmdline,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`mmio`] | the virtio-mmio register window (§4.2, version 2 "modern" layout) |
 //! | [`vsock`] | the virtio-vsock device (§5.10), host side a Unix socket (Firecracker's hybrid scheme) |
+//! | [`block`] | the virtio-blk device (§5.2), backed by a file descriptor |
 //!
 //! A device implements [`VirtioDevice`]: what it is (type, queues, feature
 //! bits, configuration space) and what happens when the driver sets
@@ -14,14 +15,16 @@
 //! device ready [`Queue`]s of the `virtio-queue` crate. Interrupts go to KVM
 //! through an irqfd ([`Interrupt`]).
 
+pub mod block;
 pub mod mmio;
 pub mod vsock;
 
 use std::fmt;
 use std::io;
+use std::num::Wrapping;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -153,4 +156,22 @@ pub trait VirtioDevice: Send + fmt::Debug {
     /// Stops using the queues and guest memory and drops device state, before
     /// the transport reports the reset as complete.
     fn reset(&mut self);
+}
+
+/// The next available chain of `q`, checking the available index first: the
+/// crate's iterator would only log a corrupt one (an index running more than
+/// the queue's size ahead of the device), and the device must stop instead.
+pub fn next_chain<'m>(
+    q: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
+    let avail = q.avail_idx(mem, std::sync::atomic::Ordering::Acquire)?;
+    let pending = (avail - Wrapping(q.next_avail())).0;
+    if pending == 0 {
+        return Ok(None);
+    }
+    if pending > q.size() {
+        return Err(virtio_queue::Error::InvalidAvailRingIndex);
+    }
+    Ok(q.pop_descriptor_chain(mem))
 }

@@ -9,9 +9,7 @@
 //! queue's size ahead, a used-ring write outside guest memory) breaks only its
 //! own device: processing stops and the device asks for a reset.
 
-use std::num::Wrapping;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -20,7 +18,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::muxer::Muxer;
 use super::packet::{self, Header, MAX_PKT_DATA};
-use crate::devices::virtio::{ActivateError, INT_USED_RING, Interrupt};
+use crate::devices::virtio::{ActivateError, INT_USED_RING, Interrupt, next_chain};
 
 /// Index of the rx queue.
 pub const RX: usize = 0;
@@ -54,22 +52,13 @@ pub struct Queues {
     interrupt: Arc<Interrupt>,
 }
 
-/// The next available chain of `q`, checking the available index first: the
-/// crate's iterator would only log a corrupt one.
+/// The next available chain of `q` (see [`next_chain`]), naming the queue on failure.
 fn pop<'m>(
     q: &mut Queue,
     mem: &'m GuestMemoryMmap,
     queue: &'static str,
 ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, QueueBroken> {
-    let avail = q.avail_idx(mem, Ordering::Acquire).map_err(|source| QueueBroken { queue, source })?;
-    let pending = (avail - Wrapping(q.next_avail())).0;
-    if pending == 0 {
-        return Ok(None);
-    }
-    if pending > q.size() {
-        return Err(QueueBroken { queue, source: virtio_queue::Error::InvalidAvailRingIndex });
-    }
-    Ok(q.pop_descriptor_chain(mem))
+    next_chain(q, mem).map_err(|source| QueueBroken { queue, source })
 }
 
 impl Queues {
