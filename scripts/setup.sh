@@ -13,6 +13,7 @@ packages=(
   qemu-system-x86 qemu-utils                                # test host, reference VMM
   swtpm swtpm-tools tpm2-tools libtss2-dev                  # TPM
   busybox-static protobuf-compiler openssl
+  cryptsetup-bin umoci squashfs-tools                       # image roots: veritysetup, umoci and unsquashfs as reference peers
 )
 missing=()
 for p in "${packages[@]}"; do

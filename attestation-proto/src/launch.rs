@@ -88,6 +88,80 @@ pub struct LaunchRecord {
     pub devices: Vec<String>,
     /// When the daemon launched it (Unix ms, host clock; informational).
     pub launched_unix_ms: u64,
+    /// The image root the zone's command runs in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<Rootfs>,
+}
+
+/// The device-mapper name of an image zone's verity root.
+pub const VERITY_DM_NAME: &str = "zone-root";
+/// The device of an image zone's root disk in the zone kernel (`/dev/vda`,
+/// the first virtio-blk disk: block major 254, which the zone kernel gives
+/// virtio-blk as the first dynamically numbered block driver).
+pub const ROOT_DISK_DEVT: &str = "254:0";
+
+/// An image root: the image it came from and the dm-verity parameters the
+/// zone kernel checks every block of it against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rootfs {
+    /// The image's manifest digest, `sha256:<hex>`.
+    pub image: String,
+    /// Its file system (`squashfs`).
+    pub format: String,
+    /// Its dm-verity parameters.
+    pub verity: Verity,
+}
+
+/// dm-verity parameters (format 1, SHA-256, 4096-byte blocks, hash tree on
+/// the data device after the data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verity {
+    /// Data blocks covered.
+    pub data_blocks: u64,
+    /// Where the hash tree starts, in blocks of the same device.
+    pub hash_start_block: u64,
+    /// Root hash, hex.
+    pub root: String,
+    /// Salt, hex.
+    pub salt: String,
+}
+
+impl Verity {
+    /// The device-mapper table with `dev` as data and hash device.
+    pub fn table(&self, dev: &str) -> String {
+        format!(
+            "0 {} verity 1 {dev} {dev} 4096 4096 {} {} sha256 {} {}",
+            self.data_blocks.saturating_mul(8),
+            self.data_blocks,
+            self.hash_start_block,
+            self.root,
+            self.salt
+        )
+    }
+
+    /// The kernel parameter that sets the root up before init (`DM_INIT`):
+    /// `dm-mod.create="zone-root,,,ro,<table>"` over [`ROOT_DISK_DEVT`].
+    pub fn dm_create_param(&self) -> String {
+        format!("dm-mod.create=\"{VERITY_DM_NAME},,,ro,{}\"", self.table(ROOT_DISK_DEVT))
+    }
+
+    /// Checks the fields' shapes: a 64-hex-digit root, an even-length hex
+    /// salt of at most 256 bytes, at least one data block, the tree after the data.
+    pub fn check(&self) -> Result<(), RecordError> {
+        let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if self.root.len() != 64 || !hex(&self.root) {
+            return Err(RecordError::Field("rootfs.verity.root must be 64 lower-case hex digits".into()));
+        }
+        if self.salt.len() % 2 != 0 || self.salt.len() > 512 || !hex(&self.salt) {
+            return Err(RecordError::Field("rootfs.verity.salt must be lower-case hex of at most 256 bytes".into()));
+        }
+        if self.data_blocks == 0 || self.hash_start_block < self.data_blocks || self.hash_start_block > u64::MAX / 8192 {
+            return Err(RecordError::Field("rootfs.verity blocks are out of range".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The end of a launch.
@@ -270,6 +344,7 @@ mod tests {
             memory_mib: 128,
             devices: vec!["virtio-vsock:cid=3".into()],
             launched_unix_ms: 1,
+            rootfs: None,
         }
     }
 

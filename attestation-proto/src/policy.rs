@@ -193,6 +193,7 @@ mod tests {
             memory_mib: 64,
             devices: vec![],
             launched_unix_ms: 0,
+            rootfs: None,
         }
     }
 

@@ -11,6 +11,8 @@
 //! |---|---|
 //! | zone command | the words after the first ` -- ` of the kernel command line; arguments with whitespace (or empty) in double quotes |
 //! | [`ONESHOT_PARAM`] | `zone.oneshot` before ` -- `: power off right after readiness when there is no command |
+//! | [`ROOT_PARAM`] | `zone.root=<fstype>`: run the command in the image root on [`ROOT_DEVICE`] (the verity device the kernel set up), under a tmpfs overlay |
+//! | [`ENV_PARAM`], [`WORKDIR_PARAM`], [`USER_PARAM`] | the image's process: `zone.env=NAME=value` (one per variable, in order), `zone.workdir=/dir`, `zone.user=name[:group]` or `uid[:gid]` |
 //! | [`READY_MARKER`] | `ZONE-GUEST-READY uptime_ms=<ms>` on the console once userspace is up |
 //! | [`EXIT_MARKER`] | `ZONE-GUEST-EXIT status=<0..=255>` before power-off |
 //! | [`POWER_PORT`] | I/O port 0x501: one byte written = power off with that status |
@@ -29,6 +31,55 @@ pub const ONESHOT_PARAM: &str = "zone.oneshot";
 pub const POWER_PORT: u16 = 0x501;
 /// The word that separates the kernel's parameters from the zone's command.
 pub const COMMAND_SEPARATOR: &str = "--";
+/// Kernel parameter: the zone's command runs in the image root (value: its file system type).
+pub const ROOT_PARAM: &str = "zone.root";
+/// Kernel parameter, repeated: one `NAME=value` of the image's environment.
+pub const ENV_PARAM: &str = "zone.env";
+/// Kernel parameter: the image's working directory.
+pub const WORKDIR_PARAM: &str = "zone.workdir";
+/// Kernel parameter: the image's user.
+pub const USER_PARAM: &str = "zone.user";
+/// The image root's device in the zone (dm-verity over the root disk).
+pub const ROOT_DEVICE: &str = "/dev/dm-0";
+
+/// How an image zone's command runs: in which root, with what environment,
+/// directory and user.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImageProcess {
+    /// The root's file system type (`squashfs`).
+    pub fstype: String,
+    /// `NAME=value` entries, in order.
+    pub env: Vec<String>,
+    /// Working directory (absolute; empty: `/`).
+    pub workdir: String,
+    /// User (`name`, `uid`, `name:group`, `uid:gid`; empty: root).
+    pub user: String,
+}
+
+/// The kernel parameters of `process` (before ` -- `).
+pub fn encode_image_params(process: &ImageProcess) -> Result<String, CommandError> {
+    let word = |param: &str, value: &str| -> Result<String, CommandError> {
+        if value.contains('"') || value.chars().any(char::is_control) {
+            return Err(CommandError::Unencodable(value.to_owned()));
+        }
+        Ok(if value.is_empty() || value.contains(char::is_whitespace) {
+            format!("{param}=\"{value}\"")
+        } else {
+            format!("{param}={value}")
+        })
+    };
+    let mut out = vec![word(ROOT_PARAM, &process.fstype)?];
+    for e in &process.env {
+        out.push(word(ENV_PARAM, e)?);
+    }
+    if !process.workdir.is_empty() {
+        out.push(word(WORKDIR_PARAM, &process.workdir)?);
+    }
+    if !process.user.is_empty() {
+        out.push(word(USER_PARAM, &process.user)?);
+    }
+    Ok(out.join(" "))
+}
 
 /// A zone command that the kernel command line cannot carry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +122,8 @@ pub struct BootRequest {
     pub command: Vec<String>,
     /// Power off after readiness when there is no command.
     pub oneshot: bool,
+    /// The image root the command runs in, if any.
+    pub image: Option<ImageProcess>,
 }
 
 /// Splits a kernel command line into words the way the kernel does: on
@@ -111,7 +164,25 @@ pub fn parse_cmdline(line: &str) -> BootRequest {
         Some(i) => (&words[..i], words[i + 1..].to_vec()),
         None => (&words[..], Vec::new()),
     };
-    BootRequest { command, oneshot: kernel.iter().any(|w| w == ONESHOT_PARAM) }
+    let mut image: Option<ImageProcess> = None;
+    let value = |w: &str, p: &str| w.strip_prefix(p).and_then(|r| r.strip_prefix('=')).map(str::to_owned);
+    for w in kernel {
+        if let Some(v) = value(w, ROOT_PARAM) {
+            image.get_or_insert_with(ImageProcess::default).fstype = v;
+        }
+    }
+    if let Some(img) = image.as_mut() {
+        for w in kernel {
+            if let Some(v) = value(w, ENV_PARAM) {
+                img.env.push(v);
+            } else if let Some(v) = value(w, WORKDIR_PARAM) {
+                img.workdir = v;
+            } else if let Some(v) = value(w, USER_PARAM) {
+                img.user = v;
+            }
+        }
+    }
+    BootRequest { command, oneshot: kernel.iter().any(|w| w == ONESHOT_PARAM), image }
 }
 
 #[cfg(test)]
@@ -130,6 +201,24 @@ mod tests {
         let r = parse_cmdline("a -- echo zone.oneshot");
         assert!(!r.oneshot);
         assert_eq!(r.command, vec!["echo", "zone.oneshot"]);
+    }
+
+    #[test]
+    fn image_params_round_trip() {
+        let p = ImageProcess {
+            fstype: "squashfs".into(),
+            env: vec!["PATH=/usr/bin:/bin".into(), "GREETING=hello there".into(), "EMPTY=".into()],
+            workdir: "/app".into(),
+            user: "app:app".into(),
+        };
+        let params = encode_image_params(&p).unwrap();
+        let line = encode_command(&format!("console=ttyS0 {params}"), &["/bin/sh".into(), "-c".into(), "zone.env=X=y".into()]).unwrap();
+        let r = parse_cmdline(&line);
+        assert_eq!(r.image, Some(p));
+        assert_eq!(r.command, vec!["/bin/sh", "-c", "zone.env=X=y"], "parameters after -- belong to the command");
+        assert_eq!(parse_cmdline("console=ttyS0 zone.env=A=b -- x").image, None, "no zone.root: no image");
+        let bad = ImageProcess { fstype: "squashfs".into(), env: vec!["A=\"q\"".into()], ..Default::default() };
+        assert!(encode_image_params(&bad).is_err());
     }
 
     #[test]

@@ -345,6 +345,7 @@ fn after_100000_events_a_new_zones_evidence_is_small_and_verifies() {
             memory_mib: 64,
             devices: vec![format!("virtio-vsock:cid={}", i + 3)],
             launched_unix_ms: 1,
+            rootfs: None,
         }
     };
     let dir = tempfile::tempdir().unwrap();

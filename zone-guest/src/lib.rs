@@ -18,6 +18,7 @@
 pub mod channel;
 pub mod evidence;
 pub mod forward;
+pub mod rootfs;
 
 // The boot contract with the host (command on the kernel command line,
 // markers, power port) has one home, shared with the host side.

@@ -39,7 +39,19 @@ fn main() {
         0
     } else {
         let relay = channel.as_ref().filter(|c| c.wait_connected(CHANNEL_WAIT));
-        run_command(&request.command, relay)
+        match &request.image {
+            None => run_command(&request.command, relay, None),
+            Some(img) => match zone_guest::rootfs::prepare(img, &request.command)
+                .and_then(|p| zone_guest::rootfs::Entry::new(&p).map(|e| (p, e)))
+            {
+                Ok((process, entry)) => run_command(&request.command, relay, Some((process, entry))),
+                Err(e) => {
+                    say(&format!("zone-guest: cannot set up the image root: {e}"));
+                    report_error(relay, &format!("zone-guest: cannot set up the image root: {e}\n"));
+                    126
+                }
+            },
+        }
     };
     say(&format!("{EXIT_MARKER} status={status}"));
     if let Some(c) = &channel {
@@ -220,16 +232,44 @@ fn relay(mut from: impl std::io::Read, stream: Stream, channel: Channel) {
     }
 }
 
-/// Runs the command with a minimal environment, reaping any other children
+/// Sends `text` as the workload's stderr when there is a channel.
+fn report_error(channel: Option<&Channel>, text: &str) {
+    if let Some(c) = channel {
+        let msg = GuestMessage {
+            message: Some(guest_message::Message::Output(Output { stream: Stream::Stderr as i32, data: text.as_bytes().to_vec() })),
+        };
+        c.send_output(msg);
+    }
+}
+
+/// Runs the command with a minimal environment (or, in an image root, the
+/// image's environment, user and directory), reaping any other children
 /// (PID 1 adopts orphans) until the command itself exits. With a host
 /// channel, its stdout and stderr go there; otherwise to the console.
-fn run_command(command: &[String], channel: Option<&Channel>) -> u8 {
-    let mut cmd = std::process::Command::new(&command[0]);
-    cmd.args(&command[1..])
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root")
-        .env("TERM", "linux");
+fn run_command(
+    command: &[String],
+    channel: Option<&Channel>,
+    image: Option<(zone_guest::rootfs::Process, zone_guest::rootfs::Entry)>,
+) -> u8 {
+    let mut cmd = match image {
+        None => {
+            let mut cmd = std::process::Command::new(&command[0]);
+            cmd.env_clear()
+                .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", "/root")
+                .env("TERM", "linux");
+            cmd
+        }
+        Some((process, entry)) => {
+            let mut cmd = std::process::Command::new(&process.program);
+            cmd.env_clear().envs(process.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            // SAFETY: `enter` only makes system calls (chroot, chdir, setgroups,
+            // setgid, setuid) on data prepared before fork.
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || entry.enter()) };
+            cmd
+        }
+    };
+    cmd.args(&command[1..]);
     if channel.is_some() {
         cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     }

@@ -289,6 +289,7 @@ impl RecordSpec {
             memory_mib: self.memory_mib,
             devices: self.devices.clone(),
             launched_unix_ms: self.launched_unix_ms,
+            rootfs: None,
         }
     }
 }

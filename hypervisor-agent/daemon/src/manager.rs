@@ -48,11 +48,43 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The scratch disk's name: its virtio-blk serial in the guest
 /// (`/sys/block/vdX/serial`) and its entry in the launch record.
 pub const SCRATCH_DISK: &str = "scratch";
+/// The image root disk's name (its serial in the guest).
+pub const ROOTFS_DISK: &str = "rootfs";
+
+/// Checks an image root request's fields before anything is opened.
+fn check_image(img: &crate::store::ImageSpec) -> Result<(), DaemonError> {
+    let bad = |m: String| DaemonError::InvalidArgument(format!("image root: {m}"));
+    let r = &img.rootfs;
+    let hex = r.image.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(bad(format!("digest {:?} is not sha256:<64 hex digits>", r.image)));
+    }
+    if r.format != "squashfs" {
+        return Err(bad(format!("file system {:?} is not supported (squashfs)", r.format)));
+    }
+    r.verity.check().map_err(|e| bad(e.to_string()))?;
+    if !img.path.is_absolute() {
+        return Err(bad(format!("path {} is not absolute", img.path.display())));
+    }
+    if img.env.len() > 256 || img.env.iter().any(|e| !e.contains('=') || e.len() > 1024) {
+        return Err(bad("the environment must be at most 256 NAME=value entries of at most 1024 bytes".into()));
+    }
+    if !(img.workdir.is_empty() || img.workdir.starts_with('/')) || img.workdir.len() > 1024 {
+        return Err(bad(format!("working directory {:?} is not an absolute path", img.workdir)));
+    }
+    if img.user.len() > 256 || !img.user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b)) {
+        return Err(bad(format!("user {:?} is not name[:group] or uid[:gid]", img.user)));
+    }
+    Ok(())
+}
 
 /// The devices of a zone as its launch record lists them (measured: a
 /// verifier sees what the zone was given).
 fn devices_of(spec: &Spec, guest_cid: u32) -> Vec<String> {
     let mut d = vec![format!("virtio-vsock:cid={guest_cid}")];
+    if spec.image.is_some() {
+        d.push(format!("virtio-blk:{ROOTFS_DISK}:ro:verity"));
+    }
     if spec.scratch_mib > 0 {
         d.push(format!("virtio-blk:{SCRATCH_DISK}:rw:{}MiB", spec.scratch_mib));
     }
@@ -110,6 +142,8 @@ pub struct LaunchRequest {
     pub command: Vec<String>,
     /// Scratch disk size (MiB).
     pub scratch_mib: Option<u64>,
+    /// An image root.
+    pub image: Option<crate::store::ImageSpec>,
     /// Who asks (the control connection's peer): artifacts it names are
     /// opened with its rights.
     pub caller: Option<crate::artifacts::Caller>,
@@ -291,6 +325,7 @@ impl Daemon {
                 memory_mib: 0,
                 command: Vec::new(),
                 scratch_mib: 0,
+                image: None,
             },
             failure: Some(failure),
             created_unix_ms: now_unix_ms(),
@@ -457,10 +492,28 @@ impl Daemon {
             )));
         }
         let cmdline = req.cmdline.clone().filter(|c| !c.is_empty()).unwrap_or_else(|| d.cmdline.clone());
-        let devices = 1 + u32::from(scratch_mib > 0);
+        if let Some(img) = &req.image {
+            check_image(img)?;
+        }
+        let spec = Spec {
+            kernel,
+            initrd,
+            cmdline,
+            vcpus: vcpus as u8,
+            memory_mib,
+            command: req.command.clone(),
+            scratch_mib,
+            image: req.image.clone(),
+        };
+        if spec.image.is_some() && spec.command.is_empty() {
+            return Err(DaemonError::InvalidArgument(
+                "an image zone needs a command: the image's entrypoint and cmd, or one given after --".into(),
+            ));
+        }
         // Bounded before anything is logged: the line must fit the kernel's
         // command line buffer (and so the launch record fits a log event).
-        let full = zone_vmm::boot::cmdline::boot_cmdline(&cmdline, &req.command, devices)
+        let base = spec.kernel_params().map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        let full = zone_vmm::boot::cmdline::boot_cmdline(&base, &spec.command, spec.virtio_devices())
             .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let max = zone_vmm::vstate::layout::CMDLINE_MAX_SIZE - 1;
         if full.len() > max {
@@ -469,7 +522,7 @@ impl Daemon {
                 full.len()
             )));
         }
-        Ok(Spec { kernel, initrd, cmdline, vcpus: vcpus as u8, memory_mib, command: req.command.clone(), scratch_mib })
+        Ok(spec)
     }
 
     /// Creates and boots a zone; returns once its VMM runs.
@@ -495,6 +548,22 @@ impl Daemon {
         };
         let kernel_file = open("kernel", &spec.kernel, req.kernel.is_some())?;
         let initrd_file = spec.initrd.as_deref().map(|p| open("initrd", p, req.initrd.is_some())).transpose()?;
+        let rootfs_file = match &spec.image {
+            Some(img) => {
+                let f = open("image root", &img.path, true)?;
+                let len = f.metadata().map_err(internal)?.len();
+                let need = img.rootfs.verity.hash_start_block.saturating_add(1).saturating_mul(4096);
+                if len < need || len % 512 != 0 {
+                    return Err(DaemonError::InvalidArgument(format!(
+                        "the image root {} is {len} bytes, but its verity parameters need at least {need} in whole sectors; \
+                         import the image again (zonectl image rm, zonectl image import)",
+                        img.path.display()
+                    )));
+                }
+                Some(f)
+            }
+            None => None,
+        };
         // Reserve the name and check the limits under one lock.
         let record = {
             let mut zones = self.lock();
@@ -536,7 +605,7 @@ impl Daemon {
             zones.insert(name.clone(), Entry::new(record.clone()));
             record
         };
-        match self.create(&record, kernel_file, initrd_file) {
+        match self.create(&record, kernel_file, initrd_file, rootfs_file) {
             Ok(r) => Ok(r),
             Err(e) => {
                 if let Ok(r) = self.get(&name) {
@@ -552,7 +621,13 @@ impl Daemon {
         }
     }
 
-    fn create(self: &Arc<Self>, record: &ZoneRecord, kernel_file: File, initrd_file: Option<File>) -> Result<ZoneRecord, DaemonError> {
+    fn create(
+        self: &Arc<Self>,
+        record: &ZoneRecord,
+        kernel_file: File,
+        initrd_file: Option<File>,
+        rootfs_file: Option<File>,
+    ) -> Result<ZoneRecord, DaemonError> {
         let name = &record.name;
         let dir = self.store.create_dir(name)?;
         self.store.save(record)?;
@@ -589,7 +664,8 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(ms));
         }
         // The command line, computed once: measured here, loaded verbatim by the VMM.
-        let cmdline = zone_vmm::boot::cmdline::boot_cmdline(&spec.cmdline, &spec.command, spec.virtio_devices())
+        let base = spec.kernel_params().map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        let cmdline = zone_vmm::boot::cmdline::boot_cmdline(&base, &spec.command, spec.virtio_devices())
             .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let launch_record = LaunchRecord {
             version: RECORD_VERSION,
@@ -604,6 +680,7 @@ impl Daemon {
             memory_mib: spec.memory_mib,
             devices: devices_of(spec, record.guest_cid),
             launched_unix_ms: now_unix_ms(),
+            rootfs: spec.image.as_ref().map(|i| i.rootfs.clone()),
         };
         if launch_record.encode().len() > attestation_proto::launch::MAX_RECORD_LEN {
             return Err(DaemonError::InvalidArgument(format!(
@@ -630,6 +707,9 @@ impl Daemon {
             })?),
         };
         let mut disks = Vec::new();
+        if rootfs_file.is_some() {
+            disks.push(zone_vmm::launch::LaunchDisk { name: ROOTFS_DISK.into(), read_only: true });
+        }
         if scratch.is_some() {
             disks.push(zone_vmm::launch::LaunchDisk { name: SCRATCH_DISK.into(), read_only: false });
         }
@@ -666,8 +746,8 @@ impl Daemon {
         if let Some(i) = &initrd {
             fds.push((vmm_launch::INITRD_FD, i.fd.as_fd()));
         }
-        if let Some(s) = &scratch {
-            fds.push((vmm_launch::FIRST_DISK_FD, s.as_fd()));
+        for (fd, disk) in (vmm_launch::FIRST_DISK_FD..).zip(rootfs_file.iter().chain(scratch.iter())) {
+            fds.push((fd, disk.as_fd()));
         }
         let cgroups = jail.cgroups.clone();
         let migrate = move |pid: u32| jail::cgroup::enter(&cgroups, pid).map_err(|e| e.to_string());

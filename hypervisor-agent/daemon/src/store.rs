@@ -65,12 +65,51 @@ pub struct Spec {
     /// Size of the zone's writable scratch disk (MiB; 0: none).
     #[serde(default)]
     pub scratch_mib: u64,
+    /// The image root the command runs in, if any.
+    #[serde(default)]
+    pub image: Option<ImageSpec>,
+}
+
+/// An image root: the verity-protected disk zonectl's store holds, and how
+/// the image's process runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    /// `rootfs.img` on the host.
+    pub path: PathBuf,
+    /// What is measured: image digest, file system, verity parameters.
+    pub rootfs: attestation_proto::launch::Rootfs,
+    /// The image's environment, directory and user.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// User.
+    pub user: String,
 }
 
 impl Spec {
-    /// The zone's virtio-mmio devices: the vsock, then the scratch disk if any.
+    /// The zone's virtio-mmio devices: the vsock, the image root's disk if
+    /// any, then the scratch disk if any.
     pub fn virtio_devices(&self) -> u32 {
-        1 + u32::from(self.scratch_mib > 0)
+        1 + u32::from(self.image.is_some()) + u32::from(self.scratch_mib > 0)
+    }
+
+    /// The kernel command line before the devices and the command: the
+    /// configured one, and for an image zone the verity root's table
+    /// (`dm-mod.create=`) and the image's process (`zone.root=` …).
+    pub fn kernel_params(&self) -> Result<String, attestation_proto::zone::CommandError> {
+        let Some(img) = &self.image else { return Ok(self.cmdline.clone()) };
+        let process = attestation_proto::zone::ImageProcess {
+            fstype: img.rootfs.format.clone(),
+            env: img.env.clone(),
+            workdir: img.workdir.clone(),
+            user: img.user.clone(),
+        };
+        Ok(format!(
+            "{} {} {}",
+            self.cmdline,
+            img.rootfs.verity.dm_create_param(),
+            attestation_proto::zone::encode_image_params(&process)?
+        ))
     }
 }
 
@@ -281,6 +320,7 @@ mod tests {
                 memory_mib: 64,
                 command: vec![],
                 scratch_mib: 0,
+                image: None,
             },
             failure: None,
             created_unix_ms: 1,

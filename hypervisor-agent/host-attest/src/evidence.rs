@@ -215,6 +215,7 @@ mod tests {
             memory_mib: 64,
             devices: vec![],
             launched_unix_ms: 1,
+            rootfs: None,
         };
         let bytes = r.encode();
         (Event::zone(15, TAG_ZONE_LAUNCH, id, &bytes), bytes)

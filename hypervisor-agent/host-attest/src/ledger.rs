@@ -895,6 +895,7 @@ mod tests {
             memory_mib: 64,
             devices: vec![],
             launched_unix_ms: 1,
+            rootfs: None,
         }
     }
 

@@ -88,6 +88,7 @@ fn record(i: usize) -> LaunchRecord {
         memory_mib: 64,
         devices: vec![format!("virtio-vsock:cid={}", i + 3)],
         launched_unix_ms: 0,
+        rootfs: None,
     }
 }
 

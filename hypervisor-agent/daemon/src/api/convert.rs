@@ -43,6 +43,7 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
             memory_mib: r.spec.memory_mib,
             command: r.spec.command.clone(),
             scratch_mib: r.spec.scratch_mib,
+            image: r.spec.image.as_ref().map(image_root),
         }),
         failure: r.failure.clone().unwrap_or_default(),
         created_unix_ms: r.created_unix_ms,
@@ -59,5 +60,41 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
             cmdline: l.cmdline.clone(),
             launch_record: l.encode(),
         }),
+    }
+}
+
+/// An API image root as the daemon's spec.
+pub fn image_spec(i: pb::ImageRoot) -> crate::store::ImageSpec {
+    crate::store::ImageSpec {
+        path: i.path.into(),
+        rootfs: attestation_proto::launch::Rootfs {
+            image: i.digest,
+            format: i.format,
+            verity: attestation_proto::launch::Verity {
+                data_blocks: i.data_blocks,
+                hash_start_block: i.hash_start_block,
+                root: i.verity_root,
+                salt: i.verity_salt,
+            },
+        },
+        env: i.env,
+        workdir: i.workdir,
+        user: i.user,
+    }
+}
+
+/// The daemon's image root as an API message.
+pub fn image_root(i: &crate::store::ImageSpec) -> pb::ImageRoot {
+    pb::ImageRoot {
+        path: i.path.display().to_string(),
+        digest: i.rootfs.image.clone(),
+        format: i.rootfs.format.clone(),
+        data_blocks: i.rootfs.verity.data_blocks,
+        hash_start_block: i.rootfs.verity.hash_start_block,
+        verity_root: i.rootfs.verity.root.clone(),
+        verity_salt: i.rootfs.verity.salt.clone(),
+        env: i.env.clone(),
+        workdir: i.workdir.clone(),
+        user: i.user.clone(),
     }
 }

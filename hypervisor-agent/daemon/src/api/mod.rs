@@ -48,6 +48,7 @@ impl ZoneControl for ControlService {
             memory_mib: (spec.memory_mib != 0).then_some(spec.memory_mib),
             command: spec.command,
             scratch_mib: (spec.scratch_mib != 0).then_some(spec.scratch_mib),
+            image: spec.image.map(convert::image_spec),
             caller,
         };
         let daemon = Arc::clone(&self.daemon);

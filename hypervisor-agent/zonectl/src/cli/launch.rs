@@ -1,4 +1,9 @@
-//! `zonectl launch NAME [--kernel K] [--initrd I] [--cmdline C] [--vcpus N] [--memory MiB] [--scratch-mib MiB] [-- CMD…]`
+//! `zonectl launch NAME [--kernel K] [--initrd I | --image REF] [--cmdline C] [--vcpus N] [--memory MiB] [--scratch-mib MiB] [-- CMD…]`
+//!
+//! With `--image`, the zone's command runs in the image's root (from the
+//! image store, verity-protected): the image's entrypoint followed by the
+//! arguments after `--`, or by the image's cmd when none are given, with the
+//! image's environment, working directory and user.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,8 +25,13 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Initramfs (default: the daemon's defaults.initrd).
-    #[arg(long, alias = "image")]
+    #[arg(long)]
     pub initrd: Option<PathBuf>,
+    /// Run the command in this image's root (a name or digest from `zonectl image ls`).
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub store: super::image::StoreArgs,
     /// Kernel command line (default: the daemon's defaults.cmdline).
     #[arg(long)]
     pub cmdline: Option<String>,
@@ -47,6 +57,40 @@ pub struct LaunchArgs {
     pub command: Vec<String>,
 }
 
+/// The image root `reference` names in the store, and the zone's command:
+/// the image's entrypoint, then `args` (or the image's cmd if there are none).
+pub fn image_root(
+    store: &super::image::StoreArgs,
+    reference: &str,
+    args: Vec<String>,
+) -> anyhow::Result<(attestation_proto::control::ImageRoot, Vec<String>)> {
+    let store = store.store();
+    let r = store.resolve(reference)?;
+    let p = &r.process;
+    let mut command = p.entrypoint.clone().unwrap_or_default();
+    if args.is_empty() {
+        command.extend(p.cmd.clone().unwrap_or_default());
+    } else {
+        command.extend(args);
+    }
+    if command.is_empty() {
+        anyhow::bail!("the image {reference} has no entrypoint or cmd; give the command after --");
+    }
+    let root = attestation_proto::control::ImageRoot {
+        path: store.rootfs(&r)?.display().to_string(),
+        digest: r.digest.clone(),
+        format: r.format.clone(),
+        data_blocks: r.verity.data_blocks,
+        hash_start_block: r.verity.hash_start_block,
+        verity_root: r.verity.root.clone(),
+        verity_salt: r.verity.salt.clone(),
+        env: p.env.clone().unwrap_or_default(),
+        workdir: p.working_dir.clone(),
+        user: p.user.clone(),
+    };
+    Ok((root, command))
+}
+
 fn absolute(p: Option<PathBuf>) -> anyhow::Result<String> {
     Ok(match p {
         Some(p) => std::path::absolute(&p)?.display().to_string(),
@@ -59,14 +103,22 @@ pub fn run(g: &GlobalArgs, args: LaunchArgs) -> anyhow::Result<i32> {
     block_on(async move {
         let mut client = connect(&g.socket()).await?;
         let started = Instant::now();
+        let (image, command) = match &args.image {
+            Some(reference) => {
+                let (root, command) = image_root(&args.store, reference, args.command)?;
+                (Some(root), command)
+            }
+            None => (None, args.command),
+        };
         let spec = ZoneSpec {
             kernel: absolute(args.kernel)?,
             initrd: absolute(args.initrd)?,
             cmdline: args.cmdline.unwrap_or_default(),
             vcpus: args.vcpus.unwrap_or(0),
             memory_mib: args.memory.unwrap_or(0),
-            command: args.command,
+            command,
             scratch_mib: args.scratch_mib.unwrap_or(0),
+            image,
         };
         if args.vcpus == Some(0) || args.memory == Some(0) || args.scratch_mib == Some(0) {
             anyhow::bail!("--vcpus, --memory and --scratch-mib must be at least 1");

@@ -4,7 +4,9 @@
 //! bytes, so the digest a policy expects can be computed before any zone runs.
 
 pub mod cpio;
+pub mod oci;
 pub mod recipe;
+pub mod verity;
 
 use std::collections::HashMap;
 use std::io::Write;
