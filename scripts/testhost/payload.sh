@@ -13,6 +13,7 @@
 #                                                     test-bin first in PATH)
 #   opt/zone/kernel/vmlinux                         zone kernel (scripts/kernel/build.sh, cached; symbols stripped)
 #   opt/zone/images/{base,shell,vsock-test}.cpio    zone images (scripts/images/build.sh)
+#   opt/zone/images/oci-test.tar                    an OCI image archive for the image tests (oci-fixture)
 #
 # and, beside it (`<payload>-spire`, only for the SPIRE tests: ~250 MB more
 # initramfs that the other test-host runs need not unpack):
@@ -27,7 +28,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 
-for b in zone-vmm zonectl zone-guest zone-bench vsock-probe zone-vmm-under-test; do
+for b in zone-vmm zonectl zone-guest zone-bench vsock-probe oci-fixture zone-vmm-under-test; do
   [ -x "$ZONE_BIN_DIR/$b" ] || die "no static $b in $ZONE_BIN_DIR: run scripts/build.sh first"
 done
 for b in hypervisor-agent hypervisor-agent-under-test; do
@@ -61,6 +62,7 @@ chmod 0644 "$tmp/opt/zone/kernel/vmlinux"
 for img in "$ZONE_CACHE_DIR"/images/*.cpio; do
   [ "$(basename "$img")" = spire-agent.cpio ] || cp "$img" "$tmp/opt/zone/images/"
 done
+"$ZONE_BIN_DIR/oci-fixture" /bin/busybox "$tmp/opt/zone/images/oci-test.tar" > /dev/null
 
 spire="$("$ZONE_ROOT/scripts/spire/install.sh")"
 stmp="$payload-spire.new"

@@ -6,8 +6,10 @@
 //! | [`bench`] | the `zone-bench` probe's parsing and statistics |
 //! | [`testhost`] | booting the QEMU test host and running scripts in it |
 //! | [`plugin`] | starting a SPIRE plugin binary as spire-server does |
+//! | [`oci`] | OCI image archives built from a description (the image tests, `oci-fixture`) |
 
 pub mod bench;
+pub mod oci;
 #[cfg(feature = "under-test")]
 pub mod plugin;
 pub mod testhost;
