@@ -242,6 +242,19 @@ impl Default for Image {
     }
 }
 
+/// `/app/big.bin` of [`testhost_image`]: 1 MiB of xorshift noise.
+pub fn big_bin() -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..1usize << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// The image the test host boots: busybox (from `busybox`), a user `app`,
 /// data files, and a second layer that whites out, makes a directory opaque,
 /// adds a hard link and a file; entrypoint `/bin/sh -c`, a cmd, env,
@@ -264,8 +277,9 @@ pub fn testhost_image(busybox: &[u8]) -> Image {
         Entry::Dir("proc/", 0o555),
         Entry::Dir("sys/", 0o555),
         Entry::Dir("dev/", 0o755),
-        // 1 MiB of pseudo-random bytes: a read that spans many verity blocks.
-        Entry::File("app/big.bin", 0o644, (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()),
+        // 1 MiB of incompressible bytes: stored as they are, so a test can
+        // find (and flip) them in the root disk.
+        Entry::File("app/big.bin", 0o644, big_bin()),
     ];
     for tool in ["sh", "cat", "echo", "id", "pwd", "env", "ls", "sha256sum", "dd", "head", "wc", "touch", "rm", "grep", "cut", "test", "sync"] {
         base.push(Entry::Symlink(Box::leak(format!("bin/{tool}").into_boxed_str()), "busybox"));
