@@ -128,6 +128,32 @@ pub struct Verity {
     pub salt: String,
 }
 
+impl Rootfs {
+    /// Checks the fields' shapes and that `cmdline` (the measured one) sets
+    /// exactly this verity root up: its `dm-mod.create=` parameter, before
+    /// the zone's command, is the one these parameters give. A record cannot
+    /// claim one root while the kernel checks another.
+    pub fn check_against(&self, cmdline: &str) -> Result<(), RecordError> {
+        if !self.image.strip_prefix("sha256:").is_some_and(is_hex_digest) {
+            return Err(RecordError::Field("rootfs.image is not sha256:<64 lower-case hex digits>".into()));
+        }
+        if self.format != "squashfs" {
+            return Err(RecordError::Field(format!("rootfs.format {:?} is not squashfs", self.format)));
+        }
+        self.verity.check()?;
+        let kernel_part = match cmdline.find(" -- ") {
+            Some(i) => &cmdline[..i],
+            None => cmdline,
+        };
+        let want = self.verity.dm_create_param();
+        let creates: Vec<&str> = kernel_part.match_indices("dm-mod.create=").map(|(i, _)| &kernel_part[i..]).collect();
+        if creates.len() != 1 || !creates[0].starts_with(&want) || !creates[0][want.len()..].chars().next().is_none_or(char::is_whitespace) {
+            return Err(RecordError::Field("rootfs does not match the dm-mod.create= parameter of cmdline".into()));
+        }
+        Ok(())
+    }
+}
+
 impl Verity {
     /// The device-mapper table with `dev` as data and hash device.
     pub fn table(&self, dev: &str) -> String {
@@ -304,7 +330,20 @@ impl LaunchRecord {
         if r.zone.is_empty() || r.host.is_empty() || r.launch_id.is_empty() {
             return Err(RecordError::Field("zone, host and launch_id must not be empty".into()));
         }
+        if let Some(fs) = &r.rootfs {
+            fs.check_against(&r.cmdline)?;
+        }
         Ok(r)
+    }
+
+    /// The image's manifest digest (hex, without `sha256:`), or `none`.
+    pub fn image_sha256(&self) -> &str {
+        self.rootfs.as_ref().map_or("none", |f| f.image.trim_start_matches("sha256:"))
+    }
+
+    /// The image root's verity root hash, or `none`.
+    pub fn rootfs_verity(&self) -> &str {
+        self.rootfs.as_ref().map_or("none", |f| f.verity.root.as_str())
     }
 
     /// The initrd digest, or `none`.
@@ -374,5 +413,48 @@ mod tests {
         let extra = String::from_utf8(sample().encode()).unwrap().replacen('{', "{\"x\":1,", 1);
         assert!(matches!(LaunchRecord::decode(extra.as_bytes()), Err(RecordError::Malformed(_))));
         assert!(matches!(LaunchRecord::decode(b"\xff\xfe"), Err(RecordError::Malformed(_))));
+    }
+
+    pub(crate) fn image_sample() -> LaunchRecord {
+        let verity = Verity { data_blocks: 300, hash_start_block: 300, root: "ab".repeat(32), salt: "cd".repeat(32) };
+        let cmdline = format!("console=ttyS0 {} zone.root=squashfs -- /bin/sh -c x", verity.dm_create_param());
+        let mut r = sample();
+        r.cmdline_sha256 = sha256_hex(cmdline.as_bytes());
+        r.cmdline = cmdline;
+        r.rootfs = Some(Rootfs { image: format!("sha256:{}", "ef".repeat(32)), format: "squashfs".into(), verity });
+        r
+    }
+
+    #[test]
+    fn an_image_root_must_be_the_one_the_command_line_sets_up() {
+        let r = image_sample();
+        assert_eq!(LaunchRecord::decode(&r.encode()).unwrap(), r);
+        assert!(!String::from_utf8(sample().encode()).unwrap().contains("rootfs"), "no image: the record is as before");
+        // The record claims another root than the kernel checks.
+        let mut other = r.clone();
+        other.rootfs.as_mut().unwrap().verity.root = "00".repeat(32);
+        assert!(matches!(LaunchRecord::decode(&other.encode()), Err(RecordError::Field(m)) if m.contains("dm-mod.create")));
+        // A second table smuggled in after the first.
+        let mut twice = r.clone();
+        twice.cmdline = twice.cmdline.replacen(" zone.root", " dm-mod.create=\"evil,,,ro,0 8 zero\" zone.root", 1);
+        twice.cmdline_sha256 = sha256_hex(twice.cmdline.as_bytes());
+        assert!(LaunchRecord::decode(&twice.encode()).is_err());
+        // Only in the command, not the kernel's part.
+        let mut cmd = r.clone();
+        let table = cmd.rootfs.as_ref().unwrap().verity.dm_create_param();
+        cmd.cmdline = format!("console=ttyS0 -- {table}");
+        cmd.cmdline_sha256 = sha256_hex(cmd.cmdline.as_bytes());
+        assert!(LaunchRecord::decode(&cmd.encode()).is_err());
+        // Bad shapes.
+        for f in [
+            |v: &mut Rootfs| v.image = "sha256:xyz".into(),
+            |v: &mut Rootfs| v.format = "ext4".into(),
+            |v: &mut Rootfs| v.verity.salt = "abc".into(),
+            |v: &mut Rootfs| v.verity.hash_start_block = 1,
+        ] {
+            let mut b = r.clone();
+            f(b.rootfs.as_mut().unwrap());
+            assert!(matches!(LaunchRecord::decode(&b.encode()), Err(RecordError::Field(_))));
+        }
     }
 }

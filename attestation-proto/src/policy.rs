@@ -9,10 +9,13 @@
 //! kernel_sha256 = ["<64 hex>"]
 //! initrd_sha256 = ["<64 hex>"]  # "none": a zone without initramfs
 //! cmdline_sha256 = ["<64 hex>"]
+//! image_sha256 = ["<64 hex>"]   # optional: the image's manifest digest ("none": no image)
+//! rootfs_verity = ["<64 hex>"]  # optional: its dm-verity root hash ("none": no image)
 //! ```
 //!
-//! A zone passes when one rule matches its name and all three digests. The
-//! digests are the ones `zonectl measure` prints and the launch record holds.
+//! A zone passes when one rule matches its name and all its digests (an
+//! absent `image_sha256` or `rootfs_verity` allows any). The digests are the
+//! ones `zonectl measure` prints and the launch record holds.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +57,21 @@ pub struct Rule {
     pub initrd_sha256: Vec<String>,
     /// Allowed command-line digests.
     pub cmdline_sha256: Vec<String>,
+    /// Allowed image manifest digests (`none`: no image); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_sha256: Vec<String>,
+    /// Allowed verity root hashes of the image root (`none`: no image); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rootfs_verity: Vec<String>,
+}
+
+impl Rule {
+    fn allows_image(&self, record: &LaunchRecord) -> bool {
+        self.image_sha256.is_empty() || self.image_sha256.iter().any(|d| d == record.image_sha256())
+    }
+    fn allows_verity(&self, record: &LaunchRecord) -> bool {
+        self.rootfs_verity.is_empty() || self.rootfs_verity.iter().any(|d| d == record.rootfs_verity())
+    }
 }
 
 /// A whole policy.
@@ -121,8 +139,10 @@ impl Policy {
             if r.initrd_sha256.is_empty() {
                 return Err(rule("initrd_sha256 must list at least one digest (or \"none\")".into()));
             }
-            if let Some(bad) = r.initrd_sha256.iter().find(|d| *d != "none" && !is_digest(d)) {
-                return Err(rule(format!("initrd_sha256 entry {bad:?} is neither 64 lower-case hex digits nor \"none\"")));
+            for (field, list) in [("initrd_sha256", &r.initrd_sha256), ("image_sha256", &r.image_sha256), ("rootfs_verity", &r.rootfs_verity)] {
+                if let Some(bad) = list.iter().find(|d| *d != "none" && !is_digest(d)) {
+                    return Err(rule(format!("{field} entry {bad:?} is neither 64 lower-case hex digits nor \"none\"")));
+                }
             }
         }
         Ok(p)
@@ -142,6 +162,8 @@ impl Policy {
                 kernel_sha256: vec![record.kernel.sha256.clone()],
                 initrd_sha256: vec![record.initrd_sha256().to_owned()],
                 cmdline_sha256: vec![record.cmdline_sha256.clone()],
+                image_sha256: record.rootfs.as_ref().map(|_| vec![record.image_sha256().to_owned()]).unwrap_or_default(),
+                rootfs_verity: record.rootfs.as_ref().map(|_| vec![record.rootfs_verity().to_owned()]).unwrap_or_default(),
             }],
         }
     }
@@ -157,6 +179,8 @@ impl Policy {
             r.kernel_sha256.contains(&record.kernel.sha256)
                 && r.initrd_sha256.iter().any(|d| d == initrd)
                 && r.cmdline_sha256.contains(&record.cmdline_sha256)
+                && r.allows_image(record)
+                && r.allows_verity(record)
         };
         if rules.iter().any(ok) {
             return Ok(());
@@ -166,6 +190,12 @@ impl Policy {
         }
         if !rules.iter().any(|r| r.initrd_sha256.iter().any(|d| d == initrd)) {
             return Err(format!("initrd sha256:{initrd} is not allowed for zone {:?}", record.zone));
+        }
+        if !rules.iter().any(|r| r.allows_image(record)) {
+            return Err(format!("image sha256:{} is not allowed for zone {:?}", record.image_sha256(), record.zone));
+        }
+        if !rules.iter().any(|r| r.allows_verity(record)) {
+            return Err(format!("image root verity {} is not allowed for zone {:?}", record.rootfs_verity(), record.zone));
         }
         if !rules.iter().any(|r| r.cmdline_sha256.contains(&record.cmdline_sha256)) {
             return Err(format!("cmdline sha256:{} is not allowed for zone {:?}", record.cmdline_sha256, record.zone));
@@ -221,6 +251,40 @@ mod tests {
         let mut c = r;
         c.cmdline_sha256 = sha256_hex(b"x");
         assert!(p.check(&c).unwrap_err().starts_with("cmdline sha256:"));
+    }
+
+    #[test]
+    fn images_and_verity_roots_are_named() {
+        let mut r = record("web-1");
+        r.rootfs = Some(crate::launch::Rootfs {
+            image: format!("sha256:{}", "ef".repeat(32)),
+            format: "squashfs".into(),
+            verity: crate::launch::Verity { data_blocks: 1, hash_start_block: 1, root: "ab".repeat(32), salt: String::new() },
+        });
+        let p = Policy::parse(&Policy::admitting(&r).to_toml()).unwrap();
+        assert_eq!(p.allow[0].image_sha256, vec!["ef".repeat(32)]);
+        assert_eq!(p.check(&r), Ok(()));
+        let mut other = r.clone();
+        other.rootfs.as_mut().unwrap().image = format!("sha256:{}", "01".repeat(32));
+        assert!(p.check(&other).unwrap_err().starts_with("image sha256:0101"));
+        let mut root = r.clone();
+        root.rootfs.as_mut().unwrap().verity.root = "02".repeat(32);
+        assert!(p.check(&root).unwrap_err().starts_with("image root verity 0202"));
+        let mut none = r.clone();
+        none.rootfs = None;
+        assert!(p.check(&none).unwrap_err().starts_with("image sha256:none"), "an image rule does not admit a zone without one");
+        // Without the fields, any image (the cmdline digest still binds it).
+        let mut open = p.clone();
+        open.allow[0].image_sha256.clear();
+        open.allow[0].rootfs_verity.clear();
+        assert_eq!(open.check(&other), Ok(()));
+        assert!(!open.to_toml().contains("image_sha256"));
+        let bad = "version = 1\n[[allow]]\nname = \"a\"\nkernel_sha256 = [\"".to_owned()
+            + &"a".repeat(64)
+            + "\"]\ninitrd_sha256 = [\"none\"]\ncmdline_sha256 = [\""
+            + &"a".repeat(64)
+            + "\"]\nimage_sha256 = [\"nope\"]\n";
+        assert!(Policy::parse(&bad).unwrap_err().to_string().contains("image_sha256"));
     }
 
     #[test]

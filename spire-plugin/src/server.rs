@@ -76,6 +76,10 @@ pub fn selectors(v: &Verified, ek: Option<&EkIdentity>) -> Vec<String> {
         format!("initrd:sha256:{}", r.initrd_sha256()),
         format!("cmdline:sha256:{}", r.cmdline_sha256),
     ];
+    if let Some(fs) = &r.rootfs {
+        s.push(format!("image:sha256:{}", r.image_sha256()));
+        s.push(format!("rootfs:verity:{}", fs.verity.root));
+    }
     if let Some(ek) = ek {
         s.push(format!("ek:sha256:{}", hex::encode(ek.sha256)));
         s.push(format!("ek-issuer:cn:{}", ek.issuer_cn));

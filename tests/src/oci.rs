@@ -281,7 +281,7 @@ pub fn testhost_image(busybox: &[u8]) -> Image {
         // find (and flip) them in the root disk.
         Entry::File("app/big.bin", 0o644, big_bin()),
     ];
-    for tool in ["sh", "cat", "echo", "id", "pwd", "env", "ls", "sha256sum", "dd", "head", "wc", "touch", "rm", "grep", "cut", "test", "sync"] {
+    for tool in ["sh", "cat", "echo", "id", "pwd", "env", "ls", "sha256sum", "dd", "head", "wc", "touch", "rm", "grep", "cut", "test", "sync", "sleep"] {
         base.push(Entry::Symlink(Box::leak(format!("bin/{tool}").into_boxed_str()), "busybox"));
     }
     let mut img = Image::new().layer(&base, Compression::Gzip).layer(

@@ -9,7 +9,7 @@
 //! launch record names the image and its verity root.
 
 use sha2::Digest;
-use zone_tests::testhost::{self, daemon_prelude as setup};
+use zone_tests::testhost::{self, BASE_IMAGE, KERNEL, daemon_prelude as setup};
 use zonectl::image::oci::layers::Limits;
 use zonectl::image::oci::store::Store;
 use zonectl::image::oci::{Quiet, import};
@@ -66,6 +66,23 @@ sed 's/^/probe: /' /tmp/probe.log
 for k in whiteout opaque upper link motd big overlay_write; do echo "probe_$k=$(grep "^$k=" /tmp/probe.log | head -n 1 | cut -d= -f2-)"; done
 echo "probe_exit=$(field probe exit_status)"
 
+# Attestation: a policy computed offline from the archive admits the running
+# image zone; one naming another image refuses it, saying so.
+ak=$(zonectl eventlog -o json | sed -n 's/.*"trust_entry": "\([^"]*\)".*/\1/p')
+zonectl launch svc --image zone-test:1 --wait-timeout 600 -- 'sleep 100000' > /dev/null 2>&1
+echo "svc_state=$(field svc state)"
+zonectl measure --kernel {KERNEL} --initrd {BASE_IMAGE} --image {ARCHIVE} --policy svc -- 'sleep 100000' > /tmp/svc.policy 2> /tmp/measure.err
+echo "measure_rc=$?"
+sed 's/^/measure: /' /tmp/svc.policy /tmp/measure.err
+echo "policy_names_image=$(grep -c '{hex}' /tmp/svc.policy)"
+echo "policy_names_root=$(grep -c '{root}' /tmp/svc.policy)"
+echo "suggest_names_image=$(zonectl policy suggest svc | grep -c '{hex}')"
+sed 's/{hex}/{zeros}/' /tmp/svc.policy > /tmp/other.policy
+nonce=$(busybox head -c 32 /dev/urandom | busybox xxd -p -c 64)
+zonectl evidence svc --nonce $nonce --out /tmp/svc.ev > /dev/null 2>&1
+echo "svc_verify=$(zonectl verify /tmp/svc.ev --nonce $nonce --policy /tmp/svc.policy --trust-ak "$ak" -o json 2>&1 | tr -d '\n ')"
+echo "other_verify=$(zonectl verify /tmp/svc.ev --nonce $nonce --policy /tmp/other.policy --trust-ak "$ak" -o json 2>&1 | tr -d '\n ')"
+
 # One byte of big.bin flipped on the disk: the read fails, dm-verity says why.
 img=/var/lib/za/images/images/{hex}/rootfs.img
 dd if=$img bs=1 skip={offset} count=1 2>/dev/null | od -An -tu1 > /tmp/byte
@@ -83,7 +100,9 @@ zonectl logs bad --console > /tmp/bad.console 2>&1
 grep -i verity /tmp/bad.console | head -n 3 | sed 's/^/bad console: /'
 echo "verity_error=$(grep -ci 'verity.*corrupted' /tmp/bad.console)"
 "#,
-        setup = setup()
+        setup = setup(),
+        root = rec.verity.root,
+        zeros = "0".repeat(64),
     ));
     let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
     assert_eq!(v("import_rc"), "0", "{}", run.output);
@@ -108,6 +127,18 @@ echo "verity_error=$(grep -ci 'verity.*corrupted' /tmp/bad.console)"
     assert_eq!(v("probe_big"), big_sha, "1 MiB read through virtio-blk and dm-verity intact");
     assert_eq!(v("probe_overlay_write"), "written");
     assert_eq!(v("probe_exit"), "0");
+    assert_eq!(v("svc_state"), "running", "{}", run.output);
+    assert_eq!(v("measure_rc"), "0", "{}", run.output);
+    assert_eq!(v("policy_names_image"), "1", "zonectl measure --image names the image:\n{}", run.output);
+    assert_eq!(v("policy_names_root"), "1", "and its verity root");
+    assert_eq!(v("suggest_names_image"), "1", "zonectl policy suggest names the image");
+    let j: serde_json::Value = serde_json::from_str(&v("svc_verify")).unwrap_or_else(|e| panic!("{e}: {}", run.output));
+    assert_eq!(j["verified"], true, "the offline policy admits the image zone: {j}\n{}", run.output);
+    assert_eq!(j["image_sha256"], hex, "the evidence carries the image");
+    assert_eq!(j["rootfs_verity"], rec.verity.root, "and its verity root");
+    let j: serde_json::Value = serde_json::from_str(&v("other_verify")).unwrap_or_else(|e| panic!("{e}: {}", run.output));
+    assert_eq!(j["check"], "policy", "{j}");
+    assert!(j.to_string().contains("image"), "the rejection names the image: {j}");
     assert!(v("flipped").contains("_from_"), "{}", run.output);
     assert_ne!(v("bad_read_rc"), "0", "the corrupted block cannot be read:\n{}", run.output);
     assert_eq!(v("bad_big_ok"), "0", "no intact digest of the corrupted file");

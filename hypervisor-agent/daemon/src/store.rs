@@ -104,12 +104,7 @@ impl Spec {
             workdir: img.workdir.clone(),
             user: img.user.clone(),
         };
-        Ok(format!(
-            "{} {} {}",
-            self.cmdline,
-            img.rootfs.verity.dm_create_param(),
-            attestation_proto::zone::encode_image_params(&process)?
-        ))
+        zone_vmm::boot::cmdline::with_image(&self.cmdline, &img.rootfs.verity, &process)
     }
 }
 

@@ -24,6 +24,17 @@ pub fn boot_cmdline(base: &str, command: &[String], virtio_devices: u32) -> Resu
     Ok(with_params(&with_command, &device_params(virtio_devices)))
 }
 
+/// The kernel parameters of an image zone before its devices and command:
+/// `base`, the verity root's `dm-mod.create=` and the image's process
+/// (`zone.root=` …, read by zone-guest).
+pub fn with_image(
+    base: &str,
+    verity: &attestation_proto::launch::Verity,
+    process: &attestation_proto::zone::ImageProcess,
+) -> Result<String, CommandError> {
+    Ok(format!("{base} {} {}", verity.dm_create_param(), attestation_proto::zone::encode_image_params(process)?))
+}
+
 /// The `virtio_mmio.device=` parameters of the first `count` windows.
 fn device_params(count: u32) -> Vec<String> {
     (0..count)

@@ -39,6 +39,11 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// These arguments with `reference`, for passing on together.
+    pub fn with_reference(self, reference: String) -> (Self, String) {
+        (self, reference)
+    }
+
     /// The store these arguments name.
     pub fn store(&self) -> image::oci::store::Store {
         image::oci::store::Store::new(self.store.clone().unwrap_or_else(image::oci::store::Store::default_root))

@@ -70,6 +70,8 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<i32> {
                     "kernel_sha256": v.record.kernel.sha256,
                     "initrd_sha256": v.record.initrd_sha256(),
                     "cmdline_sha256": v.record.cmdline_sha256,
+                    "image_sha256": v.record.image_sha256(),
+                    "rootfs_verity": v.record.rootfs_verity(),
                     "ak_sha256": v.ak_sha256,
                     "zone_pcr": v.zone_pcr,
                     "reset_count": v.reset_count,
@@ -83,6 +85,9 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<i32> {
                     println!("  kernel  sha256:{}", v.record.kernel.sha256);
                     println!("  initrd  sha256:{}", v.record.initrd_sha256());
                     println!("  cmdline sha256:{}", v.record.cmdline_sha256);
+                    if let Some(fs) = &v.record.rootfs {
+                        println!("  image   {} ({}, verity root {})", fs.image, fs.format, fs.verity.root);
+                    }
                     let from = v.checkpoint_seq.map_or_else(String::new, |s| format!(" after checkpoint {s}"));
                     println!("  AK sha256:{}, PCR {}, {} events{from}, batch of {}", v.ak_sha256, v.zone_pcr, v.events, v.batch_size);
                     println!("  {tpm}");
