@@ -14,6 +14,7 @@ packages=(
   swtpm swtpm-tools tpm2-tools libtss2-dev                  # TPM
   busybox-static protobuf-compiler openssl
   cryptsetup-bin umoci squashfs-tools                       # image roots: veritysetup, umoci and unsquashfs as reference peers
+  docker-registry skopeo                                    # a loopback registry for the image pull test
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -14,20 +14,9 @@ fn a_scratch_disk_keeps_what_its_zone_writes_and_only_that_zone_sees_it() {
 img=/var/lib/za/zones/writer/scratch.img
 # The writer: 64 random 4 KiB blocks at block 100, flushed, read back after
 # dropping the guest's caches; then a write past the end.
-zonectl launch writer --initrd {SHELL_IMAGE} --scratch-mib 8 --wait-timeout 600 -- /bin/busybox sh -c '
-b=/bin/busybox
-echo "serial=$(cat /sys/block/vda/serial)"
-echo "sectors=$(cat /sys/block/vda/size)"
-echo "ro=$(cat /sys/block/vda/ro)"
-$b dd if=/dev/urandom of=/pat bs=4096 count=64 2>/dev/null
-$b dd if=/pat of=/dev/vda bs=4096 seek=100 conv=fsync 2>/dev/null; echo "write_rc=$?"
-$b sync; echo 3 > /proc/sys/vm/drop_caches
-$b dd if=/dev/vda of=/back bs=4096 skip=100 count=64 2>/dev/null
-$b cmp -s /pat /back && echo same=1 || echo same=0
-echo "pat_sum=$($b sha256sum /pat | $b cut -c1-64)"
-$b dd if=/pat of=/dev/vda bs=4096 seek=2048 count=1 conv=fsync 2>/dev/null; echo "past_end_rc=$?"
-' > /tmp/writer.out 2>&1
+zonectl launch writer --initrd {SHELL_IMAGE} --scratch-mib 8 --wait-timeout 600 -- /bin/busybox sh -c 'b=/bin/busybox; echo serial=$(cat /sys/block/vda/serial); echo sectors=$(cat /sys/block/vda/size); echo ro=$(cat /sys/block/vda/ro); $b dd if=/dev/urandom of=/pat bs=4096 count=64 2>/dev/null; $b dd if=/pat of=/dev/vda bs=4096 seek=100 conv=fsync 2>/dev/null; echo write_rc=$?; $b sync; echo 3 > /proc/sys/vm/drop_caches; $b dd if=/dev/vda of=/back bs=4096 skip=100 count=64 2>/dev/null; $b cmp -s /pat /back && echo same=1 || echo same=0; echo pat_sum=$($b sha256sum /pat | $b cut -c1-64); $b dd if=/pat of=/dev/vda bs=4096 seek=2048 count=1 conv=fsync 2>/dev/null; echo past_end_rc=$?' > /tmp/writer.out 2>&1
 echo "writer_launch_rc=$?"
+sed 's/^/writer launch: /' /tmp/writer.out
 wait_state writer stopped
 echo "writer_state=$(field writer state)"
 zonectl logs writer > /tmp/writer.log
@@ -38,19 +27,17 @@ done
 echo "host_size=$(stat -c %s $img)"
 echo "host_sum=$(dd if=$img bs=4096 skip=100 count=64 2>/dev/null | sha256sum | cut -c1-64)"
 echo "devices_measured=$(zonectl inspect writer -o json | grep -c 'virtio-blk:scratch:rw:8MiB')"
-zonectl eventlog > /tmp/eventlog.out 2>&1
+zonectl eventlog -o json > /tmp/eventlog.out 2>&1
 echo "in_eventlog=$(grep -c 'virtio-blk:scratch:rw:8MiB' /tmp/eventlog.out)"
 
 # Another zone's scratch disk starts empty: the same blocks read as zeros.
-zonectl launch reader --initrd {SHELL_IMAGE} --scratch-mib 8 --wait-timeout 600 -- /bin/busybox sh -c '
-echo "reader_sum=$(/bin/busybox dd if=/dev/vda bs=4096 skip=100 count=64 2>/dev/null | /bin/busybox sha256sum | /bin/busybox cut -c1-64)"
-' > /dev/null 2>&1
+zonectl launch reader --initrd {SHELL_IMAGE} --scratch-mib 8 --wait-timeout 600 -- /bin/busybox sh -c 'echo reader_sum=$(/bin/busybox dd if=/dev/vda bs=4096 skip=100 count=64 2>/dev/null | /bin/busybox sha256sum | /bin/busybox cut -c1-64)' > /dev/null 2>&1
 wait_state reader stopped
 echo "reader_sum=$(zonectl logs reader | grep '^reader_sum=' | cut -d= -f2)"
 echo "zero_sum=$(head -c 262144 /dev/zero | sha256sum | cut -c1-64)"
 
 # Without --scratch-mib a zone has no disk.
-zonectl launch nodisk --initrd {SHELL_IMAGE} --wait-timeout 600 -- /bin/busybox sh -c 'echo "nodisk_blocks=$(/bin/busybox ls /sys/block | /bin/busybox grep -c vd)"' > /dev/null 2>&1
+zonectl launch nodisk --initrd {SHELL_IMAGE} --wait-timeout 600 -- /bin/busybox sh -c 'echo nodisk_blocks=$(/bin/busybox ls /sys/block | /bin/busybox grep -c vd)' > /dev/null 2>&1
 wait_state nodisk stopped
 echo "nodisk_blocks=$(zonectl logs nodisk | grep '^nodisk_blocks=' | cut -d= -f2)"
 

@@ -51,7 +51,8 @@ fn describe(e: &eventlog::Event) -> serde_json::Value {
     match e.zone_event() {
         Some(ZoneEvent::Launch { record, .. }) => match LaunchRecord::decode(record) {
             Ok(r) => json!({"kind": "launch", "zone": r.zone, "launch_id": r.launch_id, "kernel_sha256": r.kernel.sha256,
-                            "initrd_sha256": r.initrd_sha256(), "cmdline_sha256": r.cmdline_sha256}),
+                            "initrd_sha256": r.initrd_sha256(), "cmdline_sha256": r.cmdline_sha256,
+                            "image_sha256": r.image_sha256(), "devices": r.devices}),
             Err(err) => json!({"kind": "launch", "error": err.to_string()}),
         },
         Some(ZoneEvent::Stop { record, .. }) => match StopRecord::decode(record) {

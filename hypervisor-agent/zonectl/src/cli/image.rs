@@ -18,6 +18,8 @@ pub enum ImageCommand {
     Build(BuildArgs),
     /// Import an OCI image archive (skopeo `oci-archive:`, `docker save`) as a zone root.
     Import(ImportArgs),
+    /// Pull an image from an OCI registry and import it (loopback registries over HTTP).
+    Pull(PullArgs),
     /// List the images in the store.
     Ls(StoreArgs),
     /// Remove an image from the store.
@@ -58,6 +60,27 @@ pub struct ImportArgs {
     /// Name the image (default: the name the archive gives it, if any).
     #[arg(long)]
     pub name: Option<String>,
+    /// Refuse layers expanding to more than this many MiB of files in all.
+    #[arg(long, value_name = "MiB", default_value_t = 16384)]
+    pub max_size_mib: u64,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Arguments of `zonectl image pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image: registry/repository:tag or …@sha256:digest.
+    pub reference: String,
+    /// Name the image (default: the reference).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A registry (host[:port]) to speak plain HTTP to, besides loopback ones (repeatable).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub insecure_http: Vec<String>,
+    /// Give up on a registry that does not answer for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
     /// Refuse layers expanding to more than this many MiB of files in all.
     #[arg(long, value_name = "MiB", default_value_t = 16384)]
     pub max_size_mib: u64,
@@ -145,6 +168,36 @@ pub fn run(g: &super::GlobalArgs, cmd: ImageCommand) -> anyhow::Result<i32> {
             let mut progress = StderrProgress { started: std::time::Instant::now() };
             let (record, converted) = image::oci::import(&args.archive, args.name.as_deref(), &store, limits, &mut progress)
                 .with_context(|| format!("cannot import {}", args.archive.display()))?;
+            if !converted {
+                eprintln!("already in the store; not converted again");
+            }
+            print_record(g, &record, serde_json::json!({ "converted": converted, "rootfs": store.rootfs(&record)? }))?;
+            Ok(0)
+        }
+        ImageCommand::Pull(args) => {
+            let store = args.store.store();
+            let limits = image::oci::layers::Limits {
+                max_bytes: args.max_size_mib.saturating_mul(1 << 20),
+                ..image::oci::layers::Limits::default()
+            };
+            std::fs::create_dir_all(store.root()).with_context(|| format!("cannot create the image store {}", store.root().display()))?;
+            let download = tempfile::Builder::new().prefix("pull-").tempdir_in(store.root())?;
+            let mut progress = StderrProgress { started: std::time::Instant::now() };
+            let opts = image::oci::pull::PullOptions {
+                insecure_http: args.insecure_http.clone(),
+                timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+            };
+            let reference = args.reference.clone();
+            let dir = download.path().to_owned();
+            eprintln!("pulling {reference}");
+            super::client::block_on(async {
+                image::oci::pull::pull(&reference, &dir, &opts, &mut progress).await.map_err(anyhow::Error::from)
+            })
+            .with_context(|| format!("cannot pull {}", args.reference))?;
+            let archive = image::oci::archive::OciArchive::open_dir(download.path())?;
+            let name = args.name.clone().unwrap_or_else(|| args.reference.clone());
+            let (record, converted) = image::oci::import_from(archive, Some(&name), &store, limits, &mut progress)
+                .with_context(|| format!("cannot import {}", args.reference))?;
             if !converted {
                 eprintln!("already in the store; not converted again");
             }

@@ -55,6 +55,12 @@ pub fn json(z: &Zone) -> serde_json::Value {
             "initrd_sha256": m.initrd_sha256,
             "cmdline_sha256": m.cmdline_sha256,
             "cmdline": m.cmdline,
+            "devices": attestation_proto::launch::LaunchRecord::decode(&m.launch_record).ok().map(|r| r.devices),
+            "rootfs": attestation_proto::launch::LaunchRecord::decode(&m.launch_record).ok().and_then(|r| r.rootfs).map(|f| serde_json::json!({
+                "image": f.image,
+                "format": f.format,
+                "verity_root": f.verity.root,
+            })),
         })),
     })
 }

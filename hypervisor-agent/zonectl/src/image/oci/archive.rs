@@ -160,11 +160,19 @@ pub fn sha256_hex(digest: &str) -> Result<&str, OciError> {
     Ok(hex)
 }
 
-/// An indexed OCI archive.
+/// Where the blobs are.
+#[derive(Debug)]
+enum Blobs {
+    /// In one tar file: each blob's (offset, size).
+    Tar(File, HashMap<String, (u64, u64)>),
+    /// An OCI layout directory (`blobs/sha256/<hex>` files).
+    Dir(std::path::PathBuf),
+}
+
+/// An indexed OCI archive, or an OCI layout directory.
 #[derive(Debug)]
 pub struct OciArchive {
-    file: File,
-    blobs: HashMap<String, (u64, u64)>,
+    blobs: Blobs,
     index: Vec<u8>,
 }
 
@@ -205,21 +213,41 @@ impl OciArchive {
         if !layout {
             return Err(OciError::Malformed(format!("{} has no oci-layout file: it is not an OCI image layout archive", path.display())));
         }
-        Ok(Self { file, blobs, index })
+        Ok(Self { blobs: Blobs::Tar(file, blobs), index })
+    }
+
+    /// An OCI image layout directory (what a pull writes).
+    pub fn open_dir(dir: &Path) -> Result<Self, OciError> {
+        let index = std::fs::read(dir.join("index.json"))
+            .map_err(|e| OciError::Malformed(format!("{}/index.json: {e}", dir.display())))?;
+        if index.len() as u64 > MAX_JSON {
+            return Err(OciError::Malformed(format!("index.json is more than {MAX_JSON} bytes")));
+        }
+        Ok(Self { blobs: Blobs::Dir(dir.to_owned()), index })
     }
 
     /// A reader of the blob `desc` names: at most its size, checked against
     /// its digest when read to the end (see [`CheckedBlob::finish`]).
     pub fn blob(&self, desc: &Descriptor) -> Result<CheckedBlob<'_>, OciError> {
         let hex = sha256_hex(&desc.digest)?;
-        let &(offset, size) =
-            self.blobs.get(hex).ok_or_else(|| OciError::Malformed(format!("blob {} is missing from the archive", desc.digest)))?;
+        let missing = || OciError::Malformed(format!("blob {} is missing from the image", desc.digest));
+        let (inner, size): (Box<dyn Read + '_>, u64) = match &self.blobs {
+            Blobs::Tar(file, map) => {
+                let &(offset, size) = map.get(hex).ok_or_else(missing)?;
+                let mut f = file;
+                f.seek(SeekFrom::Start(offset)).map_err(|e| OciError::Io(e.to_string()))?;
+                (Box::new(f.take(size)), size)
+            }
+            Blobs::Dir(dir) => {
+                let f = File::open(dir.join("blobs/sha256").join(hex)).map_err(|_| missing())?;
+                let size = f.metadata().map_err(|e| OciError::Io(e.to_string()))?.len();
+                (Box::new(f.take(size)), size)
+            }
+        };
         if size != desc.size {
             return Err(OciError::Digest(format!("blob {} is {size} bytes, its descriptor says {}", desc.digest, desc.size)));
         }
-        let mut f = &self.file;
-        f.seek(SeekFrom::Start(offset)).map_err(|e| OciError::Io(e.to_string()))?;
-        Ok(CheckedBlob { inner: f.take(size), hasher: Sha256::new(), expect: hex.to_owned(), digest: desc.digest.clone() })
+        Ok(CheckedBlob { inner, hasher: Sha256::new(), expect: hex.to_owned(), digest: desc.digest.clone() })
     }
 
     /// A whole JSON blob, bounded.
@@ -292,7 +320,7 @@ impl OciArchive {
 
 /// A blob being read: bounded by its size, hashed as it goes.
 pub struct CheckedBlob<'a> {
-    inner: std::io::Take<&'a File>,
+    inner: Box<dyn Read + 'a>,
     hasher: Sha256,
     expect: String,
     digest: String,

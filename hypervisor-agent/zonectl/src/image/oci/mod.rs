@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod layers;
+pub mod pull;
 pub mod squashfs;
 pub mod store;
 
@@ -44,6 +45,9 @@ pub enum OciError {
     /// The store cannot be used.
     #[error("image store: {0}")]
     Store(String),
+    /// The registry refused, failed or timed out.
+    #[error("registry: {0}")]
+    Registry(String),
 }
 
 /// What an import reports as it goes.
@@ -74,8 +78,18 @@ pub fn import(
     limits: layers::Limits,
     progress: &mut dyn Progress,
 ) -> Result<(store::ImageRecord, bool), OciError> {
+    import_from(OciArchive::open(path)?, name, store, limits, progress)
+}
+
+/// [`import`] from an opened archive or layout directory.
+pub fn import_from(
+    archive: OciArchive,
+    name: Option<&str>,
+    store: &store::Store,
+    limits: layers::Limits,
+    progress: &mut dyn Progress,
+) -> Result<(store::ImageRecord, bool), OciError> {
     let started = Instant::now();
-    let archive = OciArchive::open(path)?;
     let (digest, manifest, config) = archive.image()?;
     let name = name.map(str::to_owned).or_else(|| archive.ref_name());
     if let Some(n) = &name {
