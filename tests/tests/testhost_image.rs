@@ -55,7 +55,7 @@ for k in uid pwd greeting; do echo "web_$k=$(grep "^$k=" /tmp/web.log | head -n 
 echo "web_cmd_ran=$(grep -c image-cmd-ran /tmp/web.log)"
 echo "web_data=$(grep -c image-data-v1 /tmp/web.log)"
 zonectl inspect web -o json > /tmp/web.json
-echo "record_has_image=$(grep -c '{hex}' /tmp/web.json)"
+echo "record_has_image=$(grep -c '"image": "sha256:{hex}"' /tmp/web.json)"
 echo "cmdline_has_verity=$(grep -c 'dm-mod.create' /tmp/web.json)"
 
 # Arguments after -- replace the cmd; the layers' work is visible; the overlay takes writes.
