@@ -38,6 +38,8 @@ pub enum Compression {
     None,
     /// gzip.
     Gzip,
+    /// gzip as several concatenated members (as umoci and pigz write it).
+    GzipMembers,
     /// zstd.
     Zstd,
 }
@@ -130,6 +132,13 @@ pub fn compress(bytes: &[u8], c: Compression) -> Vec<u8> {
             e.finish().unwrap()
         }
         Compression::Zstd => zstd::encode_all(bytes, 3).unwrap(),
+        Compression::GzipMembers => {
+            let mut out = Vec::new();
+            for chunk in bytes.chunks(bytes.len().div_ceil(3).max(1)) {
+                out.extend(compress(chunk, Compression::Gzip));
+            }
+            out
+        }
     }
 }
 
@@ -159,7 +168,7 @@ impl Image {
     pub fn layer(mut self, entries: &[Entry], c: Compression) -> Self {
         let media = match c {
             Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Gzip | Compression::GzipMembers => "application/vnd.oci.image.layer.v1.tar+gzip",
             Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
         };
         let tar = layer_tar(entries);

@@ -102,7 +102,9 @@ fn layered_image(second: Compression) -> Image {
             ],
             second,
         )
-        .layer(&[Entry::File("etc/c", 0o644, b"plain tar layer".to_vec()), Entry::Dir("opt/d/", 0o700)], Compression::None);
+        .layer(&[Entry::File("etc/c", 0o644, b"plain tar layer".to_vec()), Entry::Dir("opt/d/", 0o700)], Compression::None)
+        // A gzip layer of several members, as umoci writes them.
+        .layer(&[Entry::File("srv/a", 0o644, noise(200_000)), Entry::File("srv/b", 0o644, noise(150_000))], Compression::GzipMembers);
     img.ref_name = Some("t".into());
     img.process = serde_json::json!({"Cmd": ["/usr/bin/tool"], "Env": ["A=1"], "WorkingDir": "/opt", "User": "1000:100"});
     img
@@ -121,7 +123,7 @@ fn the_root_matches_umoci_and_veritysetup_accepts_its_tree() {
     assert_eq!(rec.names, vec!["t".to_owned()], "named by the archive's ref name");
     assert_eq!(rec.process.cmd.as_deref(), Some(&["/usr/bin/tool".to_owned()][..]));
     assert_eq!(rec.process.working_dir, "/opt");
-    assert_eq!(rec.layers, 3);
+    assert_eq!(rec.layers, 4);
 
     // Ours, read back by squashfs-tools.
     let rootfs = store.rootfs(&rec).unwrap();

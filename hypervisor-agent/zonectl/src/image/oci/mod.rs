@@ -113,7 +113,8 @@ pub fn import_from(
         {
             let stream: Box<dyn Read + '_> = match compression {
                 Compression::None => Box::new(&mut blob),
-                Compression::Gzip => Box::new(flate2::read::GzDecoder::new(&mut blob)),
+                // Every member: writers such as umoci's produce multi-member gzip streams.
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
                 Compression::Zstd => Box::new(
                     zstd::stream::read::Decoder::new(&mut blob)
                         .map_err(|e| OciError::Layer(format!("layer {}: zstd: {e}", layer.digest)))?,
