@@ -129,18 +129,24 @@ pub struct Verity {
 }
 
 impl Rootfs {
+    /// Checks the fields' shapes: a `sha256:` image digest, squashfs, and
+    /// verity parameters as [`Verity::check`] wants them.
+    pub fn check(&self) -> Result<(), RecordError> {
+        if !self.image.strip_prefix("sha256:").is_some_and(is_hex_digest) {
+            return Err(RecordError::Field("rootfs.image is not sha256:<64 lower-case hex digits>".into()));
+        }
+        if self.format != "squashfs" {
+            return Err(RecordError::Field(format!("rootfs.format {:?} is not squashfs (the only image root format)", self.format)));
+        }
+        self.verity.check()
+    }
+
     /// Checks the fields' shapes and that `cmdline` (the measured one) sets
     /// exactly this verity root up: its `dm-mod.create=` parameter, before
     /// the zone's command, is the one these parameters give. A record cannot
     /// claim one root while the kernel checks another.
     pub fn check_against(&self, cmdline: &str) -> Result<(), RecordError> {
-        if !self.image.strip_prefix("sha256:").is_some_and(is_hex_digest) {
-            return Err(RecordError::Field("rootfs.image is not sha256:<64 lower-case hex digits>".into()));
-        }
-        if self.format != "squashfs" {
-            return Err(RecordError::Field(format!("rootfs.format {:?} is not squashfs", self.format)));
-        }
-        self.verity.check()?;
+        self.check()?;
         let kernel_part = match cmdline.find(" -- ") {
             Some(i) => &cmdline[..i],
             None => cmdline,

@@ -10,7 +10,7 @@
 //! [`prepare`] does the mounts.
 
 use std::ffi::CString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use attestation_proto::zone::{ImageProcess, ROOT_DEVICE};
 
@@ -219,11 +219,6 @@ impl Entry {
         }
         Ok(())
     }
-}
-
-/// The root's path on the zone's side, for messages.
-pub fn root() -> PathBuf {
-    PathBuf::from(ROOT)
 }
 
 #[cfg(test)]

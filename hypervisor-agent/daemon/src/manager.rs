@@ -54,15 +54,7 @@ pub const ROOTFS_DISK: &str = "rootfs";
 /// Checks an image root request's fields before anything is opened.
 fn check_image(img: &crate::store::ImageSpec) -> Result<(), DaemonError> {
     let bad = |m: String| DaemonError::InvalidArgument(format!("image root: {m}"));
-    let r = &img.rootfs;
-    let hex = r.image.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(bad(format!("digest {:?} is not sha256:<64 hex digits>", r.image)));
-    }
-    if r.format != "squashfs" {
-        return Err(bad(format!("file system {:?} is not supported (squashfs)", r.format)));
-    }
-    r.verity.check().map_err(|e| bad(e.to_string()))?;
+    img.rootfs.check().map_err(|e| bad(format!("{e}; import the image again (zonectl image import)")))?;
     if !img.path.is_absolute() {
         return Err(bad(format!("path {} is not absolute", img.path.display())));
     }

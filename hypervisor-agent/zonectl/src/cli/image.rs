@@ -41,10 +41,6 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    /// These arguments with `reference`, for passing on together.
-    pub fn with_reference(self, reference: String) -> (Self, String) {
-        (self, reference)
-    }
 
     /// The store these arguments name.
     pub fn store(&self) -> image::oci::store::Store {

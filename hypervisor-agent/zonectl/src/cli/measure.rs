@@ -77,7 +77,7 @@ pub fn run(g: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<i32> {
                 &mut image::oci::Quiet,
             )?;
             _converted = Some(dir);
-            super::image::StoreArgs { store: Some(store.root().to_owned()) }.with_reference(rec.digest)
+            (super::image::StoreArgs { store: Some(store.root().to_owned()) }, rec.digest)
         } else {
             (super::image::StoreArgs { store: args.store.store.clone() }, reference.clone())
         };

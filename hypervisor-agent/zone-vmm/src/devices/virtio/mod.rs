@@ -158,6 +158,15 @@ pub trait VirtioDevice: Send + fmt::Debug {
     fn reset(&mut self);
 }
 
+/// Copies `config[offset..]` into `data` for a driver's configuration-space
+/// read; bytes past the end (or at an offset that overflows) read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
+        *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
+    }
+}
+
 /// The next available chain of `q`, checking the available index first: the
 /// crate's iterator would only log a corrupt one (an index running more than
 /// the queue's size ahead of the device), and the device must stop instead.

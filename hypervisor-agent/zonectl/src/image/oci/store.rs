@@ -238,12 +238,13 @@ impl Store {
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<ImageRecord> =
+            let mut matches: Vec<ImageRecord> =
                 self.list()?.into_iter().filter(|r| r.digest["sha256:".len()..].starts_with(hex)).collect();
-            match matches.len() {
-                1 => return Ok(matches.into_iter().next().unwrap_or_else(|| unreachable!())),
-                0 => {}
-                n => return Err(OciError::Store(format!("{reference} matches {n} images; give more of the digest"))),
+            if matches.len() > 1 {
+                return Err(OciError::Store(format!("{reference} matches {} images; give more of the digest", matches.len())));
+            }
+            if let Some(r) = matches.pop() {
+                return Ok(r);
             }
         }
         Err(OciError::Store(format!(

@@ -21,7 +21,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::disk::Disk;
 use super::request;
 use super::{QUEUE_SIZE, SEG_MAX, SIZE_MAX};
-use crate::devices::virtio::{ActivateError, INT_USED_RING, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, next_chain};
+use crate::devices::virtio::{
+    ActivateError, INT_USED_RING, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, next_chain, read_config_bytes,
+};
 
 /// Virtio device ID of a block device.
 pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -212,11 +214,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config();
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.config(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {

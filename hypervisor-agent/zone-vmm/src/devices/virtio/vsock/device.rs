@@ -21,7 +21,7 @@ use super::backend::{Backend, VsockError};
 use super::muxer::Muxer;
 use super::queues::{QUEUE_SIZES, Queues};
 use super::worker::{self, Control, WorkerEvents};
-use crate::devices::virtio::{ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::devices::virtio::{ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes};
 
 /// Virtio device ID of vsock.
 pub const DEVICE_TYPE: u32 = 19;
@@ -90,11 +90,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset).ok().and_then(|o| o.checked_add(i));
-            *b = at.and_then(|at| config.get(at)).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
