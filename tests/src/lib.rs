@@ -7,12 +7,15 @@
 //! | [`testhost`] | booting the QEMU test host and running scripts in it |
 //! | [`plugin`] | starting a SPIRE plugin binary as spire-server does |
 //! | [`oci`] | OCI image archives built from a description (the image tests, `oci-fixture`) |
+//! | [`token_service`] | a registry token service (Docker's token protocol) for the pull tests |
 
 pub mod bench;
 pub mod oci;
 #[cfg(feature = "under-test")]
 pub mod plugin;
 pub mod testhost;
+#[cfg(feature = "under-test")]
+pub mod token_service;
 
 /// A free loopback port whose successor is free too (swtpm's server and
 /// control ports), or None after 100 tries.

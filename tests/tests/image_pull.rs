@@ -3,10 +3,14 @@
 //! pulled image is the same manifest and the same verity root as importing
 //! the archive it was pushed from; a registry that accepts connections but
 //! never answers is given up on after `--timeout`, and a missing image is an
-//! error naming it; neither leaves anything in the store.
+//! error naming it; neither leaves anything in the store. A registry behind
+//! token authentication (`auth: token`, its token service run by the test)
+//! refuses an anonymous pull and wrong credentials, each an error that says
+//! what to do, and serves the pull with the right ones.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use zone_tests::oci::{Compression, Entry, Image};
@@ -29,13 +33,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_registry(dir: &std::path::Path) -> (Registry, u16) {
+/// Starts `docker-registry` with its data in `dir`, `extra` appended to its configuration.
+fn start_registry(dir: &std::path::Path, extra: &str) -> (Registry, u16) {
     let port = free_port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
             dir.join("registry-data").display()
         ),
     )
@@ -72,7 +77,7 @@ fn a_pushed_image_pulls_to_the_same_root_and_bad_registries_are_clear_errors() {
     let direct = Store::new(dir.path().join("direct"));
     let (want, _) = import(&archive, None, &direct, Limits::default(), &mut Quiet).unwrap();
 
-    let (_registry, port) = start_registry(dir.path());
+    let (_registry, port) = start_registry(dir.path(), "");
     let reference = format!("127.0.0.1:{port}/zone/test:1");
     let out = Command::new("skopeo")
         .args(["copy", "--dest-tls-verify=false"])
@@ -128,4 +133,74 @@ fn a_pushed_image_pulls_to_the_same_root_and_bad_registries_are_clear_errors() {
     let leftovers: Vec<_> = std::fs::read_dir(&stuck).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "no download left behind: {leftovers:?}");
     drop(holder);
+}
+
+/// `zonectl image pull` with the password on stdin (`None`: anonymous).
+fn pull_as(store: &std::path::Path, reference: &str, credentials: Option<(&str, &str)>) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(ZONECTL);
+    cmd.args(["-o", "json", "image", "pull", reference]).arg("--store").arg(store);
+    if let Some((user, _)) = credentials {
+        cmd.args(["--username", user, "--password-stdin"]);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some((_, password)) = credentials {
+        writeln!(stdin, "{password}").unwrap();
+    }
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_registry_behind_token_auth_serves_only_the_right_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = Image::new().layer(&[Entry::Dir("etc/", 0o755), Entry::File("etc/secret", 0o644, b"behind a token\n".to_vec())], Compression::Gzip);
+    let archive = dir.path().join("img.tar");
+    std::fs::write(&archive, img.archive()).unwrap();
+    let tokens = zone_tests::token_service::TokenService::start(dir.path(), "zone-ci", "s3cret-pass");
+    let auth = format!(
+        "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+        tokens.realm(),
+        zone_tests::token_service::SERVICE,
+        zone_tests::token_service::ISSUER,
+        tokens.cert.display()
+    );
+    let (_registry, port) = start_registry(dir.path(), &auth);
+    let reference = format!("127.0.0.1:{port}/zone/private:1");
+    let out = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--dest-creds", "zone-ci:s3cret-pass"])
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "skopeo push with a token: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(tokens.issued.load(Ordering::SeqCst) >= 1, "skopeo went through the token service");
+
+    // Anonymous: refused, and the error says how to give credentials.
+    let anon = dir.path().join("anon");
+    let out = pull_as(&anon, &reference, None);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an anonymous pull succeeded: {e}");
+    assert!(e.contains("refused anonymous access") && e.contains("--username") && e.contains("--password-stdin"), "{e}");
+    // Wrong password: refused as such.
+    let refused_before = tokens.refused.load(Ordering::SeqCst);
+    let wrong = dir.path().join("wrong");
+    let out = pull_as(&wrong, &reference, Some(("zone-ci", "not-the-password")));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a pull with a wrong password succeeded: {e}");
+    assert!(e.contains("refused these credentials"), "{e}");
+    assert!(tokens.refused.load(Ordering::SeqCst) > refused_before, "the token service saw the wrong password");
+    for store in [&anon, &wrong] {
+        assert!(Store::new(store.to_path_buf()).list().unwrap().is_empty(), "a refused pull stored nothing");
+    }
+
+    // The right credentials: a token, then the image.
+    let issued_before = tokens.issued.load(Ordering::SeqCst);
+    let good = dir.path().join("good");
+    let out = pull_as(&good, &reference, Some(("zone-ci", "s3cret-pass")));
+    assert!(out.status.success(), "pull with credentials: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(tokens.issued.load(Ordering::SeqCst) > issued_before, "zonectl fetched a token");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["digest"], img.manifest_digest());
 }

@@ -77,11 +77,26 @@ pub struct PullArgs {
     /// Give up on a registry that does not answer for this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub timeout: u64,
+    /// Authenticate as this user (to the registry, or to the token service it names).
+    #[arg(long, value_name = "NAME", requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the password (or an access token) for --username from stdin.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
     /// Refuse layers expanding to more than this many MiB of files in all.
     #[arg(long, value_name = "MiB", default_value_t = 16384)]
     pub max_size_mib: u64,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// The password for `--username`: stdin's first line.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    anyhow::ensure!(!password.is_empty(), "--password-stdin: stdin gave an empty password");
+    Ok(password)
 }
 
 /// Progress on stderr: one line per layer, then the writing step.
@@ -179,9 +194,14 @@ pub fn run(g: &super::GlobalArgs, cmd: ImageCommand) -> anyhow::Result<i32> {
             std::fs::create_dir_all(store.root()).with_context(|| format!("cannot create the image store {}", store.root().display()))?;
             let download = tempfile::Builder::new().prefix("pull-").tempdir_in(store.root())?;
             let mut progress = StderrProgress { started: std::time::Instant::now() };
+            let credentials = match &args.username {
+                Some(user) => Some((user.clone(), read_password()?)),
+                None => None,
+            };
             let opts = image::oci::pull::PullOptions {
                 insecure_http: args.insecure_http.clone(),
                 timeout: std::time::Duration::from_secs(args.timeout.max(1)),
+                credentials,
             };
             let reference = args.reference.clone();
             let dir = download.path().to_owned();

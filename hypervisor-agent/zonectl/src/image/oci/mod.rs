@@ -48,6 +48,9 @@ pub enum OciError {
     /// The registry refused, failed or timed out.
     #[error("registry: {0}")]
     Registry(String),
+    /// The registry (or its token realm) refused access.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
 }
 
 /// What an import reports as it goes.

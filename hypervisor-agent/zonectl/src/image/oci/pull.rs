@@ -2,15 +2,21 @@
 //! (`oci-client`), written as an OCI layout directory that [`super::import_from`]
 //! then converts like an archive. Loopback registries (`localhost`,
 //! `127.0.0.0/8`, `[::1]`) are spoken to over plain HTTP, others over HTTPS
-//! (`--insecure-http` names more); bearer-token authentication is done when
-//! the registry asks (anonymously). The manifest's digest is checked, and
-//! every blob is checked again against its digest by the import.
+//! (`--insecure-http` names more). Authentication is the registry's choice:
+//! none, HTTP basic, or a bearer token from the realm its challenge names
+//! (Docker's token protocol), fetched anonymously or with the caller's
+//! credentials before the first request, so that a refusal is reported as
+//! one. Credentials go only to the image's registry. The manifest's digest
+//! is checked, and every blob is checked again against its digest by the
+//! import.
 
 use std::path::Path;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +30,8 @@ pub struct PullOptions {
     pub insecure_http: Vec<String>,
     /// Connect and read timeout.
     pub timeout: Duration,
+    /// Username and password for the registry (or its token realm); none: anonymous.
+    pub credentials: Option<(String, String)>,
 }
 
 fn is_loopback(registry: &str) -> bool {
@@ -49,6 +57,21 @@ fn registry_error(what: &str) -> impl Fn(oci_client::errors::OciDistributionErro
     }
 }
 
+/// An access refusal as [`OciError::Unauthorized`], saying what to do; any other error back.
+fn refused(e: OciDistributionError, registry: &str, with_credentials: bool) -> Result<OciError, OciDistributionError> {
+    let detail = match &e {
+        OciDistributionError::AuthenticationFailure(body) => body.trim().chars().take(200).collect::<String>(),
+        OciDistributionError::UnauthorizedError { url } => format!("{url} answered 401 Unauthorized"),
+        _ => return Err(e),
+    };
+    let what = if with_credentials {
+        "refused these credentials: check --username and the password given on stdin"
+    } else {
+        "refused anonymous access: give credentials with --username NAME --password-stdin"
+    };
+    Ok(OciError::Unauthorized(format!("the registry {registry} {what} ({detail})")))
+}
+
 /// Pulls `reference` into the OCI layout directory `dir` (created empty by the caller).
 pub async fn pull(reference: &str, dir: &Path, opts: &PullOptions, progress: &mut dyn Progress) -> Result<(), OciError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -67,10 +90,18 @@ pub async fn pull(reference: &str, dir: &Path, opts: &PullOptions, progress: &mu
         ..ClientConfig::default()
     };
     let client = Client::new(config);
-    let auth = RegistryAuth::Anonymous;
+    let auth = match &opts.credentials {
+        Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    // Authenticate first: the client would otherwise drop a refused token
+    // request silently and report only the unauthorized manifest request.
+    if let Err(e) = client.auth(&r, &auth, RegistryOperation::Pull).await {
+        return Err(refused(e, &registry, opts.credentials.is_some()).unwrap_or_else(|e| registry_error(&format!("authentication with {registry}"))(e)));
+    }
     let accept = [media::OCI_MANIFEST, media::DOCKER_MANIFEST, media::OCI_INDEX, media::DOCKER_LIST];
-    let (mut bytes, mut digest) =
-        client.pull_manifest_raw(&r, &auth, &accept).await.map_err(registry_error(&format!("manifest of {reference}")))?;
+    let manifest_error = |e: OciDistributionError| refused(e, &registry, opts.credentials.is_some()).unwrap_or_else(|e| registry_error(&format!("manifest of {reference}"))(e));
+    let (mut bytes, mut digest) = client.pull_manifest_raw(&r, &auth, &accept).await.map_err(manifest_error)?;
     let mut image = r.clone();
     for _ in 0..2 {
         let got = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
@@ -92,8 +123,7 @@ pub async fn pull(reference: &str, dir: &Path, opts: &PullOptions, progress: &mu
             .ok_or_else(|| OciError::Platform(format!("{reference} has no linux/amd64 image")))?
             .to_owned();
         image = r.clone_with_digest(entry);
-        (bytes, digest) =
-            client.pull_manifest_raw(&image, &auth, &accept).await.map_err(registry_error(&format!("manifest of {reference}")))?;
+        (bytes, digest) = client.pull_manifest_raw(&image, &auth, &accept).await.map_err(manifest_error)?;
     }
     let manifest: Manifest =
         serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed(format!("manifest of {reference}: {e}")))?;
