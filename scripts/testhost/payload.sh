@@ -20,6 +20,8 @@
 #   opt/spire/bin/{spire-server,zone-attestor-server} SPIRE server (scripts/spire/install.sh,
 #                                                     dynamic: its libraries go with it) and our plugin
 #   opt/zone/images/spire-agent.cpio                 the SPIRE zone image
+#   opt/zone/images/spire-agent-oci.tar              the same files as an OCI image
+#                                                     (entrypoint /opt/spire/start.sh)
 #   opt/spire/ca/{ca.pem,ca.key}                     the SPIRE server's upstream CA (scripts/spire/ca.sh)
 #
 # The payload is rebuilt from those outputs every time (a copy; the expensive
@@ -27,6 +29,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
+# shellcheck source=scripts/lib/oci.sh
+source "$ZONE_ROOT/scripts/lib/oci.sh"
 
 for b in zone-vmm zonectl zone-guest zone-bench vsock-probe oci-fixture zone-vmm-under-test; do
   [ -x "$ZONE_BIN_DIR/$b" ] || die "no static $b in $ZONE_BIN_DIR: run scripts/build.sh first"
@@ -73,6 +77,12 @@ for lib in $(ldd "$spire/spire-server" | awk '$2 == "=>" && $3 ~ /^\// { print $
   cp -L "$lib" "$stmp/usr/lib/x86_64-linux-gnu/$(basename "$lib")"
 done
 cp "$ZONE_CACHE_DIR/images/spire-agent.cpio" "$stmp/opt/zone/images/"
+# The SPIRE zone as an OCI image: the initramfs's files as one layer.
+tree="$(mktemp -d)"
+(cd "$tree" && busybox cpio -i -d -m < "$ZONE_CACHE_DIR/images/spire-agent.cpio" 2> /dev/null)
+oci_archive "$tree" "$stmp/opt/zone/images/spire-agent-oci.tar" spire-agent:1 \
+  '{"Entrypoint":["/bin/sh","/opt/spire/start.sh"],"Env":["PATH=/bin:/sbin"]}' . > /dev/null
+rm -rf "$tree"
 # The SPIRE server's upstream CA (its root is the SPIRE zone image's bootstrap bundle).
 spire_ca="$("$ZONE_ROOT/scripts/spire/ca.sh")"
 mkdir -p "$stmp/opt/spire/ca"

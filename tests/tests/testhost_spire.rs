@@ -6,9 +6,12 @@
 //! the policy (another command line, another initramfs), another zone's (old) evidence, a malformed payload and an
 //! untrusted host AK are each denied, with the verifier's reason in
 //! spire-server's log; and the agent attests again, with fresh evidence,
-//! when its SVID rotates.
+//! when its SVID rotates. The SPIRE zone also runs as an OCI image (the same
+//! files, imported with `zonectl image import`): its agent attests with the
+//! `zone:image:sha256:` and `zone:rootfs:verity:` selectors and its workload
+//! gets the SVID of an entry keyed on them.
 
-use zone_tests::testhost::{self, KERNEL, daemon_prelude_with};
+use zone_tests::testhost::{self, BASE_IMAGE, KERNEL, daemon_prelude_with};
 
 /// SPIRE in nested, emulated virtualization is slow: more time and memory than the other test-host tests.
 const SETTINGS: &[(&str, &str)] = &[("TESTHOST_TIMEOUT", "2700"), ("TESTHOST_MEM_MB", "4096")];
@@ -54,8 +57,15 @@ C="console=ttyS0 reboot=k panic=-1 quiet"
 mkdir -p /tmp/spire/server
 ak=$(zonectl eventlog -o json | sed -n 's/.*"trust_entry": "\([^"]*\)".*/\1/p')
 
-# The policy, computed offline from the artifacts (the CI flow).
+# The policy, computed offline from the artifacts (the CI flow): the SPIRE
+# initramfs, and the same files as an OCI image (its entrypoint runs start.sh).
 zonectl measure --kernel {KERNEL} --initrd $I --cmdline "$C" --policy 'spire-*' -- /bin/sh /opt/spire/start.sh > /tmp/spire/policy.toml
+export ZONE_IMAGE_STORE=/var/lib/za/images
+zonectl image import /opt/zone/images/spire-agent-oci.tar > /tmp/spire/import.out 2>&1 || sed 's/^/import: /' /tmp/spire/import.out
+zonectl -o json measure --kernel {KERNEL} --initrd {BASE_IMAGE} --image spire-agent:1 --cmdline "$C" > /tmp/spire/image.json
+image_sha=$(sed -n 's/.*"image_sha256": "\([0-9a-f]*\)".*/\1/p' /tmp/spire/image.json)
+image_root=$(sed -n 's/.*"rootfs_verity": "\([0-9a-f]*\)".*/\1/p' /tmp/spire/image.json)
+zonectl measure --kernel {KERNEL} --initrd {BASE_IMAGE} --image spire-agent:1 --cmdline "$C" --policy img-spire | grep -v '^version' >> /tmp/spire/policy.toml
 printf 'trusted_hosts = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$ak" > /tmp/spire/zone.hcl
 sum=$(busybox sha256sum $S/zone-attestor-server | cut -d' ' -f1)
 cat > /tmp/spire/server.conf <<CONF
@@ -131,6 +141,20 @@ echo "selector_initrd=$(grep -c "zone:initrd:sha256:$initrd_sha" /tmp/spire/agen
 echo "selector_kernel=$(grep -c "zone:kernel:sha256:$(busybox sha256sum {KERNEL} | cut -d' ' -f1)" /tmp/spire/agent-show.txt)"
 echo "selector_host=$(grep -c 'zone:host:testhost' /tmp/spire/agent-show.txt)"
 echo "selector_cmdline=$(grep -c 'zone:cmdline:sha256:' /tmp/spire/agent-show.txt)"
+
+# An image zone: spire-agent and the workload run from the verity root of the
+# OCI image; its workload's entry is keyed on the image digest.
+sp entry create -node -spiffeID spiffe://example.org/zones/image-web -selector zone:image:sha256:$image_sha -selector zone:rootfs:verity:$image_root > /dev/null
+sp entry create -parentID spiffe://example.org/zones/image-web -spiffeID spiffe://example.org/workload/from-image -selector unix:uid:0 > /dev/null
+zonectl launch img-spire --image spire-agent:1 --memory 384 --cmdline "$C" --wait-timeout 900 > /tmp/launch-img.out 2>&1 || {{ cat /tmp/launch-img.out; zonectl logs img-spire --console | tail -n 40 | sed 's/^/  img-spire console: /'; }}
+wait_zone img-spire
+echo "image_svid=$(zonectl logs img-spire | grep -c WORKLOAD-SVID-OK)"
+echo "image_workload_id=$(zonectl logs img-spire | grep -o 'spiffe://example.org/workload/[a-z-]*' | head -n 1)"
+sp agent show -spiffeID spiffe://example.org/spire/agent/zone/testhost/img-spire > /tmp/spire/img-show.txt 2>&1
+echo "image_selector_image=$(grep -c "zone:image:sha256:$image_sha" /tmp/spire/img-show.txt)"
+echo "image_selector_root=$(grep -c "zone:rootfs:verity:$image_root" /tmp/spire/img-show.txt)"
+echo "image_sha_len=${{#image_sha}}"
+zonectl destroy img-spire > /dev/null 2>&1
 
 # 1. Outside the policy: the same image with another command line.
 launch spire-variant $I "" zone.variant=1
@@ -218,8 +242,13 @@ grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head 
         assert_eq!(n(&format!("{zone}_failed")), 1, "the {zone} zone was not refused:\n{}", run.output);
         assert!(n(&format!("{zone}_reason")) >= 1, "spire-server's log lacks the {reason} denial:\n{}", run.output);
     }
-    assert_eq!(n("agents_total"), 1, "only the verified zone is an agent:\n{}", run.output);
+    assert_eq!(n("agents_total"), 2, "only the verified zones (spire-good, img-spire) are agents:\n{}", run.output);
     assert!(n("good_attestations") >= 2, "the agent did not re-attest when its SVID rotated:\n{}", run.output);
+    assert_eq!(n("image_sha_len"), 64, "zonectl measure --image gave no image digest:\n{}", run.output);
+    assert_eq!(n("image_svid"), 1, "the image zone's workload got no SVID:\n{}", run.output);
+    assert_eq!(v("image_workload_id"), "spiffe://example.org/workload/from-image", "{}", run.output);
+    assert_eq!(n("image_selector_image"), 1, "{}", run.output);
+    assert_eq!(n("image_selector_root"), 1, "{}", run.output);
     let ek_id = v("ek_agent_id");
     let ek_hex = ek_id.trim_start_matches("spiffe://example.org/spire/agent/zone/ek-").trim_end_matches("/spire-ek");
     assert_eq!(ek_hex.len(), 64, "the zone did not attest by its host's EK: {ek_id:?}\n{}", run.output);
