@@ -63,7 +63,9 @@ fn one_run(command: &[String], marker: &str, kill_at_marker: bool) -> Result<(f6
         .args(&command[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // A command that fails before its guest prints (a VMM refusing its
+        // arguments) says why on stderr: let that reach the bench's output.
+        .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("cannot spawn {}: {e}", command[0]))?;
     let pid = child.id() as libc::pid_t;

@@ -15,7 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zone_vmm::devices::virtio::block::device::serve_queue;
-use zone_vmm::devices::virtio::block::{Disk, QUEUE_SIZE, SIZE_MAX};
+use zone_vmm::devices::virtio::block::guest_io::Segments;
+use zone_vmm::devices::virtio::block::{Disk, QUEUE_SIZE};
 use zone_vmm_fuzz::{MEM_SIZE, memory};
 
 const F_NEXT: u16 = 1;
@@ -98,7 +99,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     q.set_used_ring_address(Some((RING + 0x2000) as u32), Some(0));
     q.set_ready(true);
     assert!(q.is_valid(&mem));
-    let mut bounce = vec![0u8; SIZE_MAX as usize];
+    let mut segs = Segments::new();
     let mut ring = Ring { next_desc: 0, avail: 0, buffers: BUFFERS };
     let mut broken = false;
     for op in ops.into_iter().take(256) {
@@ -150,14 +151,14 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 mem.write_obj(idx, GuestAddress(RING + 0x1000 + 2)).unwrap();
             }
             Op::Process => {
-                if !broken && serve_queue(&mut q, &mem, &disk, &mut bounce).is_err() {
+                if !broken && serve_queue(&mut q, &mem, &disk, &mut segs).is_err() {
                     broken = true; // the device would now wait for a reset
                 }
             }
         }
     }
     if !broken {
-        let _ = serve_queue(&mut q, &mem, &disk, &mut bounce);
+        let _ = serve_queue(&mut q, &mem, &disk, &mut segs);
     }
     assert_eq!(check.metadata().unwrap().len(), DISK_LEN, "the disk file grew");
     if read_only {

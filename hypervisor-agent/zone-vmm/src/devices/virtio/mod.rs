@@ -6,6 +6,7 @@
 //! | [`mmio`] | the virtio-mmio register window (§4.2, version 2 "modern" layout) |
 //! | [`vsock`] | the virtio-vsock device (§5.10), host side a Unix socket (Firecracker's hybrid scheme) |
 //! | [`block`] | the virtio-blk device (§5.2), backed by a file descriptor |
+//! | [`device_worker`] | a device's worker thread seen from the vCPUs: start under its seccomp class, activate, reset, stop |
 //!
 //! A device implements [`VirtioDevice`]: what it is (type, queues, feature
 //! bits, configuration space) and what happens when the driver sets
@@ -16,6 +17,7 @@
 //! through an irqfd ([`Interrupt`]).
 
 pub mod block;
+pub mod device_worker;
 pub mod mmio;
 pub mod vsock;
 

@@ -9,26 +9,25 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::Disk;
+use super::guest_io::Segments;
 use super::request;
 use super::{QUEUE_SIZE, SEG_MAX, SIZE_MAX};
+use crate::devices::virtio::device_worker::{Control, DeviceWorker};
 use crate::devices::virtio::{
     ActivateError, INT_USED_RING, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, next_chain, read_config_bytes,
 };
 
 /// Virtio device ID of a block device.
 pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-/// How long a vCPU waits for the worker to acknowledge a reset.
-const RESET_TIMEOUT: Duration = Duration::from_secs(1);
 const STOP_TOKEN: u64 = 0;
 const CONTROL_TOKEN: u64 = 1;
 const QUEUE_TOKEN: u64 = 2;
@@ -43,16 +42,9 @@ pub struct BlockError {
     source: std::io::Error,
 }
 
-/// A message from the device (on a vCPU thread) to its worker.
-#[derive(Debug)]
-enum Control {
-    Activate(Active),
-    Reset(mpsc::SyncSender<()>),
-}
-
 /// The queue of a running device, with the memory it lives in.
 #[derive(Debug)]
-struct Active {
+pub struct Active {
     mem: GuestMemoryMmap,
     queue: Queue,
     interrupt: Arc<Interrupt>,
@@ -60,8 +52,8 @@ struct Active {
 
 impl Active {
     /// Serves every available request; a corrupt ring is an error.
-    fn process(&mut self, disk: &Disk, bounce: &mut [u8]) -> Result<(), virtio_queue::Error> {
-        if serve_queue(&mut self.queue, &self.mem, disk, bounce)? && self.queue.needs_notification(&self.mem)? {
+    fn process(&mut self, disk: &Disk, segs: &mut Segments) -> Result<(), virtio_queue::Error> {
+        if serve_queue(&mut self.queue, &self.mem, disk, segs)? && self.queue.needs_notification(&self.mem)? {
             if let Err(e) = self.interrupt.raise(INT_USED_RING) {
                 tracing::warn!("virtio-blk {}: cannot raise the interrupt: {e}", disk.name());
             }
@@ -78,16 +70,23 @@ pub fn serve_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     disk: &Disk,
-    bounce: &mut [u8],
+    segs: &mut Segments,
 ) -> Result<bool, virtio_queue::Error> {
     let mut used = false;
-    while let Some(chain) = next_chain(queue, mem)? {
-        let head = chain.head_index();
-        let len = request::serve(mem, chain, disk, bounce);
-        queue.add_used(mem, head, len)?;
-        used = true;
+    // The driver need not kick while the worker drains the ring; after
+    // re-enabling its kicks, a request it added in between is served too.
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = next_chain(queue, mem)? {
+            let head = chain.head_index();
+            let len = request::serve(mem, chain, disk, segs);
+            queue.add_used(mem, head, len)?;
+            used = true;
+        }
+        if !queue.enable_notification(mem)? {
+            return Ok(used);
+        }
     }
-    Ok(used)
 }
 
 /// A zone's disk.
@@ -97,10 +96,7 @@ pub struct Block {
     sectors: u64,
     read_only: bool,
     queue_events: Vec<EventFd>,
-    control: mpsc::Sender<Control>,
-    control_evt: EventFd,
-    stop_evt: EventFd,
-    thread: Option<JoinHandle<()>>,
+    worker: DeviceWorker<Active>,
 }
 
 impl Block {
@@ -126,22 +122,17 @@ impl Block {
             control_evt.try_clone().map_err(fail("eventfd dup"))?,
             queue_evt.try_clone().map_err(fail("eventfd dup"))?,
         ];
-        let (control, rx) = mpsc::channel();
         let (sectors, read_only) = (disk.sectors(), disk.read_only());
-        let thread = thread::Builder::new()
-            .name(format!("blk-{name}").chars().take(15).collect())
-            .spawn(move || match crate::jail::seccomp::apply(crate::jail::seccomp::ThreadClass::Block) {
-                Ok(()) => run(disk, epoll, events, rx),
-                // Never serve the guest unfiltered: the device stays dead.
-                Err(e) => tracing::error!("virtio-blk: {e}; the disk will not work"),
-            })
-            .map_err(fail("spawning the disk's thread"))?;
-        Ok(Self { name, sectors, read_only, queue_events: vec![queue_evt], control, control_evt, stop_evt, thread: Some(thread) })
-    }
-
-    fn send(&self, msg: Control) -> Result<(), ActivateError> {
-        self.control.send(msg).map_err(|_| ActivateError::WorkerGone)?;
-        self.control_evt.write(1).map_err(|_| ActivateError::WorkerGone)
+        let worker = DeviceWorker::spawn(
+            format!("virtio-blk {name}"),
+            &format!("blk-{name}"),
+            crate::jail::seccomp::ThreadClass::Block,
+            control_evt,
+            stop_evt,
+            move |rx| run(disk, epoll, events, rx),
+        )
+        .map_err(fail("spawning the disk's thread"))?;
+        Ok(Self { name, sectors, read_only, queue_events: vec![queue_evt], worker })
     }
 
     /// The configuration space (§5.2.4) up to `seg_max`.
@@ -155,9 +146,9 @@ impl Block {
 }
 
 /// The worker: waits for queue notifications and serves requests until stopped.
-fn run(disk: Disk, epoll: Epoll, events: [EventFd; 3], control: mpsc::Receiver<Control>) {
+fn run(disk: Disk, epoll: Epoll, events: [EventFd; 3], control: mpsc::Receiver<Control<Active>>) {
     let [_stop, control_evt, queue_evt] = events;
-    let mut bounce = vec![0u8; SIZE_MAX as usize];
+    let mut segs = Segments::new();
     let mut active: Option<Active> = None;
     let mut ready = [EpollEvent::default(); 4];
     loop {
@@ -190,7 +181,7 @@ fn run(disk: Disk, epoll: Epoll, events: [EventFd; 3], control: mpsc::Receiver<C
             }
         }
         if let Some(a) = active.as_mut() {
-            if let Err(e) = a.process(&disk, &mut bounce) {
+            if let Err(e) = a.process(&disk, &mut segs) {
                 tracing::warn!("virtio-blk {}: the driver corrupted the queue ({e}); the device needs a reset", disk.name());
                 a.interrupt.fail_device();
                 active = None;
@@ -210,7 +201,11 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let mode = if self.read_only { VIRTIO_BLK_F_RO } else { VIRTIO_BLK_F_FLUSH };
-        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_SIZE_MAX) | (1 << mode)
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_SIZE_MAX)
+            | (1 << mode)
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -230,26 +225,15 @@ impl VirtioDevice for Block {
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
-        _acked_features: u64,
+        acked_features: u64,
     ) -> Result<(), ActivateError> {
-        let queue = queues.into_iter().next().filter(|q| q.ready()).ok_or(ActivateError::QueueNotReady(0))?;
-        self.send(Control::Activate(Active { mem, queue, interrupt }))
+        let mut queue = queues.into_iter().next().filter(|q| q.ready()).ok_or(ActivateError::QueueNotReady(0))?;
+        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        self.worker.activate(Active { mem, queue, interrupt })
     }
 
     fn reset(&mut self) {
-        let (ack, done) = mpsc::sync_channel(1);
-        if self.send(Control::Reset(ack)).is_ok() && done.recv_timeout(RESET_TIMEOUT).is_err() {
-            tracing::warn!(disk = %self.name, "virtio-blk: the worker did not acknowledge a device reset");
-        }
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        let _ = self.stop_evt.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.worker.reset();
     }
 }
 
@@ -313,7 +297,7 @@ mod tests {
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x4_0000)).unwrap(), request::status::OK);
         let t = std::time::Instant::now();
         b.reset();
-        assert!(t.elapsed() < RESET_TIMEOUT);
+        assert!(t.elapsed() < crate::devices::virtio::device_worker::RESET_TIMEOUT);
         // Not ready: refused.
         assert!(matches!(b.activate(mem, vec![Queue::new(16).unwrap()], interrupt, 0), Err(ActivateError::QueueNotReady(0))));
     }

@@ -5,9 +5,12 @@
 //! |---|---|
 //! | [`disk`] | the backing file: size in sectors, read-only or writable, positioned I/O |
 //! | [`request`] | one request: its descriptor chain checked and parsed, then served |
+//! | [`guest_io`] | a request's data buffers in guest memory as `iovec`s for one `preadv`/`pwritev` |
 //! | [`device`] | the virtio device: type 2, one queue, config space, the disk's worker thread |
 //!
-//! Features offered: `VIRTIO_F_VERSION_1`, `VIRTIO_BLK_F_SEG_MAX` and
+//! Features offered: `VIRTIO_F_VERSION_1`, `VIRTIO_RING_F_EVENT_IDX` (the
+//! driver kicks and the device interrupts only when the other side asked to
+//! be told), `VIRTIO_BLK_F_SEG_MAX` and
 //! `VIRTIO_BLK_F_SIZE_MAX` (so a request is at most [`SEG_MAX`] segments of
 //! [`SIZE_MAX`] bytes), and either `VIRTIO_BLK_F_RO` (a read-only disk: every
 //! write is refused with `VIRTIO_BLK_S_IOERR`, so the file never changes)
@@ -18,11 +21,13 @@
 //! without bound: a malformed chain (no status byte, a header that is not
 //! 16 readable bytes, data in the wrong direction, a length that is not whole
 //! sectors or reaches past the disk) is answered `VIRTIO_BLK_S_IOERR` where
-//! there is a status byte to write; data moves through one bounce buffer of
-//! [`SIZE_MAX`] bytes per disk.
+//! there is a status byte to write; data moves straight between the file and
+//! guest memory, through a list of at most [`guest_io::MAX_PIECES`] buffers
+//! allocated once per disk.
 
 pub mod device;
 pub mod disk;
+pub mod guest_io;
 pub mod request;
 
 pub use device::{Block, DEVICE_TYPE};
@@ -34,7 +39,7 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const QUEUE_SIZE: u16 = 256;
 /// Most data segments in one request (the queue size minus header and status).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
-/// Largest data segment (and the bounce buffer's size).
+/// Largest data segment.
 pub const SIZE_MAX: u32 = 128 * 1024;
 /// Length of the `GET_ID` answer (`VIRTIO_BLK_ID_BYTES`).
 pub const ID_BYTES: usize = 20;

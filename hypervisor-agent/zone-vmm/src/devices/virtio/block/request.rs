@@ -5,8 +5,9 @@
 //!
 //! [`serve`] checks the chain, does the I/O against the [`Disk`] and writes
 //! the status; it returns the used length for the ring (bytes written into
-//! guest memory, status included). Data moves through the caller's bounce
-//! buffer, so a request allocates nothing.
+//! guest memory, status included). Data moves between the file and guest
+//! memory in one `preadv`/`pwritev` ([`Segments`]), and a request allocates
+//! nothing.
 
 use std::io::{Read, Write};
 
@@ -14,6 +15,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::disk::Disk;
+use super::guest_io::{GatherError, Segments};
 use super::{SEG_MAX, SIZE_MAX};
 
 /// Request types (§5.2.6).
@@ -72,6 +74,9 @@ pub enum Refused {
     /// A write to a read-only disk.
     #[error("the disk is read-only")]
     ReadOnly,
+    /// The data's buffers cannot be handed to the host kernel.
+    #[error("data buffers: {0}")]
+    Buffers(#[from] GatherError),
     /// The host's I/O failed.
     #[error("host I/O: {0}")]
     Io(String),
@@ -81,7 +86,7 @@ pub enum Refused {
 }
 
 /// Serves the request in `chain`; returns the used length.
-pub fn serve(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, disk: &Disk, bounce: &mut [u8]) -> u32 {
+pub fn serve(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, disk: &Disk, segs: &mut Segments) -> u32 {
     let Ok(mut data_out) = Writer::<()>::new(mem, chain.clone()) else {
         tracing::debug!("virtio-blk: {}", Refused::Memory("writable part".into()));
         return 0;
@@ -92,28 +97,37 @@ pub fn serve(mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>, di
         return 0;
     }
     let Ok(mut status_out) = data_out.split_at(writable - 1) else { return 0 };
-    let result = match Reader::<()>::new(mem, chain) {
-        Ok(reader) => execute(reader, &mut data_out, disk, bounce),
+    let result = match Reader::<()>::new(mem, chain.clone()) {
+        Ok(reader) => execute(mem, &chain, reader, &mut data_out, disk, segs),
         Err(e) => Err(Refused::Memory(e.to_string())),
     };
-    let status = match result {
-        Ok(()) => status::OK,
+    segs.clear();
+    let (status, written) = match result {
+        Ok(written) => (status::OK, written),
         Err(Refused::Unsupported(t)) => {
             tracing::debug!("virtio-blk {}: request type {t} is not supported", disk.name());
-            status::UNSUPP
+            (status::UNSUPP, 0)
         }
         Err(e) => {
             tracing::debug!("virtio-blk {}: {e}", disk.name());
-            status::IOERR
+            (status::IOERR, 0)
         }
     };
     if status_out.write_all(&[status]).is_err() {
         return 0;
     }
-    u32::try_from(data_out.bytes_written() + 1).unwrap_or(u32::MAX)
+    u32::try_from(written + 1).unwrap_or(u32::MAX)
 }
 
-fn execute(mut reader: Reader<'_>, data_out: &mut Writer<'_>, disk: &Disk, bounce: &mut [u8]) -> Result<(), Refused> {
+/// Does the request; returns how many bytes of data it wrote into guest memory.
+fn execute(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<&GuestMemoryMmap>,
+    mut reader: Reader<'_>,
+    data_out: &mut Writer<'_>,
+    disk: &Disk,
+    segs: &mut Segments,
+) -> Result<usize, Refused> {
     if reader.available_bytes() < HEADER_LEN {
         return Err(Refused::Header(reader.available_bytes()));
     }
@@ -132,15 +146,10 @@ fn execute(mut reader: Reader<'_>, data_out: &mut Writer<'_>, disk: &Disk, bounc
                 return Err(Refused::Direction(kind, data_in));
             }
             let offset = check_range(disk, sector, data_out_len)?;
-            let mut done = 0usize;
-            while done < data_out_len {
-                let n = (data_out_len - done).min(bounce.len());
-                let buf = &mut bounce[..n];
-                disk.read_at(buf, offset + done as u64).map_err(io)?;
-                data_out.write_all(buf).map_err(io)?;
-                done += n;
-            }
-            Ok(())
+            // The writable descriptors, without the status byte after the data.
+            let iov = segs.gather(mem, chain.clone().writable(), 0, data_out_len)?;
+            disk.read_vectored_at(iov, offset).map_err(io)?;
+            Ok(data_out_len)
         }
         kind::OUT => {
             if data_out_len != 0 {
@@ -150,21 +159,17 @@ fn execute(mut reader: Reader<'_>, data_out: &mut Writer<'_>, disk: &Disk, bounc
                 return Err(Refused::ReadOnly);
             }
             let offset = check_range(disk, sector, data_in)?;
-            let mut done = 0usize;
-            while done < data_in {
-                let n = (data_in - done).min(bounce.len());
-                let buf = &mut bounce[..n];
-                reader.read_exact(buf).map_err(io)?;
-                disk.write_at(buf, offset + done as u64).map_err(io)?;
-                done += n;
-            }
-            Ok(())
+            // The readable descriptors after the header.
+            let iov = segs.gather(mem, chain.clone().readable(), HEADER_LEN, data_in)?;
+            disk.write_vectored_at(iov, offset).map_err(io)?;
+            Ok(0)
         }
-        kind::FLUSH => disk.flush().map_err(io),
+        kind::FLUSH => disk.flush().map_err(io).map(|()| 0),
         kind::GET_ID => {
             let id = disk.id();
             let n = data_out_len.min(id.len());
-            data_out.write_all(&id[..n]).map_err(io)
+            data_out.write_all(&id[..n]).map_err(io)?;
+            Ok(n)
         }
         other => Err(Refused::Unsupported(other)),
     }
@@ -199,7 +204,7 @@ mod tests {
     struct Rig {
         mem: GuestMemoryMmap,
         disk: Disk,
-        bounce: Vec<u8>,
+        segs: Segments,
     }
 
     impl Rig {
@@ -211,7 +216,7 @@ mod tests {
                 std::os::unix::fs::FileExt::write_all_at(&f, &[i as u8; 512], i * 512).unwrap();
             }
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-            Self { mem, disk: Disk::new("scratch", f, read_only).unwrap(), bounce: vec![0; 4096] }
+            Self { mem, disk: Disk::new("scratch", f, read_only).unwrap(), segs: Segments::new() }
         }
 
         fn header(&self, kind: u32, sector: u64) {
@@ -237,7 +242,7 @@ mod tests {
             q.build_desc_chain(&table).unwrap();
             let mut queue: Queue = q.create_queue().unwrap();
             let chain = queue.iter(&self.mem).unwrap().next().unwrap();
-            let used = serve(&self.mem, chain, &self.disk, &mut self.bounce);
+            let used = serve(&self.mem, chain, &self.disk, &mut self.segs);
             (used, self.mem.read_obj(GuestAddress(STATUS)).unwrap())
         }
     }
@@ -251,7 +256,7 @@ mod tests {
         r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
         assert!(got[..512].iter().all(|&b| b == 3) && got[512..].iter().all(|&b| b == 4));
 
-        // A write bigger than the bounce buffer, split over two segments.
+        // A write split over two segments.
         r.mem.write_slice(&[0xab; 8192], GuestAddress(DATA)).unwrap();
         r.header(kind::OUT, 10);
         assert_eq!(r.serve(&[(HDR, 16, 0), (DATA, 4096, 0), (DATA + 4096, 4096, 0), (STATUS, 1, F_WRITE)]), (1, status::OK));

@@ -9,9 +9,6 @@
 //! the device stops the thread and removes `U`.
 
 use std::sync::Arc;
-use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -20,23 +17,19 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{Backend, VsockError};
 use super::muxer::Muxer;
 use super::queues::{QUEUE_SIZES, Queues};
-use super::worker::{self, Control, WorkerEvents};
+use super::worker::{self, WorkerEvents};
+use crate::devices::virtio::device_worker::DeviceWorker;
 use crate::devices::virtio::{ActivateError, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes};
 
 /// Virtio device ID of vsock.
 pub const DEVICE_TYPE: u32 = 19;
-/// How long a vCPU waits for the worker to acknowledge a reset.
-const RESET_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A zone's vsock device.
 #[derive(Debug)]
 pub struct Vsock {
     guest_cid: u64,
     queue_events: Vec<EventFd>,
-    control: mpsc::Sender<Control>,
-    control_evt: EventFd,
-    stop_evt: EventFd,
-    thread: Option<JoinHandle<()>>,
+    worker: DeviceWorker<Queues>,
 }
 
 impl Vsock {
@@ -57,22 +50,17 @@ impl Vsock {
                 .collect::<Result<_, _>>()
                 .map_err(host("eventfd dup"))?,
         };
-        let (control, rx) = mpsc::channel();
         let muxer = Muxer::new(u64::from(guest_cid), backend);
-        let thread = thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || match crate::jail::seccomp::apply(crate::jail::seccomp::ThreadClass::Vsock) {
-                Ok(()) => worker::run(muxer, events, rx),
-                // Never serve the guest unfiltered: the device stays dead.
-                Err(e) => tracing::error!("vsock: {e}; the vsock device will not work"),
-            })
-            .map_err(host("spawning the vsock thread"))?;
-        Ok(Self { guest_cid: u64::from(guest_cid), queue_events, control, control_evt, stop_evt, thread: Some(thread) })
-    }
-
-    fn send(&self, msg: Control) -> Result<(), ActivateError> {
-        self.control.send(msg).map_err(|_| ActivateError::WorkerGone)?;
-        self.control_evt.write(1).map_err(|_| ActivateError::WorkerGone)
+        let worker = DeviceWorker::spawn(
+            "vsock".into(),
+            "vsock",
+            crate::jail::seccomp::ThreadClass::Vsock,
+            control_evt,
+            stop_evt,
+            move |rx| worker::run(muxer, events, rx),
+        )
+        .map_err(host("spawning the vsock thread"))?;
+        Ok(Self { guest_cid: u64::from(guest_cid), queue_events, worker })
     }
 }
 
@@ -108,23 +96,11 @@ impl VirtioDevice for Vsock {
         interrupt: Arc<Interrupt>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
-        self.send(Control::Activate(Queues::new(mem, queues, interrupt)?))
+        self.worker.activate(Queues::new(mem, queues, interrupt)?)
     }
 
     fn reset(&mut self) {
-        let (ack, done) = mpsc::sync_channel(1);
-        if self.send(Control::Reset(ack)).is_ok() && done.recv_timeout(RESET_TIMEOUT).is_err() {
-            tracing::warn!("vsock: the worker did not acknowledge a device reset");
-        }
-    }
-}
-
-impl Drop for Vsock {
-    fn drop(&mut self) {
-        let _ = self.stop_evt.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.worker.reset();
     }
 }
 
@@ -178,7 +154,7 @@ mod tests {
         v.activate(mem.clone(), ready(), interrupt(), 1 << VIRTIO_F_VERSION_1).unwrap();
         let t = std::time::Instant::now();
         v.reset();
-        assert!(t.elapsed() < RESET_TIMEOUT, "the worker acknowledged the reset");
+        assert!(t.elapsed() < crate::devices::virtio::device_worker::RESET_TIMEOUT, "the worker acknowledged the reset");
         v.activate(mem.clone(), ready(), interrupt(), 1 << VIRTIO_F_VERSION_1).unwrap();
         drop(v);
         assert!(!path.exists(), "U is removed with the device");

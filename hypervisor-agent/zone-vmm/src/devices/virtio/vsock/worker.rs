@@ -25,14 +25,9 @@ const CONTROL_TOKEN: u64 = 1;
 /// epoll token of queue 0's notification event; queues 1 and 2 follow.
 const QUEUE_TOKEN_BASE: u64 = 2;
 
-/// A message from the device (on a vCPU thread) to its worker.
-#[derive(Debug)]
-pub enum Control {
-    /// The driver set `DRIVER_OK`: start serving these queues.
-    Activate(Queues),
-    /// The driver reset the device: drop the queues and every connection, then acknowledge.
-    Reset(mpsc::SyncSender<()>),
-}
+/// A message from the device to its worker: the queues at `DRIVER_OK`, or a
+/// reset (drop the queues and every connection, then acknowledge).
+pub type Control = crate::devices::virtio::device_worker::Control<Queues>;
 
 /// The event fds the worker waits on besides the sockets.
 #[derive(Debug)]
