@@ -67,7 +67,48 @@ poweroff_now() {
 	while :; do sleep 3600; done
 }
 
+# What every zone process is doing, on the console: started by the watchdog
+# (testhost.watchdog=SECONDS on the kernel command line, set by run.sh a
+# little before its own timeout) so that a run that hangs says what hung.
+dump_state() {
+	echo "testhost-watchdog: begin at uptime $(uptime_s)s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+	ps -o pid,ppid,stat,time,args 2>/dev/null || ps
+	for p in /proc/[0-9]*; do
+		comm=$(cat "$p/comm" 2>/dev/null) || continue
+		case $comm in
+		zone-vmm | hypervisor-agen* | zonectl | qemu-system-x86) ;;
+		*) continue ;;
+		esac
+		echo "== ${p#/proc/} $comm: $(tr '\0' ' ' <"$p/cmdline" 2>/dev/null | cut -c1-200)"
+		for t in "$p"/task/*; do
+			echo "-- task ${t##*/} $(cat "$t/comm" 2>/dev/null) state=$(cut -d' ' -f3 "$t/stat" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null) syscall=$(cut -d' ' -f1 "$t/syscall" 2>/dev/null)"
+			sed 's/^/     /' "$t/stack" 2>/dev/null | head -n 12
+		done
+	done
+	for d in /var/lib/*/zones/* /tmp/*/zones/* /run/*/zones/*; do
+		[ -d "$d" ] || continue
+		for f in console.log vmm.log; do
+			[ -s "$d/$f" ] || continue
+			echo "== $d/$f (last 25 lines)"
+			tail -n 25 "$d/$f" | tr -d '\r' | cut -c1-300
+		done
+	done
+	if [ -s /tmp/daemon.log ]; then
+		echo "== /tmp/daemon.log (last 30 lines)"
+		tail -n 30 /tmp/daemon.log | cut -c1-300
+	fi
+	echo w >/proc/sysrq-trigger 2>/dev/null
+	echo "== dmesg (last 60 lines)"
+	dmesg | tail -n 60
+	echo "testhost-watchdog: end"
+}
+watchdog=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^testhost\.watchdog=//p')
+
 if [ -f /run-script.sh ]; then
+	case $watchdog in
+	'' | *[!0-9]*) ;;
+	*) (sleep "$watchdog" && dump_state >"$CONSOLE" 2>&1) </dev/null >/dev/null 2>&1 & ;;
+	esac
 	if [ ! -c "$RESULTS" ]; then
 		err "$RESULTS missing: results go to the console instead"
 		RESULTS=$CONSOLE

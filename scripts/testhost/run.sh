@@ -150,6 +150,11 @@ done
 
 # --- QEMU -----------------------------------------------------------------------
 append="console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off ${TESTHOST_APPEND:-}"
+# The test host dumps what its zone processes are doing this long before the
+# timeout (init.sh's watchdog), so that a run that hangs says what hung.
+if ((TIMEOUT > 90)); then
+	append+=" testhost.watchdog=$((TIMEOUT - 45))"
+fi
 qemu=(qemu-system-x86_64
 	-M q35 -accel "tcg,thread=multi" -cpu "$CPU" -smp "$SMP" -m "$MEM_MB"
 	-nodefaults -no-reboot -display none
@@ -236,6 +241,10 @@ fail_tail() {
 }
 if ((timed_out)); then
 	log "ERROR: timed out after ${TIMEOUT}s (TESTHOST_TIMEOUT)"
+	if grep -q '^testhost-watchdog: begin' "$run/console.log"; then
+		log "---- what the test host was doing before the timeout (its watchdog) ----"
+		sed -n '/^testhost-watchdog: begin/,/^testhost-watchdog: end/p' "$run/console.log" | tr -d '\r' | head -n 600 >&2
+	fi
 	fail_tail
 	exit "$RC_TIMEOUT"
 fi

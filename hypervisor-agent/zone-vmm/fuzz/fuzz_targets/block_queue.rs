@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use zone_vmm::devices::virtio::block::device::serve_queue;
-use zone_vmm::devices::virtio::block::guest_io::Segments;
+use zone_vmm::devices::virtio::guest_io::Segments;
 use zone_vmm::devices::virtio::block::{Disk, QUEUE_SIZE};
 use zone_vmm_fuzz::{MEM_SIZE, memory};
 

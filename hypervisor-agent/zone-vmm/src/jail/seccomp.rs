@@ -7,6 +7,7 @@
 //! | `vcpu` | one per vCPU: `KVM_RUN` and device emulation |
 //! | `vsock` | the vsock device's worker: the guest's queues and the host sockets |
 //! | `block` | a disk's worker: its queue, positioned reads and writes of its file |
+//! | `net` | a network device's worker: its queues, vectored reads and writes of its TAP, `TUNSETOFFLOAD`, rate-limit timers |
 //!
 //! A jailed VMM [`enable`]s the filters before it creates the zone; from then
 //! on every thread calls [`apply`] for its class first thing (a thread
@@ -39,6 +40,8 @@ pub enum ThreadClass {
     Vsock,
     /// A disk's worker.
     Block,
+    /// A network device's worker.
+    Net,
 }
 
 impl ThreadClass {
@@ -48,6 +51,7 @@ impl ThreadClass {
             Self::Vcpu => "vcpu",
             Self::Vsock => "vsock",
             Self::Block => "block",
+            Self::Net => "net",
         }
     }
 }
@@ -186,7 +190,7 @@ mod tests {
 
     #[test]
     fn every_class_has_both_filters() {
-        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock, ThreadClass::Block] {
+        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock, ThreadClass::Block, ThreadClass::Net] {
             for mode in [SeccompMode::Kill, SeccompMode::Log] {
                 assert!(program(class, mode).unwrap().len() > 10, "{class:?} {mode:?}");
             }
@@ -226,6 +230,7 @@ mod tests {
                 "vmm" => ThreadClass::Vmm,
                 "vcpu" => ThreadClass::Vcpu,
                 "block" => ThreadClass::Block,
+                "net" => ThreadClass::Net,
                 _ => ThreadClass::Vsock,
             };
             // A new thread gets an arena of its own; the filter (trap, with
@@ -240,7 +245,7 @@ mod tests {
             return;
         }
         let exe = std::env::current_exe().unwrap();
-        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock, ThreadClass::Block] {
+        for class in [ThreadClass::Vmm, ThreadClass::Vcpu, ThreadClass::Vsock, ThreadClass::Block, ThreadClass::Net] {
             let out = std::process::Command::new(&exe)
                 .args(["--exact", "jail::seccomp::tests::every_filter_survives_glibc_trimming_a_thread_arena", "--test-threads=1"])
                 .env(CHILD_CLASS, class.name())

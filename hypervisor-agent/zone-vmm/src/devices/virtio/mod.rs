@@ -6,6 +6,8 @@
 //! | [`mmio`] | the virtio-mmio register window (§4.2, version 2 "modern" layout) |
 //! | [`vsock`] | the virtio-vsock device (§5.10), host side a Unix socket (Firecracker's hybrid scheme) |
 //! | [`block`] | the virtio-blk device (§5.2), backed by a file descriptor |
+//! | [`net`] | the virtio-net device (§5.1), backed by a TAP descriptor |
+//! | [`guest_io`] | a request's buffers in guest memory as `iovec`s for one vectored system call |
 //! | [`device_worker`] | a device's worker thread seen from the vCPUs: start under its seccomp class, activate, reset, stop |
 //!
 //! A device implements [`VirtioDevice`]: what it is (type, queues, feature
@@ -18,7 +20,9 @@
 
 pub mod block;
 pub mod device_worker;
+pub mod guest_io;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::fmt;

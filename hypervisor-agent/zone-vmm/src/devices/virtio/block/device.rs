@@ -18,7 +18,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::Disk;
-use super::guest_io::Segments;
+use crate::devices::virtio::guest_io::Segments;
 use super::request;
 use super::{QUEUE_SIZE, SEG_MAX, SIZE_MAX};
 use crate::devices::virtio::device_worker::{Control, DeviceWorker};

@@ -5,7 +5,6 @@
 //! |---|---|
 //! | [`disk`] | the backing file: size in sectors, read-only or writable, positioned I/O |
 //! | [`request`] | one request: its descriptor chain checked and parsed, then served |
-//! | [`guest_io`] | a request's data buffers in guest memory as `iovec`s for one `preadv`/`pwritev` |
 //! | [`device`] | the virtio device: type 2, one queue, config space, the disk's worker thread |
 //!
 //! Features offered: `VIRTIO_F_VERSION_1`, `VIRTIO_RING_F_EVENT_IDX` (the
@@ -22,12 +21,11 @@
 //! 16 readable bytes, data in the wrong direction, a length that is not whole
 //! sectors or reaches past the disk) is answered `VIRTIO_BLK_S_IOERR` where
 //! there is a status byte to write; data moves straight between the file and
-//! guest memory, through a list of at most [`guest_io::MAX_PIECES`] buffers
+//! guest memory, through a list of at most [`MAX_PIECES`](crate::devices::virtio::guest_io::MAX_PIECES) buffers
 //! allocated once per disk.
 
 pub mod device;
 pub mod disk;
-pub mod guest_io;
 pub mod request;
 
 pub use device::{Block, DEVICE_TYPE};
@@ -36,7 +34,7 @@ pub use disk::{Disk, DiskError};
 /// Bytes per sector (the unit of `sector` and `capacity`, whatever the file).
 pub const SECTOR_SIZE: u64 = 512;
 /// Largest size of the queue.
-pub const QUEUE_SIZE: u16 = 256;
+pub const QUEUE_SIZE: u16 = crate::devices::virtio::guest_io::MAX_QUEUE_SIZE;
 /// Most data segments in one request (the queue size minus header and status).
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Largest data segment.

@@ -15,7 +15,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::disk::Disk;
-use super::guest_io::{GatherError, Segments};
+use crate::devices::virtio::guest_io::{GatherError, Segments};
 use super::{SEG_MAX, SIZE_MAX};
 
 /// Request types (§5.2.6).

@@ -1,21 +1,22 @@
 //! A request's data as the host kernel sees it: the guest memory its
-//! descriptors name, as a list of `iovec`s for one `preadv` or `pwritev`
-//! against the disk file, so sectors move between the file and guest memory
-//! without a copy in between (and in one system call per request, not one
-//! per 128 KiB).
+//! descriptors name, as a list of `iovec`s for one vectored system call
+//! (`preadv`/`pwritev` against a disk file, `readv`/`writev` on a TAP), so
+//! data moves between the host and guest memory without a copy in between,
+//! in one system call per request.
 //!
-//! [`Segments`] is the list, kept per disk and reused, so that a request
-//! allocates nothing: a request whose data spans more pieces than it has
-//! room for is refused, never grown into.
+//! [`Segments`] is the list, kept per device queue and reused, so that a
+//! request allocates nothing: a request whose data spans more pieces than it
+//! has room for is refused, never grown into.
 
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::QUEUE_SIZE;
+/// The largest queue of a device that gathers (virtio-blk, virtio-net).
+pub const MAX_QUEUE_SIZE: u16 = 256;
 
 /// Most pieces of guest memory one request's data may occupy: a descriptor
 /// per queue entry, each of which may cross one boundary between memory regions.
-pub const MAX_PIECES: usize = 2 * QUEUE_SIZE as usize;
+pub const MAX_PIECES: usize = 2 * MAX_QUEUE_SIZE as usize;
 
 /// The descriptors do not describe `len` bytes of guest memory we can hand
 /// to the kernel.
@@ -37,7 +38,7 @@ pub enum GatherError {
     Short(usize),
 }
 
-/// The guest memory of one request's data, ready for `preadv`/`pwritev`.
+/// The guest memory of one request's data, ready for a vectored system call.
 ///
 /// The `iovec`s point into guest memory: they are filled by [`Segments::gather`]
 /// and used while the memory is borrowed, then cleared with [`Segments::clear`].
