@@ -72,7 +72,9 @@ poweroff_now() {
 # little before its own timeout) so that a run that hangs says what hung.
 dump_state() {
 	echo "testhost-watchdog: begin at uptime $(uptime_s)s (load $(cut -d' ' -f1-3 /proc/loadavg))"
-	ps -o pid,ppid,stat,time,args 2>/dev/null || ps
+	# User processes only (kernel threads are in brackets; busybox has no pgrep -a).
+	# shellcheck disable=SC2009
+	ps | grep -v ' \['
 	for p in /proc/[0-9]*; do
 		comm=$(cat "$p/comm" 2>/dev/null) || continue
 		case $comm in
