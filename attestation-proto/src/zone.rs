@@ -41,6 +41,64 @@ pub const WORKDIR_PARAM: &str = "zone.workdir";
 pub const USER_PARAM: &str = "zone.user";
 /// The image root's device in the zone (dm-verity over the root disk).
 pub const ROOT_DEVICE: &str = "/dev/dm-0";
+/// Kernel parameter with the zone's network interface (`eth0`):
+/// `zone.net=<address>/<prefix>,<gateway>[,<nameserver>…]`, IPv4. Written by
+/// the daemon from the addresses it assigned, so it is part of the measured
+/// command line; zone-guest configures the interface from it.
+pub const NET_PARAM: &str = "zone.net";
+/// Most nameservers `zone.net=` may name (`/etc/resolv.conf` reads three).
+pub const MAX_NAMESERVERS: usize = 3;
+
+/// The zone's network interface as the kernel command line gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetParams {
+    /// The zone's address.
+    pub address: std::net::Ipv4Addr,
+    /// Its prefix length (1..=31; a /31 is a point-to-point link to the gateway).
+    pub prefix: u8,
+    /// The default route's next hop, on the same link.
+    pub gateway: std::net::Ipv4Addr,
+    /// Nameservers for `/etc/resolv.conf`.
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+}
+
+impl NetParams {
+    /// The `zone.net=` parameter.
+    pub fn param(&self) -> String {
+        let mut v = format!("{NET_PARAM}={}/{},{}", self.address, self.prefix, self.gateway);
+        for n in &self.nameservers {
+            v.push_str(&format!(",{n}"));
+        }
+        v
+    }
+
+    /// Parses the value of `zone.net=`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut parts = value.split(',');
+        let cidr = parts.next().unwrap_or_default();
+        let (addr, prefix) = cidr.split_once('/').ok_or_else(|| format!("{cidr:?} is not address/prefix"))?;
+        let address: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| (1..=31).contains(p)).ok_or_else(|| format!("prefix {prefix:?} is not 1..=31"))?;
+        let gw = parts.next().ok_or("no gateway")?;
+        let gateway: std::net::Ipv4Addr = gw.parse().map_err(|_| format!("gateway {gw:?} is not an IPv4 address"))?;
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        if u32::from(address) & mask != u32::from(gateway) & mask || address == gateway {
+            return Err(format!("gateway {gateway} is not another address on {address}/{prefix}"));
+        }
+        let nameservers = parts
+            .map(|n| n.parse().map_err(|_| format!("nameserver {n:?} is not an IPv4 address")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nameservers.len() > MAX_NAMESERVERS {
+            return Err(format!("{} nameservers; at most {MAX_NAMESERVERS}", nameservers.len()));
+        }
+        Ok(Self { address, prefix, gateway, nameservers })
+    }
+
+    /// The netmask of the prefix.
+    pub fn netmask(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::MAX << (32 - u32::from(self.prefix)))
+    }
+}
 
 /// How an image zone's command runs: in which root, with what environment,
 /// directory and user.
@@ -124,6 +182,8 @@ pub struct BootRequest {
     pub oneshot: bool,
     /// The image root the command runs in, if any.
     pub image: Option<ImageProcess>,
+    /// The network interface (`zone.net=`), or why its parameter is unusable.
+    pub net: Option<Result<NetParams, String>>,
 }
 
 /// Splits a kernel command line into words the way the kernel does: on
@@ -182,12 +242,31 @@ pub fn parse_cmdline(line: &str) -> BootRequest {
             }
         }
     }
-    BootRequest { command, oneshot: kernel.iter().any(|w| w == ONESHOT_PARAM), image }
+    let net = kernel.iter().rev().find_map(|w| value(w, NET_PARAM)).map(|v| NetParams::parse(&v));
+    BootRequest { command, oneshot: kernel.iter().any(|w| w == ONESHOT_PARAM), image, net }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_parameters_round_trip_and_bad_ones_say_why() {
+        let n = NetParams {
+            address: "10.213.0.3".parse().unwrap(),
+            prefix: 31,
+            gateway: "10.213.0.2".parse().unwrap(),
+            nameservers: vec!["10.213.0.2".parse().unwrap()],
+        };
+        assert_eq!(n.param(), "zone.net=10.213.0.3/31,10.213.0.2,10.213.0.2");
+        let r = parse_cmdline(&format!("console=ttyS0 {} -- /bin/sh", n.param()));
+        assert_eq!(r.net, Some(Ok(n.clone())));
+        assert_eq!(n.netmask(), std::net::Ipv4Addr::new(255, 255, 255, 254));
+        assert_eq!(parse_cmdline("a -- zone.net=10.0.0.1/24,10.0.0.2").net, None, "after -- it is the command's");
+        for bad in ["10.0.0.1", "10.0.0.1/32,10.0.0.2", "10.0.0.1/24", "10.0.0.1/24,10.0.1.1", "10.0.0.1/24,10.0.0.1", "x/24,10.0.0.2", "10.0.0.1/24,10.0.0.2,y"] {
+            assert!(NetParams::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn command_follows_double_dash() {

@@ -18,12 +18,13 @@
 pub mod channel;
 pub mod evidence;
 pub mod forward;
+pub mod net;
 pub mod rootfs;
 
 // The boot contract with the host (command on the kernel command line,
 // markers, power port) has one home, shared with the host side.
 pub use attestation_proto::zone::{
-    BootRequest, EXIT_MARKER, ONESHOT_PARAM, POWER_PORT, READY_MARKER, parse_cmdline, split_words,
+    BootRequest, EXIT_MARKER, NetParams, ONESHOT_PARAM, POWER_PORT, READY_MARKER, parse_cmdline, split_words,
 };
 
 /// The status byte reported for a `waitpid` status: the exit code, or

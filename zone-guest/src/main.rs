@@ -29,6 +29,14 @@ fn main() {
         eprintln!("zone-guest: cannot read /proc/cmdline ({e}); running no command");
         BootRequest::default()
     });
+    match &request.net {
+        Some(Ok(net)) => match zone_guest::net::configure(net) {
+            Ok(()) => say(&format!("zone-guest: {} is {}/{} via {}", zone_guest::net::INTERFACE, net.address, net.prefix, net.gateway)),
+            Err(e) => say(&format!("zone-guest: cannot configure the network interface: {e}")),
+        },
+        Some(Err(e)) => say(&format!("zone-guest: zone.net= on the kernel command line is unusable ({e}); no network")),
+        None => {}
+    }
     say(&format!("{READY_MARKER} uptime_ms={uptime_ms}"));
     let channel = has_vsock_device().then(|| Channel::start(u64::try_from(uptime_ms).unwrap_or(u64::MAX)));
 

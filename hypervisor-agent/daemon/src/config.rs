@@ -33,6 +33,11 @@
 //! cgroup = "auto"             # v2 if it has memory+pids+cpu, else v1
 //! memory_overhead_mib = 64    # memory.max = guest memory + this
 //! seccomp = "kill"            # or "log" (debugging filters only)
+//!
+//! [network]                   # optional: zones launched with --net (see crate::network)
+//! pool = "10.213.0.0/16"      # routed /31s: the host side of link k is .2k, the zone .2k+1
+//! nameservers = ["10.213.0.0"]  # written to the zones' /etc/resolv.conf (at most 3)
+//! mtu = 1500
 //! ```
 //!
 //! `host_id` (top level, default: the host name) names this host in launch
@@ -160,6 +165,8 @@ pub struct DaemonConfig {
     /// Host services every zone may reach over its vsock (`[[forward]]`).
     #[serde(rename = "forward")]
     pub forwards: Vec<Forward>,
+    /// The zone network (`[network]`), if zones may have a network interface.
+    pub network: Option<crate::network::NetworkConfig>,
 }
 
 /// A host service forwarded into every zone: a guest connection to vsock
@@ -185,6 +192,7 @@ impl Default for DaemonConfig {
             tpm: TpmSettings::default(),
             jail: JailConfig::default(),
             forwards: Vec::new(),
+            network: None,
         }
     }
 }
@@ -226,6 +234,9 @@ impl DaemonConfig {
         }
         if self.defaults.memory_mib > l.max_memory_mib {
             return Err(ConfigFileError::Value("defaults.memory_mib exceeds limits.max_memory_mib".into()));
+        }
+        if let Some(n) = &self.network {
+            n.validate().map_err(|e| ConfigFileError::Value(e.to_string()))?;
         }
         let mut ports = std::collections::HashSet::new();
         for f in &self.forwards {

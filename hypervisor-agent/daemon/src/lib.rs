@@ -25,6 +25,7 @@ pub mod config;
 pub mod forward;
 pub mod jail;
 pub mod manager;
+pub mod network;
 pub mod store;
 pub mod supervisor;
 pub mod zone_dir;

@@ -80,6 +80,9 @@ fn devices_of(spec: &Spec, guest_cid: u32) -> Vec<String> {
     if spec.scratch_mib > 0 {
         d.push(format!("virtio-blk:{SCRATCH_DISK}:rw:{}MiB", spec.scratch_mib));
     }
+    if let Some(n) = &spec.net {
+        d.push(n.device());
+    }
     d
 }
 
@@ -136,6 +139,8 @@ pub struct LaunchRequest {
     pub scratch_mib: Option<u64>,
     /// An image root.
     pub image: Option<crate::store::ImageSpec>,
+    /// Whether the zone gets a network interface on the zone network.
+    pub network: bool,
     /// Who asks (the control connection's peer): artifacts it names are
     /// opened with its rights.
     pub caller: Option<crate::artifacts::Caller>,
@@ -318,6 +323,7 @@ impl Daemon {
                 command: Vec::new(),
                 scratch_mib: 0,
                 image: None,
+                net: None,
             },
             failure: Some(failure),
             created_unix_ms: now_unix_ms(),
@@ -487,6 +493,17 @@ impl Daemon {
         if let Some(img) = &req.image {
             check_image(img)?;
         }
+        // The addresses are assigned under the zones' lock; one of the pool's
+        // stands in for the length check below.
+        let net = match (&self.config.network, req.network) {
+            (_, false) => None,
+            (None, true) => {
+                return Err(DaemonError::FailedPrecondition(
+                    "this daemon has no zone network: add a [network] table with a pool to its config to launch zones with --net".into(),
+                ));
+            }
+            (Some(n), true) => Some(crate::network::assign(n, &[]).map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?),
+        };
         let spec = Spec {
             kernel,
             initrd,
@@ -496,6 +513,7 @@ impl Daemon {
             command: req.command.clone(),
             scratch_mib,
             image: req.image.clone(),
+            net,
         };
         if spec.image.is_some() && spec.command.is_empty() {
             return Err(DaemonError::InvalidArgument(
@@ -580,6 +598,12 @@ impl Daemon {
             }
             let cids: Vec<u32> = live.iter().map(|r| r.guest_cid).collect();
             let guest_cid = (FIRST_GUEST_CID..).find(|c| !cids.contains(c)).unwrap_or(FIRST_GUEST_CID);
+            let mut spec = spec;
+            if let (Some(n), Some(_)) = (&self.config.network, &spec.net) {
+                // Every zone's link stays assigned until the zone is destroyed.
+                let links: Vec<u32> = zones.values().filter_map(|e| e.record.spec.net.as_ref().map(|a| a.link)).collect();
+                spec.net = Some(crate::network::assign(n, &links).map_err(|e| DaemonError::ResourceExhausted(e.to_string()))?);
+            }
             let record = ZoneRecord {
                 name: name.clone(),
                 state: State::Creating,
@@ -705,6 +729,14 @@ impl Daemon {
         if scratch.is_some() {
             disks.push(zone_vmm::launch::LaunchDisk { name: SCRATCH_DISK.into(), read_only: false });
         }
+        // The network interface's TAP, its host side configured: it lives
+        // as long as the VMM holds it.
+        let tap = spec
+            .net
+            .as_ref()
+            .map(crate::network::create_tap)
+            .transpose()
+            .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
         let mut jail_spec = self.jailer.spec(&jail, &dir.sock_dir());
         // RLIMIT_FSIZE bounds the offset of every write, disks included.
         jail_spec.max_file_size = jail_spec.max_file_size.max(spec.scratch_mib << 20);
@@ -717,6 +749,12 @@ impl Daemon {
             guest_cid: record.guest_cid,
             initrd: initrd.is_some(),
             disks,
+            net: spec.net.as_ref().map(|n| zone_vmm::launch::LaunchNet {
+                mac: n.mac.clone(),
+                mtu: n.mtu,
+                rx_rate: Default::default(),
+                tx_rate: Default::default(),
+            }),
             jail: jail_spec,
             #[cfg(feature = "test-hooks")]
             test_hooks: test_hooks(),
@@ -740,6 +778,9 @@ impl Daemon {
         }
         for (fd, disk) in (vmm_launch::FIRST_DISK_FD..).zip(rootfs_file.iter().chain(scratch.iter())) {
             fds.push((fd, disk.as_fd()));
+        }
+        if let Some(t) = &tap {
+            fds.push((vmm_launch::NET_FD, t.as_fd()));
         }
         let cgroups = jail.cgroups.clone();
         let migrate = move |pid: u32| jail::cgroup::enter(&cgroups, pid).map_err(|e| e.to_string());

@@ -68,6 +68,10 @@ pub struct Spec {
     /// The image root the command runs in, if any.
     #[serde(default)]
     pub image: Option<ImageSpec>,
+    /// The network interface, with the addresses assigned to it (kept until
+    /// the zone is destroyed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::network::NetAssignment>,
 }
 
 /// An image root: the verity-protected disk zonectl's store holds, and how
@@ -88,23 +92,28 @@ pub struct ImageSpec {
 
 impl Spec {
     /// The zone's virtio-mmio devices: the vsock, the image root's disk if
-    /// any, then the scratch disk if any.
+    /// any, the scratch disk if any, then the network interface if any.
     pub fn virtio_devices(&self) -> u32 {
-        1 + u32::from(self.image.is_some()) + u32::from(self.scratch_mib > 0)
+        1 + u32::from(self.image.is_some()) + u32::from(self.scratch_mib > 0) + u32::from(self.net.is_some())
     }
 
     /// The kernel command line before the devices and the command: the
-    /// configured one, and for an image zone the verity root's table
-    /// (`dm-mod.create=`) and the image's process (`zone.root=` …).
+    /// configured one, the network interface's addresses (`zone.net=`), and
+    /// for an image zone the verity root's table (`dm-mod.create=`) and the
+    /// image's process (`zone.root=` …).
     pub fn kernel_params(&self) -> Result<String, attestation_proto::zone::CommandError> {
-        let Some(img) = &self.image else { return Ok(self.cmdline.clone()) };
+        let base = match &self.net {
+            Some(n) => format!("{} {}", self.cmdline, n.params().param()),
+            None => self.cmdline.clone(),
+        };
+        let Some(img) = &self.image else { return Ok(base) };
         let process = attestation_proto::zone::ImageProcess {
             fstype: img.rootfs.format.clone(),
             env: img.env.clone(),
             workdir: img.workdir.clone(),
             user: img.user.clone(),
         };
-        zone_vmm::boot::cmdline::with_image(&self.cmdline, &img.rootfs.verity, &process)
+        zone_vmm::boot::cmdline::with_image(&base, &img.rootfs.verity, &process)
     }
 }
 
@@ -316,6 +325,7 @@ mod tests {
                 command: vec![],
                 scratch_mib: 0,
                 image: None,
+                net: None,
             },
             failure: None,
             created_unix_ms: 1,

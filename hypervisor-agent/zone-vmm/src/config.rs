@@ -176,6 +176,8 @@ pub struct ZoneConfig {
     pub vsock: Option<VsockConfig>,
     /// Disks, in window order after the vsock (`/dev/vda`, `/dev/vdb`, … in the guest).
     pub disks: Vec<DiskConfig>,
+    /// The network interface (`eth0` in the guest), in window order after the disks.
+    pub net: Option<crate::devices::virtio::net::NetConfig>,
 }
 
 impl ZoneConfig {
@@ -190,6 +192,7 @@ impl ZoneConfig {
             kvm: KvmSource::Path(PathBuf::from(KVM_PATH)),
             vsock: None,
             disks: Vec::new(),
+            net: None,
         }
     }
 
@@ -199,9 +202,11 @@ impl ZoneConfig {
     }
 
     /// The virtio-mmio devices of this zone, in window order (device `i` is
-    /// at `layout::virtio_mmio_slot(i)`): the vsock, then the disks.
+    /// at `layout::virtio_mmio_slot(i)`): the vsock, then the disks, then the network interface.
     pub fn virtio_mmio_devices(&self) -> u32 {
-        u32::from(self.vsock.is_some()) + u32::try_from(self.disks.len()).unwrap_or(u32::MAX)
+        u32::from(self.vsock.is_some())
+            .saturating_add(u32::try_from(self.disks.len()).unwrap_or(u32::MAX))
+            .saturating_add(u32::from(self.net.is_some()))
     }
 
     /// Checks counts, sizes and the command line before any resource is taken.

@@ -18,6 +18,7 @@
 //! | [`VSOCK_LISTENER_FD`] | listening socket `U` of the zone's hybrid vsock |
 //! | [`CONSOLE_LISTENER_FD`] | listening socket of the zone's console input |
 //! | [`FIRST_DISK_FD`] + i | disk i of [`LaunchConfig::disks`] (read-only or read-write, as the disk says) |
+//! | [`NET_FD`] | the zone's TAP (when [`LaunchConfig::net`]), opened `IFF_TAP \| IFF_NO_PI \| IFF_VNET_HDR` |
 //!
 //! A VMM started this way boots only the sealed memfds: there is no path
 //! through which it reads a boot artifact from a file.
@@ -48,8 +49,10 @@ pub const CONSOLE_LISTENER_FD: RawFd = 10;
 pub const FIRST_DISK_FD: RawFd = 11;
 /// Most disks a zone may have.
 pub const MAX_DISKS: usize = 4;
+/// The zone's TAP, when it has a network interface.
+pub const NET_FD: RawFd = FIRST_DISK_FD + MAX_DISKS as RawFd;
 /// The first descriptor number not in the contract.
-pub const FIRST_FREE_FD: RawFd = FIRST_DISK_FD + MAX_DISKS as RawFd;
+pub const FIRST_FREE_FD: RawFd = NET_FD + 1;
 
 /// Inside the jail: the zone's socket directory (read-only), where the
 /// daemon's listeners for guest connections (`vsock.sock_<port>`) are.
@@ -125,6 +128,36 @@ pub struct LaunchDisk {
     pub read_only: bool,
 }
 
+/// The zone's network interface, as the VMM gets it (its TAP is on [`NET_FD`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchNet {
+    /// The guest's MAC address, `02:…` (assigned by the daemon).
+    pub mac: String,
+    /// The MTU offered to the driver.
+    pub mtu: u16,
+    /// Limits on what the zone receives.
+    #[serde(default)]
+    pub rx_rate: crate::devices::virtio::net::RateLimit,
+    /// Limits on what the zone sends.
+    #[serde(default)]
+    pub tx_rate: crate::devices::virtio::net::RateLimit,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// What the daemon tells the VMM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +177,9 @@ pub struct LaunchConfig {
     /// The zone's disks, in order, on [`FIRST_DISK_FD`] onwards.
     #[serde(default)]
     pub disks: Vec<LaunchDisk>,
+    /// The zone's network interface (its TAP on [`NET_FD`]), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<LaunchNet>,
     /// The jail.
     pub jail: JailSpec,
     /// Test hooks.
@@ -189,7 +225,7 @@ impl LaunchConfig {
 
 /// The descriptor numbers the VMM expects, as (target fd, what) pairs, for
 /// the daemon's spawner and for tests that audit a running VMM.
-pub fn descriptor_table(initrd: bool, disks: usize) -> Vec<(RawFd, &'static str)> {
+pub fn descriptor_table(initrd: bool, disks: usize, net: bool) -> Vec<(RawFd, &'static str)> {
     let mut t = vec![
         (CONFIG_FD, "launch configuration"),
         (KVM_FD, "/dev/kvm"),
@@ -205,6 +241,9 @@ pub fn descriptor_table(initrd: bool, disks: usize) -> Vec<(RawFd, &'static str)
     const DISK_NAMES: [&str; MAX_DISKS] = ["disk 0", "disk 1", "disk 2", "disk 3"];
     for (fd, what) in (FIRST_DISK_FD..).zip(DISK_NAMES).take(disks.min(MAX_DISKS)) {
         t.push((fd, what));
+    }
+    if net {
+        t.push((NET_FD, "TAP"));
     }
     t.sort_unstable();
     t
@@ -233,13 +272,17 @@ mod tests {
 
     #[test]
     fn descriptor_numbers_are_distinct_and_below_the_first_free_one() {
-        let t = descriptor_table(true, MAX_DISKS);
-        assert_eq!(t.len(), 8 + MAX_DISKS);
+        let t = descriptor_table(true, MAX_DISKS, true);
+        assert_eq!(t.len(), 9 + MAX_DISKS);
         let mut fds: Vec<RawFd> = t.iter().map(|(fd, _)| *fd).collect();
         fds.dedup();
         assert_eq!(fds.len(), t.len());
         assert!(fds.iter().all(|&fd| fd > 2 && fd < FIRST_FREE_FD));
-        assert!(!descriptor_table(false, 0).iter().any(|(fd, _)| *fd == INITRD_FD));
+        assert!(!descriptor_table(false, 0, false).iter().any(|(fd, _)| *fd == INITRD_FD || *fd == NET_FD));
+        assert_eq!(parse_mac("02:5a:00:0a:ff:01"), Some([2, 0x5a, 0, 0x0a, 0xff, 1]));
+        for bad in ["", "02:5a:00:0a:ff", "02:5a:00:0a:ff:01:02", "2:5a:00:0a:ff:01", "02:5a:00:0a:ff:zz"] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -252,6 +295,7 @@ mod tests {
             guest_cid: 3,
             initrd: false,
             disks: vec![LaunchDisk { name: "scratch".into(), read_only: false }],
+            net: Some(LaunchNet { mac: "02:5a:00:00:00:01".into(), mtu: 1500, rx_rate: Default::default(), tx_rate: Default::default() }),
             jail: JailSpec {
                 root: "/j".into(),
                 sock_dir: "/s".into(),

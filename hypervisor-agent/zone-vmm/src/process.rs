@@ -19,6 +19,7 @@ use std::path::PathBuf;
 
 use crate::artifact::Artifact;
 use crate::config::{DiskConfig, KvmSource, VsockConfig, VsockHost, ZoneConfig};
+use crate::devices::virtio::net::{NetConfig, Tap};
 use crate::devices::ConsoleSink;
 use crate::jail::seccomp::{self, ThreadClass};
 use crate::launch::{self, LaunchConfig, take_fd};
@@ -46,6 +47,9 @@ pub enum ProcessError {
     /// The zone could not be created or run.
     #[error(transparent)]
     Vmm(#[from] crate::zone::VmmError),
+    /// The TAP handed over cannot back the network device.
+    #[error(transparent)]
+    Tap(#[from] crate::devices::virtio::net::TapError),
     /// A system call the process needs failed.
     #[error("{op}: {source}")]
     Os {
@@ -194,8 +198,19 @@ pub fn run() -> Result<i32, ProcessError> {
         })
         .collect();
 
+    let net = match &config.net {
+        Some(n) => {
+            let mac = launch::parse_mac(&n.mac)
+                .ok_or_else(|| launch::LaunchError::Parse(format!("net.mac {:?} is not a MAC address (aa:bb:cc:dd:ee:ff)", n.mac)))?;
+            // SAFETY: see above; the daemon passes the TAP on NET_FD when there is a network interface.
+            let tap = Tap::from_fd(unsafe { take_fd(launch::NET_FD) })?;
+            Some(NetConfig { tap, mac, mtu: n.mtu, rx_rate: n.rx_rate, tx_rate: n.tx_rate })
+        }
+        None => None,
+    };
     let mut zone_config = ZoneConfig::new(kernel, initrd, config.cmdline.clone());
     zone_config.disks = disks;
+    zone_config.net = net;
     zone_config.vcpus = config.vcpus;
     zone_config.memory_mib = config.memory_mib;
     zone_config.kvm = KvmSource::Fd(kvm);

@@ -63,6 +63,9 @@ pub enum VmmError {
     /// A disk's device could not be set up.
     #[error(transparent)]
     Block(#[from] BlockError),
+    /// The network device could not be set up.
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio::net::NetError),
     /// A seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -169,6 +172,9 @@ impl Zone {
         for d in config.disks {
             let disk = Disk::new(&d.name, d.file, d.read_only)?;
             virtio.push(Box::new(Block::new(disk)?));
+        }
+        if let Some(n) = config.net {
+            virtio.push(Box::new(crate::devices::virtio::net::Net::new(n)?));
         }
         for (index, device) in (0u32..).zip(virtio) {
             // The command line declares the same windows, in the same order (checked by `validate`).

@@ -44,6 +44,13 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
             command: r.spec.command.clone(),
             scratch_mib: r.spec.scratch_mib,
             image: r.spec.image.as_ref().map(image_root),
+            network: r.spec.net.as_ref().map(|n| pb::ZoneNetwork {
+                address: format!("{}/{}", n.address, crate::network::LINK_PREFIX),
+                gateway: n.gateway.to_string(),
+                mac: n.mac.clone(),
+                tap: n.tap.clone(),
+                nameservers: n.nameservers.iter().map(ToString::to_string).collect(),
+            }),
         }),
         failure: r.failure.clone().unwrap_or_default(),
         created_unix_ms: r.created_unix_ms,

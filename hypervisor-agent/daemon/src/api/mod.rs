@@ -49,6 +49,7 @@ impl ZoneControl for ControlService {
             command: spec.command,
             scratch_mib: (spec.scratch_mib != 0).then_some(spec.scratch_mib),
             image: spec.image.map(convert::image_spec),
+            network: spec.network.is_some(),
             caller,
         };
         let daemon = Arc::clone(&self.daemon);

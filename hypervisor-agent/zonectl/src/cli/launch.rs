@@ -46,6 +46,11 @@ pub struct LaunchArgs {
     /// /sys/block/vdX/serial is "scratch").
     #[arg(long, value_name = "MiB")]
     pub scratch_mib: Option<u64>,
+    /// A network interface (eth0 in the zone) on the daemon's zone network:
+    /// a routed /31 from its [network] pool, the addresses in the measured
+    /// launch (`zonectl inspect` shows them).
+    #[arg(long)]
+    pub net: bool,
     /// Return as soon as the VMM runs instead of waiting for zone-guest.
     #[arg(long)]
     pub no_wait: bool,
@@ -119,6 +124,7 @@ pub fn run(g: &GlobalArgs, args: LaunchArgs) -> anyhow::Result<i32> {
             command,
             scratch_mib: args.scratch_mib.unwrap_or(0),
             image,
+            network: args.net.then(Default::default),
         };
         if args.vcpus == Some(0) || args.memory == Some(0) || args.scratch_mib == Some(0) {
             anyhow::bail!("--vcpus, --memory and --scratch-mib must be at least 1");

@@ -39,6 +39,13 @@ pub fn json(z: &Zone) -> serde_json::Value {
         "vcpus": spec.vcpus,
         "memory_mib": spec.memory_mib,
         "scratch_mib": (spec.scratch_mib != 0).then_some(spec.scratch_mib),
+        "network": spec.network.as_ref().map(|n| serde_json::json!({
+            "address": n.address,
+            "gateway": n.gateway,
+            "mac": n.mac,
+            "tap": n.tap,
+            "nameservers": n.nameservers,
+        })),
         "kernel": spec.kernel,
         "initrd": (!spec.initrd.is_empty()).then_some(&spec.initrd),
         "cmdline": spec.cmdline,

@@ -1,0 +1,278 @@
+//! The zone network: every zone launched with a network interface gets a
+//! routed point-to-point link of its own, a /31 out of the configured pool
+//! (`[network] pool`): the host side (the zone's gateway) on a TAP the
+//! daemon creates, the zone side on the zone's `eth0`. There is no bridge:
+//! the host routes, so nothing a zone sends reaches another zone's link
+//! unless the host forwards it, and the TAP's strict reverse-path filter drops
+//! what a zone sends from an address that is not its own.
+//!
+//! The assignment (link number, TAP, MAC, addresses) is part of the zone's
+//! record: it survives a daemon restart and is released when the zone is
+//! destroyed. The TAP lives as long as the VMM holds its descriptor: when the
+//! zone stops, the kernel removes it, so no host configuration outlives a zone.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use serde::{Deserialize, Serialize};
+use zone_vmm::devices::virtio::net::{Tap, TapError};
+
+/// `[network]` in the daemon's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The IPv4 pool the links are cut from, `a.b.c.d/prefix` (prefix 8..=30).
+    pub pool: String,
+    /// Nameservers for the zones' `/etc/resolv.conf`.
+    #[serde(default)]
+    pub nameservers: Vec<Ipv4Addr>,
+    /// The zones' MTU.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    zone_vmm::devices::virtio::net::DEFAULT_MTU
+}
+
+/// The zone network cannot be used as configured or asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The pool is not an IPv4 network of a usable size.
+    #[error("[network] pool = {0:?} is not an IPv4 network a.b.c.d/prefix with a prefix of 8..=30 and no host bits set")]
+    Pool(String),
+    /// Too many nameservers, or a bad MTU.
+    #[error("[network]: {0}")]
+    Config(String),
+    /// Every link of the pool is assigned.
+    #[error("the zone network's pool {pool} is exhausted ({links} links, all assigned to zones); destroy a zone or configure a larger pool")]
+    Exhausted {
+        /// The pool.
+        pool: String,
+        /// How many links it has.
+        links: u32,
+    },
+    /// The TAP could not be created.
+    #[error("cannot create the zone's TAP: {0}")]
+    Tap(#[from] TapError),
+    /// The host side of the link could not be configured.
+    #[error("cannot configure the host side of {tap} ({step}): {source}")]
+    Host {
+        /// The TAP.
+        tap: String,
+        /// What failed.
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The pool, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    base: u32,
+    prefix: u8,
+}
+
+impl Pool {
+    /// Parses `a.b.c.d/prefix`.
+    pub fn parse(s: &str) -> Result<Self, NetworkError> {
+        let bad = || NetworkError::Pool(s.to_owned());
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let base = u32::from(addr.parse::<Ipv4Addr>().map_err(|_| bad())?);
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(8..=30).contains(&prefix) || base & !(u32::MAX << (32 - u32::from(prefix))) != 0 {
+            return Err(bad());
+        }
+        Ok(Self { base, prefix })
+    }
+
+    /// How many /31 links it holds.
+    pub fn links(&self) -> u32 {
+        1 << (31 - u32::from(self.prefix))
+    }
+
+    /// Link `k`'s host and zone addresses.
+    pub fn link(&self, k: u32) -> (Ipv4Addr, Ipv4Addr) {
+        let host = self.base + 2 * k;
+        (Ipv4Addr::from(host), Ipv4Addr::from(host + 1))
+    }
+}
+
+impl NetworkConfig {
+    /// Checks the pool, the nameservers and the MTU.
+    pub fn validate(&self) -> Result<Pool, NetworkError> {
+        if self.nameservers.len() > attestation_proto::zone::MAX_NAMESERVERS {
+            return Err(NetworkError::Config(format!(
+                "{} nameservers; at most {}",
+                self.nameservers.len(),
+                attestation_proto::zone::MAX_NAMESERVERS
+            )));
+        }
+        if !(576..=9000).contains(&self.mtu) {
+            return Err(NetworkError::Config(format!("mtu = {} is outside 576..=9000", self.mtu)));
+        }
+        Pool::parse(&self.pool)
+    }
+}
+
+/// A zone's network interface and the addresses assigned to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetAssignment {
+    /// The link's number in the pool.
+    pub link: u32,
+    /// The TAP on the host.
+    pub tap: String,
+    /// The zone's MAC.
+    pub mac: String,
+    /// The zone's address.
+    pub address: Ipv4Addr,
+    /// The host side: the zone's gateway.
+    pub gateway: Ipv4Addr,
+    /// Nameservers for the zone.
+    pub nameservers: Vec<Ipv4Addr>,
+    /// The MTU.
+    pub mtu: u16,
+}
+
+/// Prefix length of a link.
+pub const LINK_PREFIX: u8 = 31;
+
+impl NetAssignment {
+    /// What zone-guest reads from the kernel command line.
+    pub fn params(&self) -> attestation_proto::zone::NetParams {
+        attestation_proto::zone::NetParams {
+            address: self.address,
+            prefix: LINK_PREFIX,
+            gateway: self.gateway,
+            nameservers: self.nameservers.clone(),
+        }
+    }
+
+    /// The device as the launch record lists it (measured).
+    pub fn device(&self) -> String {
+        format!("virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}", self.mac, self.address, self.gateway, self.mtu)
+    }
+}
+
+/// The lowest link not in `used`, with its TAP name, MAC and addresses.
+pub fn assign(config: &NetworkConfig, used: &[u32]) -> Result<NetAssignment, NetworkError> {
+    let pool = config.validate()?;
+    let link = (0..pool.links()).find(|k| !used.contains(k)).ok_or_else(|| NetworkError::Exhausted {
+        pool: config.pool.clone(),
+        links: pool.links(),
+    })?;
+    let (gateway, address) = pool.link(link);
+    let o = address.octets();
+    // Locally administered, unicast; unique per zone address.
+    let mac = format!("02:5a:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    Ok(NetAssignment { link, tap: format!("zn{link}"), mac, address, gateway, nameservers: config.nameservers.clone(), mtu: config.mtu })
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: an all-zero ifreq is valid; the name is set below.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &b) in req.ifr_name.iter_mut().zip(name.as_bytes().iter().take(libc::IFNAMSIZ - 1)) {
+        *dst = b as libc::c_char;
+    }
+    req
+}
+
+fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(addr).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; every bit pattern is a valid sockaddr.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Creates the zone's TAP and configures the host side of its link: the
+/// gateway address on a /31, the MTU, strict reverse-path filtering (a zone
+/// cannot send from another address), no IPv6, up.
+pub fn create_tap(a: &NetAssignment) -> Result<Tap, NetworkError> {
+    let tap = Tap::open(&a.tap)?;
+    let host = |step| {
+        let tap = a.tap.clone();
+        move |source| NetworkError::Host { tap, step, source }
+    };
+    for (key, value) in [(format!("ipv6/conf/{}/disable_ipv6", a.tap), "1"), (format!("ipv4/conf/{}/rp_filter", a.tap), "1")] {
+        let path = format!("/proc/sys/net/{key}");
+        // IPv6 may be compiled out; strict reverse-path filtering may not.
+        match std::fs::write(&path, value) {
+            Err(e) if key.starts_with("ipv4") => return Err(host("rp_filter")(e)),
+            _ => {}
+        }
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(host("socket")(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new socket we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ioctl = |request: libc::Ioctl, req: &mut libc::ifreq, step: &'static str| {
+        // SAFETY: each request reads or writes the `ifreq` it is given.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request, std::ptr::from_mut(req)) } != 0 {
+            return Err(host(step)(io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let mut req = ifreq(&a.tap);
+    req.ifr_ifru.ifru_addr = sockaddr(a.gateway);
+    ioctl(libc::SIOCSIFADDR, &mut req, "address")?;
+    let mut req = ifreq(&a.tap);
+    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(u32::MAX << (32 - u32::from(LINK_PREFIX))));
+    ioctl(libc::SIOCSIFNETMASK, &mut req, "netmask")?;
+    let mut req = ifreq(&a.tap);
+    req.ifr_ifru.ifru_mtu = libc::c_int::from(a.mtu);
+    ioctl(libc::SIOCSIFMTU, &mut req, "mtu")?;
+    let mut req = ifreq(&a.tap);
+    ioctl(libc::SIOCGIFFLAGS, &mut req, "flags")?;
+    // SAFETY: the kernel filled the flags member of the union above.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl(libc::SIOCSIFFLAGS, &mut req, "up")?;
+    Ok(tap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pool: &str) -> NetworkConfig {
+        NetworkConfig { pool: pool.into(), nameservers: vec![], mtu: 1500 }
+    }
+
+    #[test]
+    fn links_are_cut_from_the_pool_lowest_free_first() {
+        let c = config("10.213.0.0/29");
+        let a = assign(&c, &[]).unwrap();
+        assert_eq!((a.link, a.tap.as_str()), (0, "zn0"));
+        assert_eq!((a.gateway, a.address), (Ipv4Addr::new(10, 213, 0, 0), Ipv4Addr::new(10, 213, 0, 1)));
+        assert_eq!(a.mac, "02:5a:0a:d5:00:01");
+        assert_eq!(a.params().param(), "zone.net=10.213.0.1/31,10.213.0.0");
+        let b = assign(&c, &[0, 2]).unwrap();
+        assert_eq!((b.link, b.address), (1, Ipv4Addr::new(10, 213, 0, 3)));
+        let e = assign(&c, &[0, 1, 2, 3]).unwrap_err();
+        assert!(e.to_string().contains("exhausted (4 links"), "{e}");
+        assert!(b.device().starts_with("virtio-net:mac=02:5a:0a:d5:00:03:ip=10.213.0.3/31:gw=10.213.0.2"), "{}", b.device());
+    }
+
+    #[test]
+    fn bad_pools_and_settings_are_refused() {
+        for bad in ["10.213.0.0", "10.213.0.1/24", "10.213.0.0/31", "10.0.0.0/7", "x/24"] {
+            assert!(matches!(config(bad).validate(), Err(NetworkError::Pool(_))), "{bad}");
+        }
+        let mut c = config("10.213.0.0/24");
+        c.mtu = 100;
+        assert!(matches!(c.validate(), Err(NetworkError::Config(_))));
+        c.mtu = 1500;
+        c.nameservers = vec![Ipv4Addr::LOCALHOST; 4];
+        assert!(matches!(c.validate(), Err(NetworkError::Config(_))));
+    }
+}
