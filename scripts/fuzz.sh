@@ -4,7 +4,9 @@
 #   structure parsers, the policy file, the host channel's framing and the
 #   verifier;
 # - hypervisor-agent/zone-vmm/fuzz/: the VMM's guest-facing devices, the
-#   virtio-mmio register window and the vsock device's rings.
+#   virtio-mmio register window, the vsock device's rings, the virtio-blk
+#   request queue and the virtio-net queues (net_queues needs root and
+#   /dev/net/tun: it moves frames through a real TAP).
 # Every target, or the ones named, runs for FUZZ_SECONDS (default 60) under
 # AddressSanitizer with a memory bound: -rss_limit_mb=512, and
 # -malloc_limit_mb=64, so one allocation over 64 MiB fails the run, as does

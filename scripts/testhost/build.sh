@@ -208,7 +208,8 @@ done
 [[ $(cfg MODULE_COMPRESS_NONE) == y ]] || log "note: $KREL compresses its modules; they are decompressed for busybox insmod"
 # Options that may also be modules: config option -> module name.
 WANT_MODULES=()
-for pair in TCG_TPM:tpm TCG_CRB:tpm_crb KVM:kvm KVM_AMD:kvm_amd; do
+# TUN: the zones' network interfaces (TAPs the daemon creates).
+for pair in TCG_TPM:tpm TCG_CRB:tpm_crb KVM:kvm KVM_AMD:kvm_amd TUN:tun; do
 	opt=${pair%%:*} mod=${pair#*:}
 	case $(cfg "$opt") in
 	y) log "CONFIG_$opt=y (built in)" ;;

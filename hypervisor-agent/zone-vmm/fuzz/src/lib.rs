@@ -1,7 +1,10 @@
 //! Shared rig of the VMM fuzz targets: guest memory, a vsock muxer whose host
 //! side is a Unix socket in a private temporary directory (with a listener
 //! on host port 1024, so guest connections can succeed and carry data), and
-//! a host peer that can open connections to the guest.
+//! a host peer that can open connections to the guest; a TAP for the
+//! virtio-net target ([`tap_rig`]).
+
+pub mod tap_rig;
 
 use std::cell::RefCell;
 use std::io::{Read, Write};

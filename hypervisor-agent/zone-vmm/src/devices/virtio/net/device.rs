@@ -238,84 +238,111 @@ struct Worker {
     counters: Counters,
 }
 
-impl Worker {
-    /// Sends what the guest queued for transmission, until the ring is
-    /// empty or the rate limit says wait; returns whether a chain was used.
-    fn transmit(&mut self, a: &mut Active) -> Result<bool, virtio_queue::Error> {
-        let mut used = false;
-        loop {
-            a.tx.disable_notification(&a.mem)?;
-            while let Some(chain) = next_chain(&mut a.tx, &a.mem)? {
-                if let Some(wait) = self.tx_limit.blocked(Instant::now()) {
-                    a.tx.go_to_previous_position();
-                    arm(&mut self.timers[1], wait);
-                    return Ok(used);
-                }
-                let head = chain.head_index();
-                match frame::send(&a.mem, &chain, &self.tap, &mut self.tx_segs) {
-                    Ok(len) => {
-                        self.counters.tx_frames += 1;
-                        self.tx_limit.charge(len);
-                    }
-                    Err(e) => {
-                        self.counters.tx_dropped += 1;
-                        tracing::debug!("virtio-net {}: transmit frame dropped: {e}", self.tap.name());
-                    }
-                }
-                a.tx.add_used(&a.mem, head, 0)?;
-                used = true;
-            }
-            if !a.tx.enable_notification(&a.mem)? {
-                return Ok(used);
-            }
-        }
-    }
+/// What one pass over a queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Whether a chain was put on the used ring.
+    pub used: bool,
+    /// The rate limit stopped the pass: try again after this long.
+    pub wait: Option<Duration>,
+}
 
-    /// Moves frames from the TAP into the guest's receive buffers, until the
-    /// TAP is empty, the guest has no buffer, or the rate limit says wait;
-    /// returns whether a chain was used.
-    fn receive(&mut self, a: &mut Active) -> Result<bool, virtio_queue::Error> {
-        let mut used = false;
-        loop {
-            if let Some(wait) = self.rx_limit.blocked(Instant::now()) {
-                arm(&mut self.timers[0], wait);
-                return Ok(used);
+/// Sends what the guest queued on transmit queue `tx` to `tap`, until the
+/// ring is empty or `limit` says wait. A corrupt ring is an error: the
+/// device must then stop until the driver resets it.
+pub fn transmit(
+    tx: &mut Queue,
+    mem: &GuestMemoryMmap,
+    tap: &Tap,
+    segs: &mut Segments,
+    limit: &mut Limiter,
+    counters: &mut Counters,
+) -> Result<Pass, virtio_queue::Error> {
+    let mut used = false;
+    loop {
+        tx.disable_notification(mem)?;
+        while let Some(chain) = next_chain(tx, mem)? {
+            if let Some(wait) = limit.blocked(Instant::now()) {
+                tx.go_to_previous_position();
+                return Ok(Pass { used, wait: Some(wait) });
             }
-            let Some(chain) = next_chain(&mut a.rx, &a.mem)? else {
-                // No buffer: ask the driver to kick when it adds some (and
-                // carry on if it already did).
-                if a.rx.enable_notification(&a.mem)? {
-                    continue;
-                }
-                return Ok(used);
-            };
             let head = chain.head_index();
-            match frame::receive(&a.mem, &chain, &self.tap, &mut self.rx_segs) {
-                Ok(None) => {
-                    // The TAP is empty: the buffer waits for the next frame.
-                    a.rx.go_to_previous_position();
-                    return Ok(used);
-                }
-                Ok(Some(len)) => {
-                    self.counters.rx_frames += 1;
-                    self.rx_limit.charge(len);
-                    a.rx.add_used(&a.mem, head, u32::try_from(len).unwrap_or(u32::MAX))?;
+            match frame::send(mem, &chain, tap, segs) {
+                Ok(len) => {
+                    counters.tx_frames += 1;
+                    limit.charge(len);
                 }
                 Err(e) => {
-                    self.counters.rx_dropped += 1;
-                    tracing::debug!("virtio-net {}: receive buffer returned unused: {e}", self.tap.name());
-                    a.rx.add_used(&a.mem, head, 0)?;
+                    counters.tx_dropped += 1;
+                    tracing::debug!("virtio-net {}: transmit frame dropped: {e}", tap.name());
                 }
             }
+            tx.add_used(mem, head, 0)?;
             used = true;
         }
+        if !tx.enable_notification(mem)? {
+            return Ok(Pass { used, wait: None });
+        }
     }
+}
 
+/// Moves frames from `tap` into the guest's buffers on receive queue `rx`,
+/// until the TAP is empty, the guest has no buffer, or `limit` says wait.
+pub fn receive(
+    rx: &mut Queue,
+    mem: &GuestMemoryMmap,
+    tap: &Tap,
+    segs: &mut Segments,
+    limit: &mut Limiter,
+    counters: &mut Counters,
+) -> Result<Pass, virtio_queue::Error> {
+    let mut used = false;
+    loop {
+        if let Some(wait) = limit.blocked(Instant::now()) {
+            return Ok(Pass { used, wait: Some(wait) });
+        }
+        let Some(chain) = next_chain(rx, mem)? else {
+            // No buffer: ask the driver to kick when it adds some (and
+            // carry on if it already did).
+            if rx.enable_notification(mem)? {
+                continue;
+            }
+            return Ok(Pass { used, wait: None });
+        };
+        let head = chain.head_index();
+        match frame::receive(mem, &chain, tap, segs) {
+            Ok(None) => {
+                // The TAP is empty: the buffer waits for the next frame.
+                rx.go_to_previous_position();
+                return Ok(Pass { used, wait: None });
+            }
+            Ok(Some(len)) => {
+                counters.rx_frames += 1;
+                limit.charge(len);
+                rx.add_used(mem, head, u32::try_from(len).unwrap_or(u32::MAX))?;
+            }
+            Err(e) => {
+                counters.rx_dropped += 1;
+                tracing::debug!("virtio-net {}: receive buffer returned unused: {e}", tap.name());
+                rx.add_used(mem, head, 0)?;
+            }
+        }
+        used = true;
+    }
+}
+
+impl Worker {
     fn process(&mut self, a: &mut Active) -> Result<(), virtio_queue::Error> {
-        let tx = self.transmit(a)?;
-        let rx = self.receive(a)?;
-        let notify_tx = tx && a.tx.needs_notification(&a.mem)?;
-        let notify_rx = rx && a.rx.needs_notification(&a.mem)?;
+        let tx = transmit(&mut a.tx, &a.mem, &self.tap, &mut self.tx_segs, &mut self.tx_limit, &mut self.counters)?;
+        if let Some(wait) = tx.wait {
+            arm(&mut self.timers[1], wait);
+        }
+        let rx = receive(&mut a.rx, &a.mem, &self.tap, &mut self.rx_segs, &mut self.rx_limit, &mut self.counters)?;
+        if let Some(wait) = rx.wait {
+            arm(&mut self.timers[0], wait);
+        }
+        let notify_tx = tx.used && a.tx.needs_notification(&a.mem)?;
+        let notify_rx = rx.used && a.rx.needs_notification(&a.mem)?;
         if notify_tx || notify_rx {
             if let Err(e) = a.interrupt.raise(INT_USED_RING) {
                 tracing::warn!("virtio-net {}: cannot raise the interrupt: {e}", self.tap.name());

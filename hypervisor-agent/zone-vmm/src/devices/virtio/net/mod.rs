@@ -35,8 +35,8 @@ pub mod frame;
 pub mod rate;
 pub mod tap;
 
-pub use device::{DEVICE_TYPE, Net, NetConfig, NetError};
-pub use rate::{Bucket, RateLimit};
+pub use device::{Counters, DEVICE_TYPE, Net, NetConfig, NetError, Pass, receive, transmit};
+pub use rate::{Bucket, Limiter, RateLimit};
 pub use tap::{Tap, TapError};
 
 /// Size of each queue.

@@ -1,0 +1,104 @@
+//! Zone networking in the test host (real KVM, the zone kernel's virtio_net
+//! driver, our VMM's virtio-net on a TAP the daemon created): a zone serves
+//! HTTP that the test host fetches over the zone's routed /31, another zone
+//! fetches a file from a server on the test host through its gateway, the
+//! addresses come from the daemon's pool lowest-first, are in the measured
+//! launch record and `zonectl inspect`, and are released (and the TAP gone)
+//! when the zone is destroyed; a full pool and a daemon without a zone
+//! network are refused with errors that say so.
+
+use zone_tests::testhost::{self, SHELL_IMAGE, daemon_prelude_with};
+
+#[test]
+fn zones_reach_the_host_and_are_reached_over_their_own_links() {
+    // Two links: 10.213.0.0/31 and 10.213.0.2/31.
+    let setup = daemon_prelude_with("[network]\npool = \"10.213.0.0/30\"\nnameservers = [\"10.213.0.0\"]\n");
+    let run = testhost::run(&format!(
+        r#"{setup}
+B=/bin/busybox
+# A file server on the test host, on every address (the gateways appear with the TAPs).
+mkdir -p /tmp/www && echo from-the-host > /tmp/www/host.txt
+busybox httpd -p 9000 -h /tmp/www
+# The server zone: HTTP on 8080 with its own page, until destroyed.
+zonectl launch web --net --initrd {SHELL_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; $b mkdir -p /www; echo from-the-zone > /www/index.html; echo mac=$($b cat /sys/class/net/eth0/address); echo resolv=$($b cat /etc/resolv.conf); exec $b httpd -f -p 8080 -h /www' > /tmp/web.out 2>&1
+echo "web_rc=$?"
+cat /tmp/web.out | sed 's/^/web launch: /'
+addr=$(field web address); echo "web_address=$addr"
+echo "web_tap=$(field web tap)"
+echo "web_mac=$(field web mac)"
+ip=${{addr%/*}}
+got=""
+for i in $(seq 60); do got=$(wget -q -T 5 -O - http://$ip:8080/ 2>/dev/null) && break; sleep 1; done
+echo "fetched_from_zone=$got"
+echo "measured=$(zonectl inspect web -o json | grep -c 'virtio-net:mac=02:5a:0a:d5:00:01:ip=10.213.0.1/31:gw=10.213.0.0')"
+echo "cmdline_has_net=$(zonectl inspect web -o json | grep -c 'zone.net=10.213.0.1/31,10.213.0.0,10.213.0.0')"
+zonectl logs web > /tmp/web.log 2>&1
+echo "web_guest_mac=$(grep '^mac=' /tmp/web.log | head -n 1 | cut -d= -f2)"
+echo "web_resolv=$(grep '^resolv=' /tmp/web.log | head -n 1 | cut -d= -f2)"
+
+# The client zone: the next link; fetches the host's file through its gateway.
+zonectl launch client --net --initrd {SHELL_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$($b wget -q -T 10 -O - http://$3:9000/host.txt)' > /dev/null 2>&1
+wait_state client stopped
+echo "client_address=$(field client address)"
+zonectl logs client > /tmp/client.log 2>&1
+sed 's/^/client: /' /tmp/client.log
+echo "client_gw=$(grep '^gw=' /tmp/client.log | head -n 1 | cut -d= -f2)"
+echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | cut -d= -f2)"
+
+# The pool is full: a third zone is refused, and nothing of it is left.
+zonectl launch third --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /tmp/third.out 2>&1
+echo "third_rc=$?"
+echo "third_says_exhausted=$(grep -c 'exhausted' /tmp/third.out)"
+echo "third_exists=$(zonectl inspect third > /dev/null 2>&1 && echo yes || echo no)"
+
+# Destroying the server zone removes its TAP and frees its link for the next zone.
+zonectl destroy web > /dev/null 2>&1
+for i in $(seq 50); do [ -e /sys/class/net/zn0 ] || break; sleep 0.2; done
+echo "tap_after_destroy=$(test -e /sys/class/net/zn0 && echo present || echo gone)"
+zonectl launch again --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /dev/null 2>&1
+wait_state again stopped
+echo "again_address=$(field again address)"
+
+# A zone stopped keeps its link until destroyed; a daemon restart keeps it too.
+kill $(cat /tmp/daemon.pid); sleep 1; start_daemon
+echo "client_address_after_restart=$(field client address)"
+"#
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    assert_eq!(v("web_rc"), "0", "{}", run.output);
+    assert_eq!(v("web_address"), "10.213.0.1/31", "the first link's zone side");
+    assert_eq!(v("web_tap"), "zn0");
+    assert_eq!(v("web_mac"), "02:5a:0a:d5:00:01");
+    assert_eq!(v("web_guest_mac"), v("web_mac"), "the guest's eth0 has the MAC the daemon assigned\n{}", run.output);
+    assert_eq!(v("web_resolv"), "nameserver 10.213.0.0", "{}", run.output);
+    assert_eq!(v("fetched_from_zone"), "from-the-zone", "the test host reached the zone's server\n{}\n{}", run.output, run.diagnostics);
+    assert_eq!(v("measured"), "1", "the launch record names the interface and its addresses\n{}", run.output);
+    assert_eq!(v("cmdline_has_net"), "1", "{}", run.output);
+    assert_eq!(v("client_address"), "10.213.0.3/31", "the second link");
+    assert_eq!(v("client_gw"), "10.213.0.2", "{}", run.output);
+    assert_eq!(v("client_fetched"), "from-the-host", "the zone reached the host's server\n{}", run.output);
+    assert_ne!(v("third_rc"), "0");
+    assert_eq!(v("third_says_exhausted"), "1", "{}", run.output);
+    assert_eq!(v("third_exists"), "no");
+    assert_eq!(v("tap_after_destroy"), "gone", "no host configuration outlives its zone");
+    assert_eq!(v("again_address"), "10.213.0.1/31", "the destroyed zone's link was released");
+    assert_eq!(v("client_address_after_restart"), "10.213.0.3/31", "assignments survive a daemon restart");
+}
+
+#[test]
+fn a_daemon_without_a_zone_network_refuses_net_and_says_how_to_add_one() {
+    let run = testhost::run(&format!(
+        r#"{setup}
+zonectl launch lonely --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /tmp/out 2>&1
+echo "rc=$?"
+echo "says=$(grep -c '\[network\]' /tmp/out)"
+echo "exists=$(zonectl inspect lonely > /dev/null 2>&1 && echo yes || echo no)"
+cat /tmp/out
+"#,
+        setup = testhost::daemon_prelude()
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    assert_ne!(v("rc"), "0");
+    assert_eq!(v("says"), "1", "{}", run.output);
+    assert_eq!(v("exists"), "no");
+}
