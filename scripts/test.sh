@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$ZONE_ROOT"
 
 log "test: shellcheck"
-shellcheck -x scripts/*.sh scripts/bench-boot scripts/bench-runtime scripts/bench-image scripts/bench-image-zone scripts/*/*.sh
+shellcheck -x scripts/*.sh scripts/bench-boot scripts/bench-runtime scripts/bench-image scripts/bench-image-zone scripts/bench-net scripts/*/*.sh
 log "test: cargo test (unit, machine KVM, test host)"
 # One test at a time: the test-host tests each run a QEMU TCG VM using both cores.
 cargo test --workspace --locked -- --test-threads=1

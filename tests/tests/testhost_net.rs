@@ -4,8 +4,9 @@
 //! fetches a file from a server on the test host through its gateway, the
 //! addresses come from the daemon's pool lowest-first, are in the measured
 //! launch record and `zonectl inspect`, and are released (and the TAP gone)
-//! when the zone is destroyed; a full pool and a daemon without a zone
-//! network are refused with errors that say so.
+//! when the zone is destroyed; a zone cannot reach another zone, and what it
+//! sends from another zone's address is dropped; a full pool and a daemon
+//! without a zone network are refused with errors that say so.
 
 use zone_tests::testhost::{self, SHELL_IMAGE, daemon_prelude_with};
 
@@ -36,14 +37,20 @@ zonectl logs web > /tmp/web.log 2>&1
 echo "web_guest_mac=$(grep '^mac=' /tmp/web.log | head -n 1 | cut -d= -f2)"
 echo "web_resolv=$(grep '^resolv=' /tmp/web.log | head -n 1 | cut -d= -f2)"
 
-# The client zone: the next link; fetches the host's file through its gateway.
-zonectl launch client --net --initrd {SHELL_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$($b wget -q -T 10 -O - http://$3:9000/host.txt)' > /dev/null 2>&1
+# The kernel's count of packets its reverse-path filter dropped.
+rpf() {{ awk '/^TcpExt:/ {{ if (!h) {{ for (i = 1; i <= NF; i++) if ($i == "IPReversePathFilter") c = i; h = 1 }} else print $c }}' /proc/net/netstat; }}
+echo "rpf_before=$(rpf)"
+# The client zone: the next link; fetches the host's file through its gateway,
+# pings it, pings the other zone, then pings its gateway from the other zone's address.
+zonectl launch client --net --initrd {SHELL_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$($b wget -q -T 10 -O - http://$3:9000/host.txt); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ping -c 1 -W 3 10.213.0.1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add 10.213.0.1/32 dev eth0; $b ping -c 2 -W 3 -I 10.213.0.1 $3 > /dev/null 2>&1; echo ping_spoofed=$?' > /dev/null 2>&1
 wait_state client stopped
 echo "client_address=$(field client address)"
 zonectl logs client > /tmp/client.log 2>&1
 sed 's/^/client: /' /tmp/client.log
 echo "client_gw=$(grep '^gw=' /tmp/client.log | head -n 1 | cut -d= -f2)"
 echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | cut -d= -f2)"
+for k in ping_gw ping_other_zone ping_spoofed; do echo "$k=$(grep "^$k=" /tmp/client.log | head -n 1 | cut -d= -f2)"; done
+echo "rpf_after=$(rpf)"
 
 # The pool is full: a third zone is refused, and nothing of it is left.
 zonectl launch third --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /tmp/third.out 2>&1
@@ -77,6 +84,11 @@ echo "client_address_after_restart=$(field client address)"
     assert_eq!(v("client_address"), "10.213.0.3/31", "the second link");
     assert_eq!(v("client_gw"), "10.213.0.2", "{}", run.output);
     assert_eq!(v("client_fetched"), "from-the-host", "the zone reached the host's server\n{}", run.output);
+    assert_eq!(v("ping_gw"), "0", "the zone reaches its gateway\n{}", run.output);
+    assert_ne!(v("ping_other_zone"), "0", "zones do not reach each other: the host does not forward between links");
+    assert_ne!(v("ping_spoofed"), "0", "a zone sending from another zone's address gets no answer");
+    let rpf = |k: &str| v(k).parse::<u64>().unwrap_or_else(|e| panic!("{k}: {e}\n{}", run.output));
+    assert!(rpf("rpf_after") >= rpf("rpf_before") + 2, "the spoofed pings were dropped by the reverse-path filter\n{}", run.output);
     assert_ne!(v("third_rc"), "0");
     assert_eq!(v("third_says_exhausted"), "1", "{}", run.output);
     assert_eq!(v("third_exists"), "no");

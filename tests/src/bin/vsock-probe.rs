@@ -1,5 +1,6 @@
-//! `vsock-probe`: both ends of the zone vsock end-to-end test, as one static
-//! binary (it runs in the zone and on the test host).
+//! `vsock-probe`: both ends of the zone vsock end-to-end test and of the
+//! zone network benchmark, as one static binary (it runs in the zone and on
+//! the test host).
 //!
 //! In the zone (AF_VSOCK; prints `VSOCK-PROBE key=value` lines on stdout):
 //!
@@ -19,6 +20,17 @@
 //! vsock-probe uds-connect U PORT MESSAGE RETRY_SECS
 //!                                      `CONNECT PORT` on U, expect `OK <n>`, send MESSAGE\n, read the
 //!                                      echo; retry (the guest may not listen yet) for RETRY_SECS
+//! ```
+//!
+//! TCP, either side (prints `VSOCK-PROBE key=value` lines):
+//!
+//! ```text
+//! vsock-probe tcp-sink PORT COUNT      accept COUNT connections, one at a time; read each to EOF;
+//!                                      tcp_bytes, tcp_ms (accept to EOF)
+//! vsock-probe tcp-send ADDR:PORT MIB   connect (retrying for 60 s), send MIB MiB, close; tcp_send_ms
+//! vsock-probe tcp-echo PORT            echo every connection, one byte at a time is fine (forever)
+//! vsock-probe tcp-rr ADDR:PORT COUNT   connect (retrying for 60 s), COUNT one-byte round trips
+//!                                      with TCP_NODELAY; tcp_rr_us_p50, tcp_rr_us_p90
 //! ```
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -310,6 +322,119 @@ fn uds_connect(path: &str, port: u32, message: &str, retry_secs: u64) -> i32 {
     }
 }
 
+fn tcp_connect(addr: &str) -> io::Result<std::net::TcpStream> {
+    let started = Instant::now();
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return Ok(s),
+            Err(_) if started.elapsed() < Duration::from_secs(60) => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn tcp_sink(port: u32, count: u32) -> i32 {
+    let l = match std::net::TcpListener::bind(("0.0.0.0", port as u16)) {
+        Ok(l) => l,
+        Err(e) => {
+            out("tcp_sink_error", e);
+            return 1;
+        }
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..count {
+        let Ok((mut s, _)) = l.accept() else { return 1 };
+        let t = Instant::now();
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(k) => n += k as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    out("tcp_sink_error", e);
+                    return 1;
+                }
+            }
+        }
+        out("tcp_bytes", n);
+        out("tcp_ms", t.elapsed().as_millis());
+    }
+    0
+}
+
+fn tcp_send(addr: &str, mib: u64) -> i32 {
+    let mut s = match tcp_connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            out("tcp_send_error", e);
+            return 1;
+        }
+    };
+    let buf = vec![0u8; 1 << 20];
+    let t = Instant::now();
+    for _ in 0..mib {
+        if let Err(e) = s.write_all(&buf) {
+            out("tcp_send_error", e);
+            return 1;
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = s.read(&mut [0u8; 1]);
+    out("tcp_send_ms", t.elapsed().as_millis());
+    0
+}
+
+fn tcp_echo(port: u32) -> i32 {
+    let l = match std::net::TcpListener::bind(("0.0.0.0", port as u16)) {
+        Ok(l) => l,
+        Err(e) => {
+            out("tcp_echo_error", e);
+            return 1;
+        }
+    };
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        std::thread::spawn(move || {
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    0
+}
+
+fn tcp_rr(addr: &str, count: u32) -> i32 {
+    let mut s = match tcp_connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            out("tcp_rr_error", e);
+            return 1;
+        }
+    };
+    let _ = s.set_nodelay(true);
+    let mut times = Vec::with_capacity(count as usize);
+    let mut b = [0u8; 1];
+    for _ in 0..count {
+        let t = Instant::now();
+        if s.write_all(b"x").and_then(|()| s.read_exact(&mut b)).is_err() {
+            out("tcp_rr_error", "connection lost");
+            return 1;
+        }
+        times.push(t.elapsed().as_micros());
+    }
+    times.sort_unstable();
+    if let (Some(p50), Some(p90)) = (times.get(times.len() / 2), times.get(times.len() * 9 / 10)) {
+        out("tcp_rr_us_p50", p50);
+        out("tcp_rr_us_p90", p90);
+    }
+    0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -323,6 +448,10 @@ fn main() {
         ["flood", p, mib, stall] if port(p).is_some() && num(mib).is_some() && num(stall).is_some() => {
             flood(port(p).unwrap_or(0), num(mib).unwrap_or(0), num(stall).unwrap_or(5))
         }
+        ["tcp-sink", p, n] if port(p).is_some() && port(n).is_some() => tcp_sink(port(p).unwrap_or(0), port(n).unwrap_or(0)),
+        ["tcp-send", addr, mib] if num(mib).is_some() => tcp_send(addr, num(mib).unwrap_or(0)),
+        ["tcp-echo", p] if port(p).is_some() => tcp_echo(port(p).unwrap_or(0)),
+        ["tcp-rr", addr, n] if port(n).is_some() => tcp_rr(addr, port(n).unwrap_or(0)),
         ["uds-echo", path] => uds_echo(path),
         ["uds-hold", path, pid, secs] if port(pid).is_some() && num(secs).is_some() => {
             uds_hold(path, port(pid).unwrap_or(0), num(secs).unwrap_or(0))
