@@ -1,14 +1,15 @@
 //! Zone networking in the test host (real KVM, the zone kernel's virtio_net
 //! driver, our VMM's virtio-net on a TAP the daemon created): a zone serves
-//! HTTP that the test host fetches over the zone's routed /31, another zone
-//! fetches a file from a server on the test host through its gateway, the
+//! TCP that the test host reaches over the zone's routed /31, another zone
+//! reaches a server on the test host through its gateway (both ends
+//! `vsock-probe tcp-serve` / `tcp-get`), the
 //! addresses come from the daemon's pool lowest-first, are in the measured
 //! launch record and `zonectl inspect`, and are released (and the TAP gone)
 //! when the zone is destroyed; a zone cannot reach another zone, and what it
 //! sends from another zone's address is dropped; a full pool and a daemon
 //! without a zone network are refused with errors that say so.
 
-use zone_tests::testhost::{self, SHELL_IMAGE, daemon_prelude_with};
+use zone_tests::testhost::{self, SHELL_IMAGE, VSOCK_IMAGE, VSOCK_PROBE, daemon_prelude_with};
 
 #[test]
 fn zones_reach_the_host_and_are_reached_over_their_own_links() {
@@ -16,21 +17,18 @@ fn zones_reach_the_host_and_are_reached_over_their_own_links() {
     let setup = daemon_prelude_with("[network]\npool = \"10.213.0.0/30\"\nnameservers = [\"10.213.0.0\"]\n");
     let run = testhost::run(&format!(
         r#"{setup}
-B=/bin/busybox
-# A file server on the test host, on every address (the gateways appear with the TAPs).
-mkdir -p /tmp/www && echo from-the-host > /tmp/www/host.txt
-busybox httpd -p 9000 -h /tmp/www
-# The server zone: HTTP on 8080 with its own page, until destroyed.
-zonectl launch web --net --initrd {SHELL_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; $b mkdir -p /www; echo from-the-zone > /www/index.html; echo mac=$($b cat /sys/class/net/eth0/address); echo resolv=$($b cat /etc/resolv.conf); exec $b httpd -f -p 8080 -h /www' > /tmp/web.out 2>&1
+P={VSOCK_PROBE}
+# A server on the test host, on every address (the gateways appear with the TAPs).
+$P tcp-serve 9000 from-the-host > /dev/null 2>&1 &
+# The server zone: answers on 8080, until destroyed.
+zonectl launch web --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; echo mac=$($b cat /sys/class/net/eth0/address); echo resolv=$($b cat /etc/resolv.conf); exec /bin/vsock-probe tcp-serve 8080 from-the-zone' > /tmp/web.out 2>&1
 echo "web_rc=$?"
 cat /tmp/web.out | sed 's/^/web launch: /'
 addr=$(field web address); echo "web_address=$addr"
 echo "web_tap=$(field web tap)"
 echo "web_mac=$(field web mac)"
 ip=${{addr%/*}}
-got=""
-for i in $(seq 60); do got=$(wget -q -T 5 -O - http://$ip:8080/ 2>/dev/null) && break; sleep 1; done
-echo "fetched_from_zone=$got"
+echo "fetched_from_zone=$(timeout -s KILL 120 $P tcp-get $ip:8080 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
 echo "measured=$(zonectl inspect web -o json | grep -c 'virtio-net:mac=02:5a:0a:d5:00:01:ip=10.213.0.1/31:gw=10.213.0.0')"
 echo "cmdline_has_net=$(zonectl inspect web -o json | grep -c 'zone.net=10.213.0.1/31,10.213.0.0,10.213.0.0')"
 zonectl logs web > /tmp/web.log 2>&1
@@ -42,13 +40,13 @@ rpf() {{ awk '/^TcpExt:/ {{ if (!h) {{ for (i = 1; i <= NF; i++) if ($i == "IPRe
 echo "rpf_before=$(rpf)"
 # The client zone: the next link; fetches the host's file through its gateway,
 # pings it, pings the other zone, then pings its gateway from the other zone's address.
-zonectl launch client --net --initrd {SHELL_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$($b wget -q -T 10 -O - http://$3:9000/host.txt); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ping -c 1 -W 3 10.213.0.1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add 10.213.0.1/32 dev eth0; $b ping -c 2 -W 3 -I 10.213.0.1 $3 > /dev/null 2>&1; echo ping_spoofed=$?' > /dev/null 2>&1
+zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$(/bin/vsock-probe tcp-get $3:9000); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ping -c 1 -W 3 10.213.0.1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add 10.213.0.1/32 dev eth0; $b ping -c 2 -W 3 -I 10.213.0.1 $3 > /dev/null 2>&1; echo ping_spoofed=$?' > /dev/null 2>&1
 wait_state client stopped
 echo "client_address=$(field client address)"
 zonectl logs client > /tmp/client.log 2>&1
 sed 's/^/client: /' /tmp/client.log
 echo "client_gw=$(grep '^gw=' /tmp/client.log | head -n 1 | cut -d= -f2)"
-echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | cut -d= -f2)"
+echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | sed 's/.*tcp_got=//')"
 for k in ping_gw ping_other_zone ping_spoofed; do echo "$k=$(grep "^$k=" /tmp/client.log | head -n 1 | cut -d= -f2)"; done
 echo "rpf_after=$(rpf)"
 

@@ -31,7 +31,12 @@
 //! vsock-probe tcp-echo PORT            echo every connection, one byte at a time is fine (forever)
 //! vsock-probe tcp-rr ADDR:PORT COUNT   connect (retrying for 60 s), COUNT one-byte round trips
 //!                                      with TCP_NODELAY; tcp_rr_us_p50, tcp_rr_us_p90
+//! vsock-probe tcp-serve PORT MESSAGE   answer every connection with MESSAGE\n and close (forever)
+//! vsock-probe tcp-get ADDR:PORT        connect (retrying for 60 s), read to EOF; tcp_got=<first line>
 //! ```
+//!
+//! Addresses are numeric: the zones have no resolver (and a static glibc's
+//! `getaddrinfo` is not to be relied on there).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -435,6 +440,40 @@ fn tcp_rr(addr: &str, count: u32) -> i32 {
     0
 }
 
+fn tcp_serve(port: u32, message: &str) -> i32 {
+    let l = match std::net::TcpListener::bind(("0.0.0.0", port as u16)) {
+        Ok(l) => l,
+        Err(e) => {
+            out("tcp_serve_error", e);
+            return 1;
+        }
+    };
+    for s in l.incoming() {
+        if let Ok(mut s) = s {
+            let _ = writeln!(s, "{message}");
+        }
+    }
+    0
+}
+
+fn tcp_get(addr: &str) -> i32 {
+    let mut s = match tcp_connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            out("tcp_get_error", e);
+            return 1;
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut text = String::new();
+    if let Err(e) = s.read_to_string(&mut text) {
+        out("tcp_get_error", e);
+        return 1;
+    }
+    out("tcp_got", text.lines().next().unwrap_or(""));
+    0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -452,6 +491,8 @@ fn main() {
         ["tcp-send", addr, mib] if num(mib).is_some() => tcp_send(addr, num(mib).unwrap_or(0)),
         ["tcp-echo", p] if port(p).is_some() => tcp_echo(port(p).unwrap_or(0)),
         ["tcp-rr", addr, n] if port(n).is_some() => tcp_rr(addr, port(n).unwrap_or(0)),
+        ["tcp-serve", p, msg] if port(p).is_some() => tcp_serve(port(p).unwrap_or(0), msg),
+        ["tcp-get", addr] => tcp_get(addr),
         ["uds-echo", path] => uds_echo(path),
         ["uds-hold", path, pid, secs] if port(pid).is_some() && num(secs).is_some() => {
             uds_hold(path, port(pid).unwrap_or(0), num(secs).unwrap_or(0))
