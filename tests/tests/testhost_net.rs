@@ -6,15 +6,18 @@
 //! addresses come from the daemon's pool lowest-first, are in the measured
 //! launch record and `zonectl inspect`, and are released (and the TAP gone)
 //! when the zone is destroyed; a zone cannot reach another zone, and what it
-//! sends from another zone's address is dropped; a full pool and a daemon
+//! sends from another zone's address is dropped; what it sends is held to
+//! `[network.limits]`; a full pool and a daemon
 //! without a zone network are refused with errors that say so.
 
 use zone_tests::testhost::{self, SHELL_IMAGE, VSOCK_IMAGE, VSOCK_PROBE, daemon_prelude_with};
 
 #[test]
 fn zones_reach_the_host_and_are_reached_over_their_own_links() {
-    // Two links: 10.213.0.0/31 and 10.213.0.2/31.
-    let setup = daemon_prelude_with("[network]\npool = \"10.213.0.0/30\"\nnameservers = [\"10.213.0.0\"]\n");
+    // Two links: 10.213.0.0/31 and 10.213.0.2/31; each zone may send 8 Mbit/s (1 MB/s).
+    let setup = daemon_prelude_with(
+        "[network]\npool = \"10.213.0.0/30\"\nnameservers = [\"10.213.0.0\"]\n[network.limits]\ntx_mbit = 8\n",
+    );
     let run = testhost::run(&format!(
         r#"{setup}
 P={VSOCK_PROBE}
@@ -38,9 +41,11 @@ echo "web_resolv=$(grep '^resolv=' /tmp/web.log | head -n 1 | cut -d= -f2)"
 # The kernel's count of packets its reverse-path filter dropped.
 rpf() {{ awk '/^TcpExt:/ {{ if (!h) {{ for (i = 1; i <= NF; i++) if ($i == "IPReversePathFilter") c = i; h = 1 }} else print $c }}' /proc/net/netstat; }}
 echo "rpf_before=$(rpf)"
+timeout -s KILL 240 $P tcp-sink 5001 1 > /tmp/sink.out 2>&1 &
+SINK=$!
 # The client zone: the next link; fetches the host's file through its gateway,
 # pings it, pings the other zone, then pings its gateway from the other zone's address.
-zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$(/bin/vsock-probe tcp-get $3:9000); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ping -c 1 -W 3 10.213.0.1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add 10.213.0.1/32 dev eth0; $b ping -c 2 -W 3 -I 10.213.0.1 $3 > /dev/null 2>&1; echo ping_spoofed=$?' > /dev/null 2>&1
+zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$(/bin/vsock-probe tcp-get $3:9000); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ping -c 1 -W 3 10.213.0.1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add 10.213.0.1/32 dev eth0; $b ping -c 2 -W 3 -I 10.213.0.1 $3 > /dev/null 2>&1; echo ping_spoofed=$?; $b ip addr del 10.213.0.1/32 dev eth0; /bin/vsock-probe tcp-send $3:5001 3' > /dev/null 2>&1
 wait_state client stopped
 echo "client_address=$(field client address)"
 zonectl logs client > /tmp/client.log 2>&1
@@ -49,6 +54,8 @@ echo "client_gw=$(grep '^gw=' /tmp/client.log | head -n 1 | cut -d= -f2)"
 echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | sed 's/.*tcp_got=//')"
 for k in ping_gw ping_other_zone ping_spoofed; do echo "$k=$(grep "^$k=" /tmp/client.log | head -n 1 | cut -d= -f2)"; done
 echo "rpf_after=$(rpf)"
+wait $SINK
+sed -n 's/^VSOCK-PROBE //p' /tmp/sink.out
 
 # The pool is full: a third zone is refused, and nothing of it is left.
 zonectl launch third --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /tmp/third.out 2>&1
@@ -85,7 +92,11 @@ echo "client_address_after_restart=$(field client address)"
     assert_eq!(v("ping_gw"), "0", "the zone reaches its gateway\n{}", run.output);
     assert_ne!(v("ping_other_zone"), "0", "zones do not reach each other: the host does not forward between links");
     assert_ne!(v("ping_spoofed"), "0", "a zone sending from another zone's address gets no answer");
-    let rpf = |k: &str| v(k).parse::<u64>().unwrap_or_else(|e| panic!("{k}: {e}\n{}", run.output));
+    let n = |k: &str| v(k).parse::<u64>().unwrap_or_else(|e| panic!("{k}: {e}\n{}", run.output));
+    let rpf = n;
+    // 3 MiB at 1 MB/s (a 100 kB burst): over 3 s; 2 s leaves room for timer slack.
+    assert_eq!(n("tcp_bytes"), 3 << 20, "{}", run.output);
+    assert!(n("tcp_ms") >= 2000, "a zone limited to 8 Mbit/s sent 3 MiB in {} ms\n{}", n("tcp_ms"), run.output);
     assert!(rpf("rpf_after") >= rpf("rpf_before") + 2, "the spoofed pings were dropped by the reverse-path filter\n{}", run.output);
     assert_ne!(v("third_rc"), "0");
     assert_eq!(v("third_says_exhausted"), "1", "{}", run.output);

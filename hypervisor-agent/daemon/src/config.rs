@@ -38,6 +38,8 @@
 //! pool = "10.213.0.0/16"      # routed /31s: the host side of link k is .2k, the zone .2k+1
 //! nameservers = ["10.213.0.0"]  # written to the zones' /etc/resolv.conf (at most 3)
 //! mtu = 1500
+//! [network.limits]            # optional, per zone and direction (the zone's VMM enforces them)
+//! tx_mbit = 100               # what a zone may send; also rx_mbit, tx_pps, rx_pps
 //! ```
 //!
 //! `host_id` (top level, default: the host name) names this host in launch

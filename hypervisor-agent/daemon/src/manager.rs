@@ -752,8 +752,8 @@ impl Daemon {
             net: spec.net.as_ref().map(|n| zone_vmm::launch::LaunchNet {
                 mac: n.mac.clone(),
                 mtu: n.mtu,
-                rx_rate: Default::default(),
-                tx_rate: Default::default(),
+                rx_rate: n.limits.rx(),
+                tx_rate: n.limits.tx(),
             }),
             jail: jail_spec,
             #[cfg(feature = "test-hooks")]

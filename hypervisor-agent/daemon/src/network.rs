@@ -30,6 +30,63 @@ pub struct NetworkConfig {
     /// The zones' MTU.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// Per zone: what it may send and receive (`[network.limits]`; absent: unlimited).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[network.limits]`: each zone's traffic in each direction, enforced by its
+/// VMM with token buckets refilled every 100 ms (a burst of one period).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Megabits per second the zone may send.
+    pub tx_mbit: Option<u32>,
+    /// Megabits per second the zone may receive.
+    pub rx_mbit: Option<u32>,
+    /// Frames per second the zone may send.
+    pub tx_pps: Option<u32>,
+    /// Frames per second the zone may receive.
+    pub rx_pps: Option<u32>,
+}
+
+/// The refill period of the buckets.
+const REFILL_MS: u64 = 100;
+
+fn rate(mbit: Option<u32>, pps: Option<u32>) -> zone_vmm::devices::virtio::net::RateLimit {
+    use zone_vmm::devices::virtio::net::{Bucket, RateLimit};
+    let per_period = |per_sec: u64| (per_sec * REFILL_MS / 1000).max(1);
+    RateLimit {
+        bytes: mbit.map(|m| Bucket { size: per_period(u64::from(m) * 1_000_000 / 8), refill_ms: REFILL_MS }),
+        frames: pps.map(|p| Bucket { size: per_period(u64::from(p)), refill_ms: REFILL_MS }),
+    }
+}
+
+impl Limits {
+    /// What the zone receives.
+    pub fn rx(&self) -> zone_vmm::devices::virtio::net::RateLimit {
+        rate(self.rx_mbit, self.rx_pps)
+    }
+
+    /// What the zone sends.
+    pub fn tx(&self) -> zone_vmm::devices::virtio::net::RateLimit {
+        rate(self.tx_mbit, self.tx_pps)
+    }
+
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        for (k, v, unit) in [
+            ("tx", self.tx_mbit, "Mbit/s"),
+            ("rx", self.rx_mbit, "Mbit/s"),
+            ("tx", self.tx_pps, "pps"),
+            ("rx", self.rx_pps, "pps"),
+        ] {
+            if let Some(v) = v {
+                s.push_str(&format!(":{k}={v}{unit}"));
+            }
+        }
+        s
+    }
 }
 
 fn default_mtu() -> u16 {
@@ -114,6 +171,12 @@ impl NetworkConfig {
         if !(576..=9000).contains(&self.mtu) {
             return Err(NetworkError::Config(format!("mtu = {} is outside 576..=9000", self.mtu)));
         }
+        let l = &self.limits;
+        if [l.tx_mbit, l.rx_mbit, l.tx_pps, l.rx_pps].iter().flatten().any(|&v| v == 0 || v > 1_000_000) {
+            return Err(NetworkError::Config(
+                "[network.limits] values must be 1..=1000000 (leave one out for no limit)".into(),
+            ));
+        }
         Pool::parse(&self.pool)
     }
 }
@@ -136,6 +199,9 @@ pub struct NetAssignment {
     pub nameservers: Vec<Ipv4Addr>,
     /// The MTU.
     pub mtu: u16,
+    /// The traffic limits the zone was launched with.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Prefix length of a link.
@@ -154,7 +220,14 @@ impl NetAssignment {
 
     /// The device as the launch record lists it (measured).
     pub fn device(&self) -> String {
-        format!("virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}", self.mac, self.address, self.gateway, self.mtu)
+        format!(
+            "virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}{}",
+            self.mac,
+            self.address,
+            self.gateway,
+            self.mtu,
+            self.limits.describe()
+        )
     }
 }
 
@@ -169,7 +242,16 @@ pub fn assign(config: &NetworkConfig, used: &[u32]) -> Result<NetAssignment, Net
     let o = address.octets();
     // Locally administered, unicast; unique per zone address.
     let mac = format!("02:5a:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
-    Ok(NetAssignment { link, tap: format!("zn{link}"), mac, address, gateway, nameservers: config.nameservers.clone(), mtu: config.mtu })
+    Ok(NetAssignment {
+        link,
+        tap: format!("zn{link}"),
+        mac,
+        address,
+        gateway,
+        nameservers: config.nameservers.clone(),
+        mtu: config.mtu,
+        limits: config.limits,
+    })
 }
 
 fn ifreq(name: &str) -> libc::ifreq {
@@ -245,7 +327,7 @@ mod tests {
     use super::*;
 
     fn config(pool: &str) -> NetworkConfig {
-        NetworkConfig { pool: pool.into(), nameservers: vec![], mtu: 1500 }
+        NetworkConfig { pool: pool.into(), nameservers: vec![], mtu: 1500, limits: Limits::default() }
     }
 
     #[test]
@@ -274,5 +356,27 @@ mod tests {
         c.mtu = 1500;
         c.nameservers = vec![Ipv4Addr::LOCALHOST; 4];
         assert!(matches!(c.validate(), Err(NetworkError::Config(_))));
+        c.nameservers = vec![];
+        c.limits.tx_mbit = Some(0);
+        assert!(matches!(c.validate(), Err(NetworkError::Config(_))));
+    }
+
+    #[test]
+    fn limits_become_buckets_and_are_measured() {
+        let mut c = config("10.213.0.0/24");
+        c.limits = Limits { tx_mbit: Some(80), rx_mbit: None, tx_pps: Some(5), rx_pps: Some(20_000) };
+        c.validate().unwrap();
+        let a = assign(&c, &[]).unwrap();
+        let tx = a.limits.tx();
+        // 80 Mbit/s = 10 MB/s: 1 MB per 100 ms; 5 pps: at least one frame per period.
+        assert_eq!(tx.bytes.map(|b| (b.size, b.refill_ms)), Some((1_000_000, 100)));
+        assert_eq!(tx.frames.map(|b| b.size), Some(1));
+        assert_eq!(a.limits.rx().bytes, None);
+        assert_eq!(a.limits.rx().frames.map(|b| b.size), Some(2_000));
+        assert!(a.device().ends_with(":mtu=1500:tx=80Mbit/s:tx=5pps:rx=20000pps"), "{}", a.device());
+        let toml = "pool = \"10.213.0.0/24\"\n[limits]\ntx_mbit = 80\n";
+        let parsed: NetworkConfig = toml::from_str(toml).unwrap();
+        assert_eq!(parsed.limits.tx_mbit, Some(80));
+        assert!(toml::from_str::<NetworkConfig>("pool = \"10.213.0.0/24\"\n[limits]\ntx_gbit = 1\n").is_err(), "unknown keys are refused");
     }
 }
