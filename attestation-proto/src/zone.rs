@@ -49,6 +49,20 @@ pub const NET_PARAM: &str = "zone.net";
 /// Most nameservers `zone.net=` may name (`/etc/resolv.conf` reads three).
 pub const MAX_NAMESERVERS: usize = 3;
 
+/// Parses a published port, `[HOST_ADDRESS:]HOST_PORT:ZONE_PORT` (IPv4; the
+/// host address defaults to 0.0.0.0): (host address, host port, zone port).
+pub fn parse_publish(s: &str) -> Result<(std::net::Ipv4Addr, u16, u16), String> {
+    let bad = || format!("--publish {s:?}: use [HOST_ADDRESS:]HOST_PORT:ZONE_PORT, ports 1-65535, an IPv4 host address");
+    let parts: Vec<&str> = s.split(':').collect();
+    let (addr, host_port, zone_port) = match parts.as_slice() {
+        [h, z] => (std::net::Ipv4Addr::UNSPECIFIED, *h, *z),
+        [a, h, z] => (a.parse().map_err(|_| bad())?, *h, *z),
+        _ => return Err(bad()),
+    };
+    let port = |p: &str| p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad);
+    Ok((addr, port(host_port)?, port(zone_port)?))
+}
+
 /// The zone's network interface as the kernel command line gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetParams {

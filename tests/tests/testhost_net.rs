@@ -7,7 +7,8 @@
 //! launch record and `zonectl inspect`, and are released (and the TAP gone)
 //! when the zone is destroyed; a zone cannot reach another zone, and what it
 //! sends from another zone's address is dropped; what it sends is held to
-//! `[network.limits]`; a full pool and a daemon
+//! `[network.limits]`; a published host port reaches the zone, and one already
+//! in use is refused; a full pool and a daemon
 //! without a zone network are refused with errors that say so.
 
 use zone_tests::testhost::{self, SHELL_IMAGE, VSOCK_IMAGE, VSOCK_PROBE, daemon_prelude_with};
@@ -24,7 +25,7 @@ P={VSOCK_PROBE}
 # A server on the test host, on every address (the gateways appear with the TAPs).
 $P tcp-serve 9000 from-the-host > /dev/null 2>&1 &
 # The server zone: answers on 8080, until destroyed.
-zonectl launch web --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; echo mac=$($b cat /sys/class/net/eth0/address); echo resolv=$($b cat /etc/resolv.conf); exec /bin/vsock-probe tcp-serve 8080 from-the-zone' > /tmp/web.out 2>&1
+zonectl launch web --net --publish 8081:8080 --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; echo mac=$($b cat /sys/class/net/eth0/address); echo resolv=$($b cat /etc/resolv.conf); exec /bin/vsock-probe tcp-serve 8080 from-the-zone' > /tmp/web.out 2>&1
 echo "web_rc=$?"
 cat /tmp/web.out | sed 's/^/web launch: /'
 addr=$(field web address); echo "web_address=$addr"
@@ -32,6 +33,15 @@ echo "web_tap=$(field web tap)"
 echo "web_mac=$(field web mac)"
 ip=${{addr%/*}}
 echo "fetched_from_zone=$(timeout -s KILL 120 $P tcp-get $ip:8080 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
+# The published port: the test host's 8081 reaches the zone's 8080.
+echo "fetched_published=$(timeout -s KILL 120 $P tcp-get 127.0.0.1:8081 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
+echo "publish_measured=$(zonectl inspect web -o json | grep -c 'publish=0.0.0.0:8081->8080')"
+# A second zone asking for the same host port is refused, naming it, and nothing of it is left.
+zonectl launch clash --publish 8081:80 --initrd {SHELL_IMAGE} -- /bin/busybox true > /tmp/clash.out 2>&1
+echo "clash_rc=$?"
+echo "clash_says_port=$(grep -q 'host port 0.0.0.0:8081' /tmp/clash.out && echo 1 || echo 0)"
+echo "clash_exists=$(zonectl inspect clash > /dev/null 2>&1 && echo yes || echo no)"
+echo "clash_tap=$(test -e /sys/class/net/zn1 && echo present || echo gone)"
 echo "measured=$(zonectl inspect web -o json | grep -c 'virtio-net:mac=02:5a:0a:d5:00:01:ip=10.213.0.1/31:gw=10.213.0.0')"
 echo "cmdline_has_net=$(zonectl inspect web -o json | grep -c 'zone.net=10.213.0.1/31,10.213.0.0,10.213.0.0')"
 zonectl logs web > /tmp/web.log 2>&1
@@ -84,6 +94,12 @@ echo "client_address_after_restart=$(field client address)"
     assert_eq!(v("web_guest_mac"), v("web_mac"), "the guest's eth0 has the MAC the daemon assigned\n{}", run.output);
     assert_eq!(v("web_resolv"), "nameserver 10.213.0.0", "{}", run.output);
     assert_eq!(v("fetched_from_zone"), "from-the-zone", "the test host reached the zone's server\n{}\n{}", run.output, run.diagnostics);
+    assert_eq!(v("fetched_published"), "from-the-zone", "a published port reaches the zone\n{}", run.output);
+    assert_eq!(v("publish_measured"), "1", "the published port is in the launch record\n{}", run.output);
+    assert_ne!(v("clash_rc"), "0");
+    assert_eq!(v("clash_says_port"), "1", "{}", run.output);
+    assert_eq!(v("clash_exists"), "no");
+    assert_eq!(v("clash_tap"), "gone", "a refused launch leaves no TAP behind");
     assert_eq!(v("measured"), "1", "the launch record names the interface and its addresses\n{}", run.output);
     assert_eq!(v("cmdline_has_net"), "1", "{}", run.output);
     assert_eq!(v("client_address"), "10.213.0.3/31", "the second link");

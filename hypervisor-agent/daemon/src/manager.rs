@@ -141,6 +141,8 @@ pub struct LaunchRequest {
     pub image: Option<crate::store::ImageSpec>,
     /// Whether the zone gets a network interface on the zone network.
     pub network: bool,
+    /// Host ports forwarded to the zone (implies `network`).
+    pub publish: Vec<crate::network::Publish>,
     /// Who asks (the control connection's peer): artifacts it names are
     /// opened with its rights.
     pub caller: Option<crate::artifacts::Caller>,
@@ -286,7 +288,14 @@ impl Daemon {
                     tracing::info!(zone = %name, pid = handle.pid, "re-adopting running zone");
                     daemon.watch_vmm(&name, handle)?;
                     let gid = record.jail.as_ref().map_or(0, |j| j.gid);
-                    if let Err(e) = daemon.open_channel(&name, gid) {
+                    let published = match record.spec.net.as_ref().map(crate::network::bind_published).transpose() {
+                        Ok(p) => p.unwrap_or_default(),
+                        Err(e) => {
+                            tracing::error!(zone = %name, error = %e, "cannot publish the zone's ports again");
+                            Vec::new()
+                        }
+                    };
+                    if let Err(e) = daemon.open_channel(&name, gid, published) {
                         tracing::error!(zone = %name, error = %e, "cannot reopen the zone's host channel");
                     }
                 }
@@ -495,7 +504,19 @@ impl Daemon {
         }
         // The addresses are assigned under the zones' lock; one of the pool's
         // stands in for the length check below.
-        let net = match (&self.config.network, req.network) {
+        if req.publish.len() > crate::network::MAX_PUBLISHED {
+            return Err(DaemonError::InvalidArgument(format!(
+                "{} published ports; at most {} per zone",
+                req.publish.len(),
+                crate::network::MAX_PUBLISHED
+            )));
+        }
+        for (i, p) in req.publish.iter().enumerate() {
+            if req.publish[..i].iter().any(|q| q.host.port() == p.host.port()) {
+                return Err(DaemonError::InvalidArgument(format!("host port {} is published twice", p.host.port())));
+            }
+        }
+        let net = match (&self.config.network, req.network || !req.publish.is_empty()) {
             (_, false) => None,
             (None, true) => {
                 return Err(DaemonError::FailedPrecondition(
@@ -602,7 +623,9 @@ impl Daemon {
             if let (Some(n), Some(_)) = (&self.config.network, &spec.net) {
                 // Every zone's link stays assigned until the zone is destroyed.
                 let links: Vec<u32> = zones.values().filter_map(|e| e.record.spec.net.as_ref().map(|a| a.link)).collect();
-                spec.net = Some(crate::network::assign(n, &links).map_err(|e| DaemonError::ResourceExhausted(e.to_string()))?);
+                let mut a = crate::network::assign(n, &links).map_err(|e| DaemonError::ResourceExhausted(e.to_string()))?;
+                a.publish = req.publish.clone();
+                spec.net = Some(a);
             }
             let record = ZoneRecord {
                 name: name.clone(),
@@ -737,10 +760,18 @@ impl Daemon {
             .map(crate::network::create_tap)
             .transpose()
             .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
+        // Published ports are bound now: one in use fails the launch before the zone boots.
+        let published = spec
+            .net
+            .as_ref()
+            .map(crate::network::bind_published)
+            .transpose()
+            .map_err(DaemonError::FailedPrecondition)?
+            .unwrap_or_default();
         let mut jail_spec = self.jailer.spec(&jail, &dir.sock_dir());
         // RLIMIT_FSIZE bounds the offset of every write, disks included.
         jail_spec.max_file_size = jail_spec.max_file_size.max(spec.scratch_mib << 20);
-        self.open_channel(name, jail.gid)?;
+        self.open_channel(name, jail.gid, published)?;
         let config = LaunchConfig {
             zone: name.clone(),
             cmdline,
@@ -894,8 +925,14 @@ impl Daemon {
     }
 
     /// Starts the daemon's side of a zone's host channel and forwards: their
-    /// listeners in `sock/` (group `gid`: the zone's VMM connects to them).
-    fn open_channel(self: &Arc<Self>, name: &str, gid: u32) -> Result<(), DaemonError> {
+    /// listeners in `sock/` (group `gid`: the zone's VMM connects to them),
+    /// and its published ports (`published`, bound by the caller).
+    fn open_channel(
+        self: &Arc<Self>,
+        name: &str,
+        gid: u32,
+        published: Vec<(crate::network::Publish, std::net::TcpListener)>,
+    ) -> Result<(), DaemonError> {
         let dir = self.zone_dir(name);
         let listen = |port: u32| -> Result<tokio::net::UnixListener, DaemonError> {
             let l = ZoneDir::bind(&dir.port_socket(port), Some(gid)).map_err(internal)?;
@@ -908,12 +945,22 @@ impl Daemon {
         for f in &self.config.forwards {
             forwards.push(forward::serve(name.to_owned(), listen(f.port)?, f.clone()));
         }
-        // One task per zone: aborting it stops the channel and the forwards.
+        let zone_address = self.get(name).ok().and_then(|r| r.spec.net.map(|n| n.address));
+        let published: Vec<_> = match zone_address {
+            Some(addr) => {
+                published.into_iter().map(|(p, l)| crate::network::serve_published(name.to_owned(), addr, p, l)).collect()
+            }
+            None => Vec::new(),
+        };
+        // One task per zone: aborting it stops the channel, the forwards and the published ports.
         let task = tokio::spawn(async move {
             let mut set = tokio::task::JoinSet::new();
             set.spawn(channel);
             for f in forwards {
                 set.spawn(f);
+            }
+            for p in published {
+                set.spawn(p);
             }
             // Dropping the set (when this task is aborted) aborts them all.
             while set.join_next().await.is_some() {}

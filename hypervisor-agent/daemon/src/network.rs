@@ -202,7 +202,23 @@ pub struct NetAssignment {
     /// The traffic limits the zone was launched with.
     #[serde(default)]
     pub limits: Limits,
+    /// Host ports forwarded to the zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<Publish>,
 }
+
+/// A host TCP port the daemon forwards to a port of the zone (`--publish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// Where the daemon listens.
+    pub host: std::net::SocketAddrV4,
+    /// The zone's port.
+    pub zone_port: u16,
+}
+
+/// Most ports one zone may publish.
+pub const MAX_PUBLISHED: usize = 16;
 
 /// Prefix length of a link.
 pub const LINK_PREFIX: u8 = 31;
@@ -220,8 +236,9 @@ impl NetAssignment {
 
     /// The device as the launch record lists it (measured).
     pub fn device(&self) -> String {
+        let published: String = self.publish.iter().map(|p| format!(":publish={}->{}", p.host, p.zone_port)).collect();
         format!(
-            "virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}{}",
+            "virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}{}{published}",
             self.mac,
             self.address,
             self.gateway,
@@ -251,7 +268,63 @@ pub fn assign(config: &NetworkConfig, used: &[u32]) -> Result<NetAssignment, Net
         nameservers: config.nameservers.clone(),
         mtu: config.mtu,
         limits: config.limits,
+        publish: Vec::new(),
     })
+}
+
+/// Binds every published port of `a` (so a port in use fails the launch
+/// before the zone boots).
+pub fn bind_published(a: &NetAssignment) -> Result<Vec<(Publish, std::net::TcpListener)>, String> {
+    a.publish
+        .iter()
+        .map(|p| {
+            let l = std::net::TcpListener::bind(p.host).map_err(|e| {
+                format!("cannot publish host port {} ({e}); is it in use? pick another --publish host port", p.host)
+            })?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok((*p, l))
+        })
+        .collect()
+}
+
+/// Open connections per published port.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Forwards every connection to `listener` to `zone`'s `publish.zone_port`
+/// until aborted (the zone sees them come from its gateway).
+pub async fn serve_published(name: String, zone: Ipv4Addr, publish: Publish, listener: std::net::TcpListener) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        tracing::warn!(zone = %name, host = %publish.host, "cannot serve a published port");
+        return;
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let to = std::net::SocketAddrV4::new(zone, publish.zone_port);
+    loop {
+        let Ok((mut outside, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(zone = %name, host = %publish.host, "too many connections to a published port; refusing one");
+            continue;
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            match tokio::net::TcpStream::connect(to).await {
+                Ok(mut inside) => {
+                    let _ = tokio::io::copy_bidirectional(&mut outside, &mut inside).await;
+                }
+                Err(e) => tracing::debug!(zone = %name, %to, error = %e, "a published port's zone side is not answering"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Parses `--publish [HOST_ADDRESS:]HOST_PORT:ZONE_PORT`.
+pub fn parse_publish(s: &str) -> Result<Publish, String> {
+    let (addr, host_port, zone_port) = attestation_proto::zone::parse_publish(s)?;
+    Ok(Publish { host: std::net::SocketAddrV4::new(addr, host_port), zone_port })
 }
 
 fn ifreq(name: &str) -> libc::ifreq {
@@ -359,6 +432,23 @@ mod tests {
         c.nameservers = vec![];
         c.limits.tx_mbit = Some(0);
         assert!(matches!(c.validate(), Err(NetworkError::Config(_))));
+    }
+
+    #[test]
+    fn published_ports_parse_bind_and_are_measured() {
+        assert_eq!(parse_publish("8080:80").unwrap().host, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(parse_publish("127.0.0.1:8080:80").unwrap().zone_port, 80);
+        for bad in ["80", "0:80", "8080:0", "8080:70000", "x:1:2", "1:2:3:4", "::1:80:80"] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+        let mut a = assign(&config("10.213.0.0/24"), &[]).unwrap();
+        a.publish = vec![Publish { host: "127.0.0.1:1".parse().unwrap(), zone_port: 80 }];
+        assert!(a.device().ends_with(":publish=127.0.0.1:1->80"), "{}", a.device());
+        // A port in use is refused, naming it.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        a.publish = vec![Publish { host: match taken.local_addr().unwrap() { std::net::SocketAddr::V4(v) => v, _ => unreachable!() }, zone_port: 80 }];
+        let e = bind_published(&a).unwrap_err();
+        assert!(e.contains("is it in use"), "{e}");
     }
 
     #[test]

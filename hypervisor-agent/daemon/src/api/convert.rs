@@ -50,6 +50,15 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
                 mac: n.mac.clone(),
                 tap: n.tap.clone(),
                 nameservers: n.nameservers.iter().map(ToString::to_string).collect(),
+                publish: n
+                    .publish
+                    .iter()
+                    .map(|p| pb::PublishedPort {
+                        host_address: p.host.ip().to_string(),
+                        host_port: u32::from(p.host.port()),
+                        zone_port: u32::from(p.zone_port),
+                    })
+                    .collect(),
             }),
         }),
         failure: r.failure.clone().unwrap_or_default(),
@@ -68,6 +77,17 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
             launch_record: l.encode(),
         }),
     }
+}
+
+/// An API published port as the daemon's.
+pub fn publish(p: &pb::PublishedPort) -> Result<crate::network::Publish, String> {
+    let ip: std::net::Ipv4Addr = if p.host_address.is_empty() {
+        std::net::Ipv4Addr::UNSPECIFIED
+    } else {
+        p.host_address.parse().map_err(|_| format!("published host address {:?} is not IPv4", p.host_address))?
+    };
+    let port = |v: u32| u16::try_from(v).ok().filter(|&v| v != 0).ok_or_else(|| format!("port {v} is not 1-65535"));
+    Ok(crate::network::Publish { host: std::net::SocketAddrV4::new(ip, port(p.host_port)?), zone_port: port(p.zone_port)? })
 }
 
 /// An API image root as the daemon's spec.

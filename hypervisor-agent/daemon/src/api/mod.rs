@@ -50,6 +50,13 @@ impl ZoneControl for ControlService {
             scratch_mib: (spec.scratch_mib != 0).then_some(spec.scratch_mib),
             image: spec.image.map(convert::image_spec),
             network: spec.network.is_some(),
+            publish: spec
+                .network
+                .as_ref()
+                .map(|n| n.publish.iter().map(convert::publish).collect::<Result<Vec<_>, _>>())
+                .transpose()
+                .map_err(Status::invalid_argument)?
+                .unwrap_or_default(),
             caller,
         };
         let daemon = Arc::clone(&self.daemon);

@@ -51,6 +51,10 @@ pub struct LaunchArgs {
     /// launch (`zonectl inspect` shows them).
     #[arg(long)]
     pub net: bool,
+    /// Forward a host TCP port to a port of the zone, `[HOST_ADDRESS:]HOST_PORT:ZONE_PORT`
+    /// (repeatable; implies --net). The daemon listens on the host port while the zone runs.
+    #[arg(long, value_name = "[ADDR:]HOST:ZONE", value_parser = attestation_proto::zone::parse_publish)]
+    pub publish: Vec<(std::net::Ipv4Addr, u16, u16)>,
     /// Return as soon as the VMM runs instead of waiting for zone-guest.
     #[arg(long)]
     pub no_wait: bool,
@@ -124,7 +128,18 @@ pub fn run(g: &GlobalArgs, args: LaunchArgs) -> anyhow::Result<i32> {
             command,
             scratch_mib: args.scratch_mib.unwrap_or(0),
             image,
-            network: args.net.then(Default::default),
+            network: (args.net || !args.publish.is_empty()).then(|| attestation_proto::control::ZoneNetwork {
+                publish: args
+                    .publish
+                    .iter()
+                    .map(|&(a, h, z)| attestation_proto::control::PublishedPort {
+                        host_address: a.to_string(),
+                        host_port: u32::from(h),
+                        zone_port: u32::from(z),
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
         };
         if args.vcpus == Some(0) || args.memory == Some(0) || args.scratch_mib == Some(0) {
             anyhow::bail!("--vcpus, --memory and --scratch-mib must be at least 1");

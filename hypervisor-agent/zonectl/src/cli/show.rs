@@ -45,6 +45,7 @@ pub fn json(z: &Zone) -> serde_json::Value {
             "mac": n.mac,
             "tap": n.tap,
             "nameservers": n.nameservers,
+            "publish": n.publish.iter().map(|p| format!("{}:{}->{}", p.host_address, p.host_port, p.zone_port)).collect::<Vec<_>>(),
         })),
         "kernel": spec.kernel,
         "initrd": (!spec.initrd.is_empty()).then_some(&spec.initrd),
