@@ -502,8 +502,6 @@ impl Daemon {
         if let Some(img) = &req.image {
             check_image(img)?;
         }
-        // The addresses are assigned under the zones' lock; one of the pool's
-        // stands in for the length check below.
         if req.publish.len() > crate::network::MAX_PUBLISHED {
             return Err(DaemonError::InvalidArgument(format!(
                 "{} published ports; at most {} per zone",
@@ -516,6 +514,8 @@ impl Daemon {
                 return Err(DaemonError::InvalidArgument(format!("host port {} is published twice", p.host.port())));
             }
         }
+        // The addresses are assigned under the zones' lock; one of the pool's
+        // stands in for the length check below.
         let net = match (&self.config.network, req.network || !req.publish.is_empty()) {
             (_, false) => None,
             (None, true) => {
@@ -653,7 +653,10 @@ impl Daemon {
                         jail::release(j);
                     }
                 }
-                self.lock().remove(&name);
+                // Its channel, forwards and published ports stop with it.
+                if let Some(task) = self.lock().remove(&name).and_then(|mut e| e.channel.take()) {
+                    task.abort();
+                }
                 let _ = self.store.remove(&name);
                 Err(e)
             }
