@@ -14,6 +14,10 @@
 #
 # Environment:
 #   TESTHOST_TIMEOUT   seconds for the whole QEMU run (default 600)
+#   TESTHOST_BOOT_TIMEOUT  seconds for the test host kernel to reach /init
+#                      (default 120; it takes ~5). A boot that does not is
+#                      killed and tried once more, said on stderr with the
+#                      console of the first attempt; a second one fails (124).
 #   TESTHOST_MEM_MB    test host memory (default 3072)
 #   TESTHOST_SMP       test host vCPUs (default 2)
 #   TESTHOST_CPU       QEMU -cpu (default EPYC,+svm minus what TCG lacks)
@@ -25,6 +29,7 @@ set -euo pipefail
 
 SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TIMEOUT=${TESTHOST_TIMEOUT:-600}
+BOOT_TIMEOUT=${TESTHOST_BOOT_TIMEOUT:-120}
 MEM_MB=${TESTHOST_MEM_MB:-3072}
 SMP=${TESTHOST_SMP:-2}
 # EPYC with SVM, minus the features TCG cannot emulate (QEMU would drop them
@@ -61,6 +66,7 @@ for p in "$@"; do
 	[[ -d $p ]] || die "payload $p is not a directory"
 done
 [[ $TIMEOUT =~ ^[0-9]+$ ]] || die "TESTHOST_TIMEOUT must be a number of seconds"
+[[ $BOOT_TIMEOUT =~ ^[0-9]+$ ]] || die "TESTHOST_BOOT_TIMEOUT must be a number of seconds"
 
 need qemu-system-x86_64 qemu-system-x86
 need swtpm swtpm
@@ -73,15 +79,18 @@ cache=$("$SELF_DIR/build.sh" | tail -n 1)
 run=$(mktemp -d "${TMPDIR:-/tmp}/testhost.XXXXXX")
 [[ $run != *,* ]] || die "run directory $run contains a comma (QEMU option syntax); set TMPDIR"
 qpid=""
+stop_swtpm() {
+	if [[ -f $run/swtpm.pid ]]; then
+		kill "$(<"$run/swtpm.pid")" 2>/dev/null || true
+	fi
+}
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
 	local rc=$?
 	if [[ -n $qpid ]] && kill -0 "$qpid" 2>/dev/null; then
 		kill "$qpid" 2>/dev/null || true
 	fi
-	if [[ -f $run/swtpm.pid ]]; then
-		kill "$(<"$run/swtpm.pid")" 2>/dev/null || true
-	fi
+	stop_swtpm
 	if [[ ${TESTHOST_KEEP:-0} == 1 ]]; then
 		log "kept run directory $run"
 	else
@@ -137,19 +146,26 @@ swtpm_setup --tpm2 --tpmstate "$run/tpm" --create-ek-cert --pcr-banks sha256 --c
 mkdir -p "$run/ekca-root/opt/testhost"
 cat "$ekca/localca/swtpm-localca-rootca-cert.pem" "$ekca/localca/issuercert.pem" >"$run/ekca-root/opt/testhost/ek-ca.pem"
 append_cpio "$run/ekca-root"
-swtpm socket --tpm2 --tpmstate "dir=$run/tpm" \
-	--ctrl "type=unixio,path=$run/swtpm.sock" \
-	--flags startup-clear --pid "file=$run/swtpm.pid" \
-	--log "file=$run/swtpm.log" --daemon ||
-	die "swtpm failed to start (see $run/swtpm.log)"
-for _ in $(seq 100); do
-	[[ -S $run/swtpm.sock ]] && break
-	sleep 0.05
-done
-[[ -S $run/swtpm.sock ]] || die "swtpm did not create its socket"
+# Started per boot attempt (a TPM that has seen a boot is not a fresh one).
+start_swtpm() {
+	rm -rf "$run/tpm" "$run/swtpm.sock" "$run/swtpm.pid"
+	cp -a "$run/tpm.init" "$run/tpm"
+	swtpm socket --tpm2 --tpmstate "dir=$run/tpm" \
+		--ctrl "type=unixio,path=$run/swtpm.sock" \
+		--flags startup-clear --pid "file=$run/swtpm.pid" \
+		--log "file=$run/swtpm.log" --daemon ||
+		die "swtpm failed to start (see $run/swtpm.log)"
+	for _ in $(seq 100); do
+		[[ -S $run/swtpm.sock ]] && break
+		sleep 0.05
+	done
+	[[ -S $run/swtpm.sock ]] || die "swtpm did not create its socket"
+}
+mv "$run/tpm" "$run/tpm.init"
 
 # --- QEMU -----------------------------------------------------------------------
-append="console=ttyS0 quiet panic=-1 cryptomgr.notests mitigations=off ${TESTHOST_APPEND:-}"
+# Not quiet: a kernel that stops before /init says where.
+append="console=ttyS0 panic=-1 cryptomgr.notests mitigations=off ${TESTHOST_APPEND:-}"
 # The test host dumps what its zone processes are doing this long before the
 # timeout (init.sh's watchdog), so that a run that hangs says what hung.
 if ((TIMEOUT > 90)); then
@@ -169,37 +185,62 @@ if ((interactive)); then
 fi
 
 qemu+=(-serial "file:$run/console.log" -serial "file:$run/results.log" -monitor none)
-: >"$run/results.log"
 t0=$(now_us)
-"${qemu[@]}" </dev/null >"$run/qemu.log" 2>&1 &
-qpid=$!
 deadline=$((t0 + TIMEOUT * 1000000))
-t_begin="" timed_out=0
-while kill -0 "$qpid" 2>/dev/null; do
-	if [[ -z $t_begin ]] && grep -q '^TESTHOST-BEGIN' "$run/results.log"; then
-		t_begin=$(now_us)
-	fi
-	if (($(now_us) > deadline)); then
+t_begin="" timed_out=0 boot_hung=0
+# boot_once: one QEMU run until it exits, the deadline passes (timed_out=1)
+# or its kernel has not reached /init after BOOT_TIMEOUT (boot_hung=1).
+boot_once() {
+	local t_start boot_deadline booted=0
+	start_swtpm
+	: >"$run/results.log"
+	: >"$run/console.log"
+	t_start=$(now_us)
+	boot_deadline=$((t_start + BOOT_TIMEOUT * 1000000))
+	"${qemu[@]}" </dev/null >"$run/qemu.log" 2>&1 &
+	qpid=$!
+	boot_hung=0
+	while kill -0 "$qpid" 2>/dev/null; do
+		if ((!booted)) && grep -q '^testhost: init started' "$run/console.log"; then
+			booted=1
+		fi
+		if [[ -z $t_begin ]] && grep -q '^TESTHOST-BEGIN' "$run/results.log"; then
+			t_begin=$(now_us)
+		fi
+		local now
+		now=$(now_us)
+		if ((now > deadline)) || ((!booted && now > boot_deadline)); then
+			if ((now > deadline)); then timed_out=1; else boot_hung=1; fi
+			kill "$qpid" 2>/dev/null || true
+			for _ in $(seq 50); do
+				kill -0 "$qpid" 2>/dev/null || break
+				sleep 0.1
+			done
+			kill -9 "$qpid" 2>/dev/null || true
+			break
+		fi
+		sleep 0.1
+	done
+	qemu_rc=0
+	wait "$qpid" || qemu_rc=$?
+	qpid=""
+	stop_swtpm
+}
+boot_once
+if ((boot_hung)); then
+	log "WARNING: the test host kernel did not reach /init within ${BOOT_TIMEOUT}s; its console:"
+	tail -n 30 "$run/console.log" | tr -d '\r' >&2 || true
+	echo >&2
+	log "WARNING: booting the test host once more"
+	cp "$run/console.log" "$run/console.first.log"
+	boot_once
+	if ((boot_hung)); then
 		timed_out=1
-		kill "$qpid" 2>/dev/null || true
-		for _ in $(seq 50); do
-			kill -0 "$qpid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$qpid" 2>/dev/null || true
-		break
 	fi
-	sleep 0.1
-done
-qemu_rc=0
-wait "$qpid" || qemu_rc=$?
-qpid=""
+fi
 t_end=$(now_us)
 if [[ -z $t_begin ]] && grep -q '^TESTHOST-BEGIN' "$run/results.log"; then
 	t_begin=$t_end # the script finished within the last poll interval
-fi
-if [[ -f $run/swtpm.pid ]]; then
-	kill "$(<"$run/swtpm.pid")" 2>/dev/null || true
 fi
 
 # --- results --------------------------------------------------------------------
@@ -234,13 +275,18 @@ log "boot->script $boot, script $scr, total $(secs $((t_end - t0)))s wall (qemu 
 fail_tail() {
 	log "---- last lines of the test host console ($run/console.log) ----"
 	tail -n 40 "$run/console.log" >&2 || true
+	echo >&2
 	if [[ -s $run/qemu.log ]]; then
 		log "---- QEMU stderr ----"
 		grep -v "TCG doesn't support requested feature" "$run/qemu.log" | tail -n 20 >&2 || true
 	fi
 }
 if ((timed_out)); then
-	log "ERROR: timed out after ${TIMEOUT}s (TESTHOST_TIMEOUT)"
+	if ((boot_hung)); then
+		log "ERROR: the test host kernel did not reach /init within ${BOOT_TIMEOUT}s (TESTHOST_BOOT_TIMEOUT), twice in a row"
+	else
+		log "ERROR: timed out after ${TIMEOUT}s (TESTHOST_TIMEOUT)"
+	fi
 	if grep -q '^testhost-watchdog: begin' "$run/console.log"; then
 		log "---- what the test host was doing before the timeout (its watchdog) ----"
 		sed -n '/^testhost-watchdog: begin/,/^testhost-watchdog: end/p' "$run/console.log" | tr -d '\r' | head -n 600 >&2
