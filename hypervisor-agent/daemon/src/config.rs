@@ -38,6 +38,12 @@
 //! pool = "10.213.0.0/16"      # routed /31s: the host side of link k is .2k, the zone .2k+1
 //! nameservers = ["10.213.0.0"]  # written to the zones' /etc/resolv.conf (at most 3)
 //! mtu = 1500
+//! nat = "eth0"                # optional: zones reach beyond the host through eth0, masqueraded
+//! host_ports = ["udp/53"]     # host services zones may connect to (default: none)
+//! [[network.allow]]           # optional, repeatable: zone-to-zone connections (default: none)
+//! from = "web"                # the zone that connects, by name
+//! to = "db"
+//! ports = ["tcp/5432"]        # optional: only these ports of `to`
 //! [network.limits]            # optional, per zone and direction (the zone's VMM enforces them)
 //! tx_mbit = 100               # what a zone may send; also rx_mbit, tx_pps, rx_pps
 //! ```

@@ -13,6 +13,8 @@
 //! | [`supervisor`] | identifying, watching and signalling VMM processes |
 //! | [`channel`] | the daemon's end of each zone's host channel |
 //! | [`forward`] | host services forwarded into zones |
+//! | [`network`] | the zone network: links, TAPs, published ports |
+//! | [`firewall`] | the zone network's policy in the host's nftables |
 //! | [`config`] | the TOML configuration |
 //! | [`api`] | the gRPC control API on a Unix socket |
 //! | [`agent`] | the `hypervisor-agent` program |
@@ -22,6 +24,7 @@ pub mod api;
 pub mod artifacts;
 pub mod channel;
 pub mod config;
+pub mod firewall;
 pub mod forward;
 pub mod jail;
 pub mod manager;

@@ -186,6 +186,8 @@ pub struct Daemon {
     zones: Mutex<BTreeMap<String, Entry>>,
     changes: watch::Sender<u64>,
     saver: Saver,
+    /// The zone network's policy in nftables, with `[network]`.
+    firewall: Option<crate::firewall::Firewall>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -268,6 +270,12 @@ impl Daemon {
         // Measuring is hashing: one file per core at a time.
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let artifacts = SealCache::new(config.limits.artifact_cache_mib << 20, cores);
+        let firewall = config
+            .network
+            .as_ref()
+            .map(|n| crate::firewall::Firewall::new(n.policy(), n.pool.clone()))
+            .transpose()
+            .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
         let daemon = Arc::new(Self {
             config,
             store,
@@ -277,6 +285,7 @@ impl Daemon {
             zones: Mutex::new(BTreeMap::new()),
             changes,
             saver: Saver::default(),
+            firewall,
         });
         Self::start_saver(&daemon)?;
         for record in records {
@@ -303,6 +312,9 @@ impl Daemon {
                 (false, _) => {}
             }
         }
+        // Before any zone is launched, and for those re-adopted: the table
+        // as the records say.
+        daemon.sync_firewall()?;
         Ok(daemon)
     }
 
@@ -625,6 +637,7 @@ impl Daemon {
                 let links: Vec<u32> = zones.values().filter_map(|e| e.record.spec.net.as_ref().map(|a| a.link)).collect();
                 let mut a = crate::network::assign(n, &links).map_err(|e| DaemonError::ResourceExhausted(e.to_string()))?;
                 a.publish = req.publish.clone();
+                a.policy = n.policy().describe(&name);
                 spec.net = Some(a);
             }
             let record = ZoneRecord {
@@ -756,11 +769,15 @@ impl Daemon {
             disks.push(zone_vmm::launch::LaunchDisk { name: SCRATCH_DISK.into(), read_only: false });
         }
         // The network interface's TAP, its host side configured: it lives
-        // as long as the VMM holds it.
+        // as long as the VMM holds it. The policy's rules name it before it exists.
+        if spec.net.is_some() {
+            self.sync_firewall()?;
+        }
+        let forwards = self.firewall.as_ref().is_some_and(|f| f.policy().forwards());
         let tap = spec
             .net
             .as_ref()
-            .map(crate::network::create_tap)
+            .map(|n| crate::network::create_tap(n, forwards))
             .transpose()
             .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
         // Published ports are bound now: one in use fails the launch before the zone boots.
@@ -1112,10 +1129,27 @@ impl Daemon {
                 r.state.as_str()
             )));
         }
-        self.lock().remove(name);
+        let had_link = self.lock().remove(name).is_some_and(|e| e.record.spec.net.is_some());
         self.store.remove(name)?;
         self.changes.send_modify(|n| *n += 1);
+        if had_link && let Err(e) = self.sync_firewall() {
+            // Its link's rules stay until the next change; they name a TAP that is gone.
+            tracing::warn!(zone = %name, error = %e, "cannot remove the zone's network rules");
+        }
         Ok(())
+    }
+
+    /// Rewrites the zone network's nftables table for every zone that holds a
+    /// link (a no-op without `[network]`).
+    fn sync_firewall(&self) -> Result<(), DaemonError> {
+        let Some(fw) = &self.firewall else { return Ok(()) };
+        fw.sync(|| {
+            self.lock()
+                .values()
+                .filter_map(|e| e.record.spec.net.as_ref().map(|a| crate::firewall::ZoneLink::of(&e.record.name, a)))
+                .collect()
+        })
+        .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))
     }
 
     /// Path of a zone's log file for `source`.

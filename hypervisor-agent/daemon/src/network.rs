@@ -33,6 +33,17 @@ pub struct NetworkConfig {
     /// Per zone: what it may send and receive (`[network.limits]`; absent: unlimited).
     #[serde(default)]
     pub limits: Limits,
+    /// Outbound NAT: zones reach what lies beyond this host interface, from
+    /// its address (absent: nothing beyond the host).
+    #[serde(default)]
+    pub nat: Option<String>,
+    /// Host services zones may connect to, `tcp/PORT` or `udp/PORT`, on
+    /// any of the host's addresses (absent: none).
+    #[serde(default)]
+    pub host_ports: Vec<crate::firewall::Port>,
+    /// Zone-to-zone connections allowed (`[[network.allow]]`; absent: none).
+    #[serde(default)]
+    pub allow: Vec<crate::firewall::Allow>,
 }
 
 /// `[network.limits]`: each zone's traffic in each direction, enforced by its
@@ -102,6 +113,16 @@ pub enum NetworkError {
     /// Too many nameservers, or a bad MTU.
     #[error("[network]: {0}")]
     Config(String),
+    /// The pool holds an address the host already uses.
+    #[error("[network] pool = {pool} holds {addr}, an address of the host's interface {ifname}: pick a pool no host interface uses")]
+    Overlap {
+        /// The pool.
+        pool: String,
+        /// The interface.
+        ifname: String,
+        /// Its address.
+        addr: Ipv4Addr,
+    },
     /// Every link of the pool is assigned.
     #[error("the zone network's pool {pool} is exhausted ({links} links, all assigned to zones); destroy a zone or configure a larger pool")]
     Exhausted {
@@ -151,11 +172,66 @@ impl Pool {
         1 << (31 - u32::from(self.prefix))
     }
 
+    /// Whether `addr` lies in the pool.
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & (u32::MAX << (32 - u32::from(self.prefix))) == self.base
+    }
+
+    /// Refuses a pool that holds an address of one of the host's interfaces
+    /// (other than the zones' own TAPs): its zones' links would clash with it.
+    pub fn check_host_addresses(&self) -> Result<(), NetworkError> {
+        for (ifname, addr) in host_addresses() {
+            if self.contains(addr) && !is_zone_tap(&ifname) {
+                return Err(NetworkError::Overlap { pool: self.to_string(), ifname, addr });
+            }
+        }
+        Ok(())
+    }
+
     /// Link `k`'s host and zone addresses.
     pub fn link(&self, k: u32) -> (Ipv4Addr, Ipv4Addr) {
         let host = self.base + 2 * k;
         (Ipv4Addr::from(host), Ipv4Addr::from(host + 1))
     }
+}
+
+impl std::fmt::Display for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+/// Whether `ifname` is a zone's TAP (`zn<k>`).
+fn is_zone_tap(ifname: &str) -> bool {
+    ifname.strip_prefix("zn").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Every IPv4 address of the host's interfaces (getifaddrs(3)); none when
+/// they cannot be listed.
+fn host_addresses() -> Vec<(String, Ipv4Addr)> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head to `list`, freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null()
+            // SAFETY: ifa_addr points to a sockaddr of at least sa_family's size.
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
+        {
+            // SAFETY: an AF_INET address is a sockaddr_in; ifa_name is a C string.
+            let (sin, name) = unsafe { (&*ifa.ifa_addr.cast::<libc::sockaddr_in>(), std::ffi::CStr::from_ptr(ifa.ifa_name)) };
+            out.push((name.to_string_lossy().into_owned(), Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
 }
 
 impl NetworkConfig {
@@ -177,7 +253,33 @@ impl NetworkConfig {
                 "[network.limits] values must be 1..=1000000 (leave one out for no limit)".into(),
             ));
         }
-        Pool::parse(&self.pool)
+        if let Some(nat) = &self.nat
+            && !crate::firewall::valid_ifname(nat)
+        {
+            return Err(NetworkError::Config(format!("nat = {nat:?} is not an interface name")));
+        }
+        if self.host_ports.len() > 64 || self.allow.len() > 1024 {
+            return Err(NetworkError::Config("at most 64 host_ports and 1024 [[network.allow]] entries".into()));
+        }
+        for a in &self.allow {
+            for n in [&a.from, &a.to] {
+                crate::manager::validate_name(n).map_err(|e| NetworkError::Config(format!("[[network.allow]]: {e}")))?;
+            }
+            if a.from == a.to || a.ports.len() > 64 {
+                return Err(NetworkError::Config(format!(
+                    "[[network.allow]] from = {:?}, to = {:?}: name two different zones and at most 64 ports",
+                    a.from, a.to
+                )));
+            }
+        }
+        let pool = Pool::parse(&self.pool)?;
+        pool.check_host_addresses()?;
+        Ok(pool)
+    }
+
+    /// The policy part.
+    pub fn policy(&self) -> crate::firewall::Policy {
+        crate::firewall::Policy { nat: self.nat.clone(), host_ports: self.host_ports.clone(), allow: self.allow.clone() }
     }
 }
 
@@ -205,6 +307,10 @@ pub struct NetAssignment {
     /// Host ports forwarded to the zone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<Publish>,
+    /// The `[network]` policy for this zone as it was at launch
+    /// ([`crate::firewall::Policy::describe`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policy: String,
 }
 
 /// A host TCP port the daemon forwards to a port of the zone (`--publish`).
@@ -238,12 +344,13 @@ impl NetAssignment {
     pub fn device(&self) -> String {
         let published: String = self.publish.iter().map(|p| format!(":publish={}->{}", p.host, p.zone_port)).collect();
         format!(
-            "virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}{}{published}",
+            "virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}{}{published}{}",
             self.mac,
             self.address,
             self.gateway,
             self.mtu,
-            self.limits.describe()
+            self.limits.describe(),
+            self.policy
         )
     }
 }
@@ -269,6 +376,7 @@ pub fn assign(config: &NetworkConfig, used: &[u32]) -> Result<NetAssignment, Net
         mtu: config.mtu,
         limits: config.limits,
         publish: Vec::new(),
+        policy: String::new(),
     })
 }
 
@@ -349,18 +457,23 @@ fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
 
 /// Creates the zone's TAP and configures the host side of its link: the
 /// gateway address on a /31, the MTU, strict reverse-path filtering (a zone
-/// cannot send from another address), no IPv6, up.
-pub fn create_tap(a: &NetAssignment) -> Result<Tap, NetworkError> {
+/// cannot send from another address), no IPv6, forwarding if the policy
+/// routes zones' packets (`forwards`), up.
+pub fn create_tap(a: &NetAssignment, forwards: bool) -> Result<Tap, NetworkError> {
     let tap = Tap::open(&a.tap)?;
     let host = |step| {
         let tap = a.tap.clone();
         move |source| NetworkError::Host { tap, step, source }
     };
-    for (key, value) in [(format!("ipv6/conf/{}/disable_ipv6", a.tap), "1"), (format!("ipv4/conf/{}/rp_filter", a.tap), "1")] {
+    let mut sysctls = vec![(format!("ipv6/conf/{}/disable_ipv6", a.tap), "1"), (format!("ipv4/conf/{}/rp_filter", a.tap), "1")];
+    if forwards {
+        sysctls.push((format!("ipv4/conf/{}/forwarding", a.tap), "1"));
+    }
+    for (key, value) in sysctls {
         let path = format!("/proc/sys/net/{key}");
         // IPv6 may be compiled out; strict reverse-path filtering may not.
         match std::fs::write(&path, value) {
-            Err(e) if key.starts_with("ipv4") => return Err(host("rp_filter")(e)),
+            Err(e) if key.starts_with("ipv4") => return Err(host(if key.ends_with("forwarding") { "forwarding" } else { "rp_filter" })(e)),
             _ => {}
         }
     }
@@ -400,7 +513,15 @@ mod tests {
     use super::*;
 
     fn config(pool: &str) -> NetworkConfig {
-        NetworkConfig { pool: pool.into(), nameservers: vec![], mtu: 1500, limits: Limits::default() }
+        NetworkConfig {
+            pool: pool.into(),
+            nameservers: vec![],
+            mtu: 1500,
+            limits: Limits::default(),
+            nat: None,
+            host_ports: vec![],
+            allow: vec![],
+        }
     }
 
     #[test]
@@ -432,6 +553,36 @@ mod tests {
         c.nameservers = vec![];
         c.limits.tx_mbit = Some(0);
         assert!(matches!(c.validate(), Err(NetworkError::Config(_))));
+    }
+
+    #[test]
+    fn a_pool_that_holds_a_host_address_is_refused() {
+        let e = config("127.0.0.0/8").validate().unwrap_err();
+        assert!(matches!(e, NetworkError::Overlap { .. }), "{e}");
+        assert!(e.to_string().contains("127.0.0.1, an address of the host's interface lo"), "{e}");
+        assert!(is_zone_tap("zn12") && !is_zone_tap("zn") && !is_zone_tap("znx") && !is_zone_tap("eth0"));
+    }
+
+    #[test]
+    fn the_policy_is_configured_checked_and_measured() {
+        let toml = "pool = \"10.213.0.0/24\"\nnat = \"eth1\"\nhost_ports = [\"tcp/8090\"]\n\
+                    [[allow]]\nfrom = \"web\"\nto = \"db\"\nports = [\"tcp/5432\"]\n";
+        let c: NetworkConfig = toml::from_str(toml).unwrap();
+        c.validate().unwrap();
+        let mut a = assign(&c, &[]).unwrap();
+        a.policy = c.policy().describe("web");
+        assert!(a.device().ends_with(":mtu=1500:nat=eth1:host=tcp/8090:to=db(tcp/5432)"), "{}", a.device());
+        for bad in [
+            "nat = \"eth1; flush ruleset\"",
+            "host_ports = [\"tcp/0\"]",
+            "[[allow]]\nfrom = \"web\"\nto = \"web\"",
+            "[[allow]]\nfrom = \"Web\"\nto = \"db\"",
+            "[[allow]]\nfrom = \"web\"\nto = \"db\"\nproto = \"tcp\"",
+        ] {
+            let toml = format!("pool = \"10.213.0.0/24\"\n{bad}\n");
+            let refused = toml::from_str::<NetworkConfig>(&toml).map_err(|e| e.to_string()).and_then(|c| c.validate().map_err(|e| e.to_string()));
+            assert!(refused.is_err(), "{bad}");
+        }
     }
 
     #[test]
