@@ -15,7 +15,7 @@ packages=(
   busybox-static protobuf-compiler openssl
   cryptsetup-bin umoci squashfs-tools                       # image roots: veritysetup, umoci and unsquashfs as reference peers
   docker-registry skopeo                                    # a loopback registry for the image pull test
-  nftables                                                  # the zone network policy (the daemon runs nft)
+  nftables iproute2                                         # the zone network policy (the daemon runs nft); test networks
 )
 missing=()
 for p in "${packages[@]}"; do

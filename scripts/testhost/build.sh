@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the test host's base assets, cached (see README.md in this directory):
 #   <cache>/vmlinuz          Debian cloud kernel (bzImage) of the test host
-#   <cache>/base.cpio        uncompressed newc initramfs: busybox, KVM modules,
-#                            qemu-system-x86_64 + libraries + microvm firmware, /init
+#   <cache>/base.cpio        uncompressed newc initramfs: busybox, KVM, TUN and
+#                            netfilter modules, qemu-system-x86_64, nft and
+#                            iproute2's ip + their libraries, microvm firmware, /init
 #   <cache>/config           that kernel's config
 #   <cache>/kernel-release   its `uname -r`
 #   <cache>/modules.txt      the host modules in load order
@@ -25,6 +26,9 @@ SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE_ROOT=${ZONE_CACHE_DIR:-/var/cache/zone-attestor}
 C=$CACHE_ROOT/testhost
 QEMU=/usr/bin/qemu-system-x86_64
+# The zone network's tools: nft (the daemon's policy) and iproute2's ip
+# (network namespaces and veth pairs for the tests; busybox's ip has neither).
+NFT=/usr/sbin/nft
 QEMU_DATA=/usr/share/qemu
 BUSYBOX=/bin/busybox
 META_PKG=linux-image-cloud-amd64
@@ -57,6 +61,11 @@ need flock util-linux
 need find findutils
 need awk mawk
 [[ -x $QEMU ]] || die "$QEMU not found: install it with 'apt-get install qemu-system-x86'"
+[[ -x $NFT ]] || die "$NFT not found: install it with 'apt-get install nftables'"
+IPROUTE=$(readlink -f /usr/sbin/ip 2>/dev/null || true)
+if [[ ! -x $IPROUTE ]] || ! "$IPROUTE" -V 2>/dev/null | grep -q iproute2; then
+	die "iproute2's ip not found at /usr/sbin/ip: install it with 'apt-get install iproute2'"
+fi
 [[ -x $BUSYBOX ]] || die "$BUSYBOX not found: install it with 'apt-get install busybox-static'"
 if ldd "$BUSYBOX" >/dev/null 2>&1; then
 	die "$BUSYBOX is dynamically linked: install the static one with 'apt-get install busybox-static'"
@@ -124,17 +133,19 @@ if [[ -z $KPKG || -z $KVER ]]; then
 fi
 
 # --- cache key -----------------------------------------------------------------
-# Shared libraries of QEMU, as ldd lists them (including the dynamic loader).
-QEMU_LIBS=()
-while read -r lib; do
-	QEMU_LIBS+=("$lib")
-done < <(ldd "$QEMU" | awk '
-	/not found/ { print "MISSING:" $1; next }
-	$2 == "=>" && $3 ~ /^\// { print $3; next }
-	$1 ~ /^\// { print $1 }')
-for lib in "${QEMU_LIBS[@]}"; do
-	[[ $lib != MISSING:* ]] || die "ldd $QEMU: ${lib#MISSING:} not found"
+# Shared libraries of QEMU, nft and ip, as ldd lists them (including the
+# dynamic loader).
+LIBS=()
+for bin in "$QEMU" "$NFT" "$IPROUTE"; do
+	while read -r lib; do
+		[[ $lib != MISSING:* ]] || die "ldd $bin: ${lib#MISSING:} not found"
+		LIBS+=("$lib")
+	done < <(ldd "$bin" | awk '
+		/not found/ { print "MISSING:" $1; next }
+		$2 == "=>" && $3 ~ /^\// { print $3; next }
+		$1 ~ /^\// { print $1 }')
 done
+mapfile -t LIBS < <(printf '%s\n' "${LIBS[@]}" | LC_ALL=C sort -u)
 
 FW_FILES=()
 for f in "${FIRMWARE_REQUIRED[@]}" "${FIRMWARE_OPTIONAL[@]}"; do
@@ -148,7 +159,7 @@ KEY=$(
 	echo "build.sh=$(sha256sum <"$SELF_DIR/build.sh" | cut -d' ' -f1)"
 	echo "init.sh=$(sha256sum <"$SELF_DIR/init.sh" | cut -d' ' -f1)"
 	# Inputs copied from the system: name, size, mtime (after symlinks).
-	stat -L -c '%n %s %Y' "$QEMU" "$BUSYBOX" "${FW_FILES[@]}" "${QEMU_LIBS[@]}"
+	stat -L -c '%n %s %Y' "$QEMU" "$NFT" "$IPROUTE" "$BUSYBOX" "${FW_FILES[@]}" "${LIBS[@]}"
 )
 
 # One build at a time; run.sh takes this lock shared while it reads the outputs.
@@ -208,8 +219,12 @@ done
 [[ $(cfg MODULE_COMPRESS_NONE) == y ]] || log "note: $KREL compresses its modules; they are decompressed for busybox insmod"
 # Options that may also be modules: config option -> module name.
 WANT_MODULES=()
-# TUN: the zones' network interfaces (TAPs the daemon creates).
-for pair in TCG_TPM:tpm TCG_CRB:tpm_crb KVM:kvm KVM_AMD:kvm_amd TUN:tun; do
+# TUN: the zones' network interfaces (TAPs the daemon creates). NF_TABLES ..
+# NFT_OBJREF: what the daemon's zone network policy uses (ct state, NAT,
+# masquerade, reject, named counters); VETH: the tests' outside networks.
+for pair in TCG_TPM:tpm TCG_CRB:tpm_crb KVM:kvm KVM_AMD:kvm_amd TUN:tun \
+	NF_TABLES:nf_tables NFT_CT:nft_ct NFT_NAT:nft_chain_nat NFT_MASQ:nft_masq \
+	NFT_REJECT_INET:nft_reject_inet NFT_OBJREF:nft_objref VETH:veth; do
 	opt=${pair%%:*} mod=${pair#*:}
 	case $(cfg "$opt") in
 	y) log "CONFIG_$opt=y (built in)" ;;
@@ -299,9 +314,13 @@ for n in "${ORDER[@]}"; do
 	echo "$file" >>"$S/usr/lib/modules/host/load-order"
 done
 
-# QEMU, its libraries (at the paths ldd gives) and firmware
+# QEMU, nft, ip (over busybox's), their libraries (at the paths ldd gives)
+# and QEMU's firmware
 cp "$QEMU" "$S/usr/bin/qemu-system-x86_64"
-for lib in "${QEMU_LIBS[@]}"; do
+cp "$NFT" "$S/usr/sbin/nft"
+rm -f "$S/usr/sbin/ip" "$S/usr/bin/ip"
+cp "$IPROUTE" "$S/usr/sbin/ip"
+for lib in "${LIBS[@]}"; do
 	mkdir -p "$S$(dirname "$lib")"
 	cp -L "$lib" "$S$lib"
 done
