@@ -164,13 +164,17 @@ start_daemon() {{
   echo "daemon did not start"; cat /tmp/daemon.log; exit 1
 }}
 field() {{ zonectl inspect "$1" -o json 2>/dev/null | grep "\"$2\"" | head -n 1 | sed 's/.*: //; s/[",]//g'; }}
-# wait_state ZONE STATE: polls up to 5 minutes; gives up at once if the zone does not exist.
+# wait_state ZONE STATE: polls up to 5 minutes; gives up at once if the zone
+# does not exist or failed (saying why), and says so when it gives up.
 wait_state() {{
   for i in $(seq 600); do
-    zonectl inspect "$1" > /dev/null 2>&1 || return 1
-    [ "$(field $1 state)" = "$2" ] && return 0
+    zonectl inspect "$1" > /dev/null 2>&1 || {{ echo "wait_state: no zone $1"; return 1; }}
+    s=$(field $1 state)
+    [ "$s" = "$2" ] && return 0
+    if [ "$s" = failed ]; then echo "wait_state: zone $1 failed ($(field $1 failure)), not $2"; return 1; fi
     sleep 0.5
   done
+  echo "wait_state: zone $1 is still $(field $1 state) after 5 minutes, not $2"
   return 1
 }}
 rss_kib() {{ grep VmRSS /proc/$1/status | tr -s ' ' | cut -d' ' -f2; }}

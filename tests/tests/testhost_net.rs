@@ -10,6 +10,15 @@
 //! `[network.limits]`; a published host port reaches the zone, and one already
 //! in use is refused; a full pool and a daemon
 //! without a zone network are refused with errors that say so.
+//!
+//! The policy (the daemon's nftables table): a zone reaches only the host
+//! ports `[network] host_ports` lists; what it sends from another address is
+//! dropped and counted; with `nat` it reaches a server in an outside network
+//! namespace (which has no route back to the pool) from the uplink's address;
+//! zone to zone works only for the pair and port `[[network.allow]]` names,
+//! in that direction; the launch records say so. A daemon whose `nat`
+//! interface does not exist, or whose pool holds a host address, does not
+//! start and says why.
 
 use zone_tests::testhost::{self, SHELL_IMAGE, VSOCK_IMAGE, VSOCK_PROBE, daemon_prelude_with};
 
@@ -17,13 +26,15 @@ use zone_tests::testhost::{self, SHELL_IMAGE, VSOCK_IMAGE, VSOCK_PROBE, daemon_p
 fn zones_reach_the_host_and_are_reached_over_their_own_links() {
     // Two links: 10.213.0.0/31 and 10.213.0.2/31; each zone may send 8 Mbit/s (1 MB/s).
     let setup = daemon_prelude_with(
-        "[network]\npool = \"10.213.0.0/30\"\nnameservers = [\"10.213.0.0\"]\n[network.limits]\ntx_mbit = 8\n",
+        "[network]\npool = \"10.213.0.0/30\"\nnameservers = [\"10.213.0.0\"]\nhost_ports = [\"tcp/9000\", \"tcp/5001\"]\n[network.limits]\ntx_mbit = 8\n",
     );
     let run = testhost::run(&format!(
         r#"{setup}
 P={VSOCK_PROBE}
-# A server on the test host, on every address (the gateways appear with the TAPs).
+# Servers on the test host, on every address (the gateways appear with the
+# TAPs): 9000 is a host port zones may reach, 9001 is not.
 $P tcp-serve 9000 from-the-host > /dev/null 2>&1 &
+$P tcp-serve 9001 not-for-zones > /dev/null 2>&1 &
 # The server zone: answers on 8080, until destroyed.
 zonectl launch web --net --publish 8081:8080 --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; echo mac=$($b cat /sys/class/net/eth0/address); echo resolv=$($b cat /etc/resolv.conf); exec /bin/vsock-probe tcp-serve 8080 from-the-zone' > /tmp/web.out 2>&1
 echo "web_rc=$?"
@@ -48,14 +59,15 @@ zonectl logs web > /tmp/web.log 2>&1
 echo "web_guest_mac=$(grep '^mac=' /tmp/web.log | head -n 1 | cut -d= -f2)"
 echo "web_resolv=$(grep '^resolv=' /tmp/web.log | head -n 1 | cut -d= -f2)"
 
-# The kernel's count of packets its reverse-path filter dropped.
-rpf() {{ awk '/^TcpExt:/ {{ if (!h) {{ for (i = 1; i <= NF; i++) if ($i == "IPReversePathFilter") c = i; h = 1 }} else print $c }}' /proc/net/netstat; }}
-echo "rpf_before=$(rpf)"
+# The daemon's counts of what its policy refused.
+counter() {{ nft list counter inet zone_attestor $1 | sed -n 's/.*packets \([0-9]*\).*/\1/p'; }}
+echo "spoofed_before=$(counter spoofed)"
+echo "to_host_before=$(counter to_host_refused)"
 timeout -s KILL 240 $P tcp-sink 5001 1 > /tmp/sink.out 2>&1 &
 SINK=$!
 # The client zone: the next link; fetches the host's file through its gateway,
 # pings it, pings the other zone, then pings its gateway from the other zone's address.
-zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$(/bin/vsock-probe tcp-get $3:9000); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ping -c 1 -W 3 10.213.0.1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add 10.213.0.1/32 dev eth0; $b ping -c 2 -W 3 -I 10.213.0.1 $3 > /dev/null 2>&1; echo ping_spoofed=$?; $b ip addr del 10.213.0.1/32 dev eth0; /bin/vsock-probe tcp-send $3:5001 3' > /dev/null 2>&1
+zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$(/bin/vsock-probe tcp-get $3:9000); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; /bin/vsock-probe tcp-try $3:9001; $b ping -c 1 -W 3 10.213.0.1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add 10.213.0.1/32 dev eth0; $b ping -c 2 -W 3 -I 10.213.0.1 $3 > /dev/null 2>&1; echo ping_spoofed=$?; $b ip addr del 10.213.0.1/32 dev eth0; /bin/vsock-probe tcp-send $3:5001 3' > /dev/null 2>&1
 wait_state client stopped
 echo "client_address=$(field client address)"
 zonectl logs client > /tmp/client.log 2>&1
@@ -63,7 +75,9 @@ sed 's/^/client: /' /tmp/client.log
 echo "client_gw=$(grep '^gw=' /tmp/client.log | head -n 1 | cut -d= -f2)"
 echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | sed 's/.*tcp_got=//')"
 for k in ping_gw ping_other_zone ping_spoofed; do echo "$k=$(grep "^$k=" /tmp/client.log | head -n 1 | cut -d= -f2)"; done
-echo "rpf_after=$(rpf)"
+echo "client_unlisted_port=$(grep -c '^VSOCK-PROBE tcp_refused=1' /tmp/client.log)"
+echo "spoofed_after=$(counter spoofed)"
+echo "to_host_after=$(counter to_host_refused)"
 wait $SINK
 sed -n 's/^VSOCK-PROBE //p' /tmp/sink.out
 
@@ -109,17 +123,88 @@ echo "client_address_after_restart=$(field client address)"
     assert_ne!(v("ping_other_zone"), "0", "zones do not reach each other: the host does not forward between links");
     assert_ne!(v("ping_spoofed"), "0", "a zone sending from another zone's address gets no answer");
     let n = |k: &str| v(k).parse::<u64>().unwrap_or_else(|e| panic!("{k}: {e}\n{}", run.output));
-    let rpf = n;
     // 3 MiB at 1 MB/s (a 100 kB burst): over 3 s; 2 s leaves room for timer slack.
     assert_eq!(n("tcp_bytes"), 3 << 20, "{}", run.output);
     assert!(n("tcp_ms") >= 2000, "a zone limited to 8 Mbit/s sent 3 MiB in {} ms\n{}", n("tcp_ms"), run.output);
-    assert!(rpf("rpf_after") >= rpf("rpf_before") + 2, "the spoofed pings were dropped by the reverse-path filter\n{}", run.output);
+    assert!(n("spoofed_after") >= n("spoofed_before") + 2, "the spoofed pings were dropped and counted\n{}", run.output);
+    assert_eq!(v("client_unlisted_port"), "1", "a host port not in host_ports is refused to zones\n{}", run.output);
+    assert!(n("to_host_after") > n("to_host_before"), "the refusal was counted\n{}", run.output);
     assert_ne!(v("third_rc"), "0");
     assert_eq!(v("third_says_exhausted"), "1", "{}", run.output);
     assert_eq!(v("third_exists"), "no");
     assert_eq!(v("tap_after_destroy"), "gone", "no host configuration outlives its zone");
     assert_eq!(v("again_address"), "10.213.0.1/31", "the destroyed zone's link was released");
     assert_eq!(v("client_address_after_restart"), "10.213.0.3/31", "assignments survive a daemon restart");
+}
+
+#[test]
+fn nat_reaches_an_outside_network_and_only_allowed_zone_pairs_connect() {
+    // Four links; NAT out through up0; app may connect to db's 7000 only.
+    let setup = daemon_prelude_with(
+        "[network]\npool = \"10.213.0.0/29\"\nnat = \"up0\"\n[[network.allow]]\nfrom = \"app\"\nto = \"db\"\nports = [\"tcp/7000\"]\n",
+    );
+    let run = testhost::run(&format!(
+        r#"
+IP=/usr/sbin/ip
+P={VSOCK_PROBE}
+# The outside: a network namespace behind a veth pair, with no route to the pool.
+$IP netns add outside
+$IP link add up0 type veth peer name out0 netns outside
+$IP addr add 192.168.77.1/24 dev up0
+$IP link set up0 up
+$IP -n outside addr add 192.168.77.2/24 dev out0
+$IP -n outside link set out0 up
+$IP -n outside link set lo up
+$IP netns exec outside $P tcp-serve 9100 @peer > /dev/null 2>&1 &
+echo "outside_routes=$($IP -n outside route show | grep -c 10.213)"
+{setup}
+counter() {{ nft list counter inet zone_attestor $1 | sed -n 's/.*packets \([0-9]*\).*/\1/p'; }}
+# db serves 7000 (app may connect) and 7001 (it may not).
+zonectl launch db --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c '/bin/vsock-probe tcp-serve 7001 db-other & exec /bin/vsock-probe tcp-serve 7000 from-db' > /tmp/db.out 2>&1
+echo "db_rc=$?"
+cat /tmp/db.out | sed 's/^/db launch: /'
+db=$(field db address); db=${{db%/*}}
+echo "db_address=$db"
+# Both db servers answer the host (the host is not a zone).
+echo "host_db_7000=$(timeout -s KILL 120 $P tcp-get $db:7000 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
+echo "host_db_7001=$(timeout -s KILL 120 $P tcp-get $db:7001 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
+echo "forward_before=$(counter forward_refused)"
+zonectl launch app --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c "echo outside; /bin/vsock-probe tcp-try 192.168.77.2:9100; echo db7000; /bin/vsock-probe tcp-try $db:7000; echo db7001; /bin/vsock-probe tcp-try $db:7001" > /tmp/app.out 2>&1
+echo "app_rc=$?"
+wait_state app stopped
+zonectl logs app > /tmp/app.log 2>&1
+sed 's/^/app: /' /tmp/app.log
+after() {{ grep -A1 "^$1\$" /tmp/app.log | sed -n 's/^VSOCK-PROBE //p' | head -n 1; }}
+echo "app_outside=$(after outside)"
+echo "app_db7000=$(after db7000)"
+echo "app_db7001=$(after db7001)"
+# A zone the policy does not name reaches the outside, but not db.
+zonectl launch lone --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c "echo db7000; /bin/vsock-probe tcp-try $db:7000" > /dev/null 2>&1
+wait_state lone stopped
+zonectl logs lone > /tmp/lone.log 2>&1
+echo "lone_db7000=$(grep -A1 '^db7000$' /tmp/lone.log | sed -n 's/^VSOCK-PROBE //p' | head -n 1)"
+echo "forward_after=$(counter forward_refused)"
+# The policy each zone was launched with is in its launch record.
+echo "app_measured=$(zonectl inspect app -o json | grep -c ':nat=up0:to=db(tcp/7000)')"
+echo "db_measured=$(zonectl inspect db -o json | grep -c ':nat=up0:from=app(tcp/7000)')"
+echo "lone_measured=$(zonectl inspect lone -o json | grep 'virtio-net' | grep -c ':mtu=1500:nat=up0"')"
+"#
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    assert_eq!(v("outside_routes"), "0", "the outside has no route to the pool: only NAT brings replies back");
+    assert_eq!(v("db_rc"), "0", "{}", run.output);
+    assert_eq!(v("host_db_7000"), "from-db", "{}", run.output);
+    assert_eq!(v("host_db_7001"), "db-other", "db serves 7001 too\n{}", run.output);
+    assert_eq!(v("app_rc"), "0", "{}", run.output);
+    assert_eq!(v("app_outside"), "tcp_got=192.168.77.1", "the zone reached the outside, from the uplink's address\n{}", run.output);
+    assert_eq!(v("app_db7000"), "tcp_got=from-db", "the allowed pair and port connect\n{}", run.output);
+    assert_eq!(v("app_db7001"), "tcp_refused=1", "a port the pair does not name is refused\n{}", run.output);
+    assert_eq!(v("lone_db7000"), "tcp_refused=1", "a zone the policy does not name cannot reach db\n{}", run.output);
+    let n = |k: &str| v(k).parse::<u64>().unwrap_or_else(|e| panic!("{k}: {e}\n{}", run.output));
+    assert!(n("forward_after") >= n("forward_before") + 2, "both refusals were counted\n{}", run.output);
+    assert_eq!(v("app_measured"), "1", "{}", run.output);
+    assert_eq!(v("db_measured"), "1", "{}", run.output);
+    assert_eq!(v("lone_measured"), "1", "{}", run.output);
 }
 
 #[test]
@@ -131,6 +216,21 @@ echo "rc=$?"
 echo "says=$(grep -c '\[network\]' /tmp/out)"
 echo "exists=$(zonectl inspect lonely > /dev/null 2>&1 && echo yes || echo no)"
 cat /tmp/out
+kill $(cat /tmp/daemon.pid); sleep 1
+# A nat interface that does not exist, or a pool that holds a host address
+# (the loopback's): the daemon does not start, and says why.
+cp /etc/za/agent.toml /tmp/nat.toml
+printf '[network]\npool = "10.213.0.0/30"\nnat = "nosuch0"\n' >> /tmp/nat.toml
+timeout -s KILL 60 hypervisor-agent daemon --config /tmp/nat.toml > /tmp/nat.out 2>&1
+echo "nat_rc=$?"
+sed 's/^/nat daemon: /' /tmp/nat.out
+echo "nat_says=$(grep -c 'nat = .nosuch0. an interface of this host' /tmp/nat.out)"
+cp /etc/za/agent.toml /tmp/overlap.toml
+printf '[network]\npool = "127.0.0.0/8"\n' >> /tmp/overlap.toml
+timeout -s KILL 60 hypervisor-agent daemon --config /tmp/overlap.toml > /tmp/overlap.out 2>&1
+echo "overlap_rc=$?"
+sed 's/^/overlap daemon: /' /tmp/overlap.out
+echo "overlap_says=$(grep -c 'holds 127.0.0.1, an address of the host.s interface lo' /tmp/overlap.out)"
 "#,
         setup = testhost::daemon_prelude()
     ));
@@ -138,4 +238,9 @@ cat /tmp/out
     assert_ne!(v("rc"), "0");
     assert_eq!(v("says"), "1", "{}", run.output);
     assert_eq!(v("exists"), "no");
+    for k in ["nat", "overlap"] {
+        assert_ne!(v(&format!("{k}_rc")), "0", "{}", run.output);
+        assert_ne!(v(&format!("{k}_rc")), "137", "the daemon exited rather than hang\n{}", run.output);
+        assert_eq!(v(&format!("{k}_says")), "1", "{}", run.output);
+    }
 }

@@ -1,6 +1,7 @@
 //! The zone network's policy, enforced by the host's nftables: one table of
-//! the daemon's own (`inet zone_attestor`), rewritten whole, in one atomic
-//! `nft -f` transaction, whenever a zone gets or gives up a link.
+//! the daemon's own (`inet zone_attestor`), rewritten in one atomic
+//! `nft -f` transaction (its counters kept, every rule and set element
+//! replaced), whenever a zone gets or gives up a link.
 //!
 //! What it says, for the TAPs of the daemon's zones only:
 //! - **prerouting**: a zone sends from its own address or not at all (the
@@ -161,22 +162,8 @@ impl ZoneLink {
     }
 }
 
-fn set(out: &mut String, name: &str, ty: &str, elements: &[String]) {
-    let _ = writeln!(out, "\tset {name} {{\n\t\ttype {ty}");
-    if !elements.is_empty() {
-        let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
-    }
-    out.push_str("\t}\n");
-}
-
-fn proto(p: &Port) -> &'static str {
-    if p.tcp { "tcp" } else { "udp" }
-}
-
-/// The whole table for `zones`, as one `nft -f` transaction that replaces
-/// any table of the same name (the `add` makes the `delete` safe when there
-/// is none).
-pub fn ruleset(policy: &Policy, pool: &str, zones: &[ZoneLink]) -> String {
+/// The sets: name, type, elements.
+fn sets(policy: &Policy, zones: &[ZoneLink]) -> Vec<(&'static str, &'static str, Vec<String>)> {
     let q = |s: &str| format!("\"{s}\"");
     let tap_of = |name: &str| zones.iter().find(|z| z.name == name).map(|z| q(&z.tap));
     let mut pairs = Vec::new();
@@ -190,16 +177,44 @@ pub fn ruleset(policy: &Policy, pool: &str, zones: &[ZoneLink]) -> String {
             pair_ports.push(format!("{from} . {to} . {} . {}", proto(p), p.port));
         }
     }
-    let mut t = format!("add table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
-    for c in ["spoofed", "to_host_refused", "forward_refused"] {
+    vec![
+        ("zone_ifs", "ifname", zones.iter().map(|z| q(&z.tap)).collect()),
+        ("zone_sources", "ifname . ipv4_addr", zones.iter().map(|z| format!("{} . {}", q(&z.tap), z.address)).collect()),
+        ("zone_gateways", "ifname . ipv4_addr", zones.iter().map(|z| format!("{} . {}", q(&z.tap), z.gateway)).collect()),
+        ("host_ports", "inet_proto . inet_service", policy.host_ports.iter().map(|p| format!("{} . {}", proto(p), p.port)).collect()),
+        ("zone_pairs", "ifname . ifname", pairs),
+        ("zone_pair_ports", "ifname . ifname . inet_proto . inet_service", pair_ports),
+    ]
+}
+
+fn proto(p: &Port) -> &'static str {
+    if p.tcp { "tcp" } else { "udp" }
+}
+
+/// The named counters (kept across rewrites).
+pub const COUNTERS: [&str; 3] = ["spoofed", "to_host_refused", "forward_refused"];
+
+/// The whole table for `zones`, as one `nft -f` transaction: the counters
+/// and sets are made if missing (so the counts carry on), then every rule
+/// and set element is replaced.
+pub fn ruleset(policy: &Policy, pool: &str, zones: &[ZoneLink]) -> String {
+    let q = |s: &str| format!("\"{s}\"");
+    let sets = sets(policy, zones);
+    let mut t = format!("table inet {TABLE} {{\n");
+    for c in COUNTERS {
         let _ = writeln!(t, "\tcounter {c} {{ }}");
     }
-    set(&mut t, "zone_ifs", "ifname", &zones.iter().map(|z| q(&z.tap)).collect::<Vec<_>>());
-    set(&mut t, "zone_sources", "ifname . ipv4_addr", &zones.iter().map(|z| format!("{} . {}", q(&z.tap), z.address)).collect::<Vec<_>>());
-    set(&mut t, "zone_gateways", "ifname . ipv4_addr", &zones.iter().map(|z| format!("{} . {}", q(&z.tap), z.gateway)).collect::<Vec<_>>());
-    set(&mut t, "host_ports", "inet_proto . inet_service", &policy.host_ports.iter().map(|p| format!("{} . {}", proto(p), p.port)).collect::<Vec<_>>());
-    set(&mut t, "zone_pairs", "ifname . ifname", &pairs);
-    set(&mut t, "zone_pair_ports", "ifname . ifname . inet_proto . inet_service", &pair_ports);
+    for (name, ty, _) in &sets {
+        let _ = writeln!(t, "\tset {name} {{ type {ty}; }}");
+    }
+    let _ = writeln!(t, "}}\nflush table inet {TABLE}");
+    for (name, _, elements) in &sets {
+        let _ = writeln!(t, "flush set inet {TABLE} {name}");
+        if !elements.is_empty() {
+            let _ = writeln!(t, "add element inet {TABLE} {name} {{ {} }}", elements.join(", "));
+        }
+    }
+    let _ = writeln!(t, "table inet {TABLE} {{");
     t.push_str(
         "\tchain prerouting {
 \t\ttype filter hook prerouting priority raw; policy accept;
@@ -377,17 +392,17 @@ mod tests {
             ],
         };
         let r = ruleset(&policy, "10.9.0.0/24", &[link("web", 0), link("db", 1), link("cache", 2)]);
-        assert!(r.starts_with("add table inet zone_attestor\ndelete table inet zone_attestor\n"), "{r}");
-        assert!(r.contains("elements = { \"zn0\", \"zn1\", \"zn2\" }"), "{r}");
+        assert!(r.contains("\nflush table inet zone_attestor\nflush set inet zone_attestor zone_ifs\n"), "{r}");
+        assert!(r.contains("add element inet zone_attestor zone_ifs { \"zn0\", \"zn1\", \"zn2\" }"), "{r}");
         assert!(r.contains("\"zn1\" . 10.9.0.3"), "{r}");
-        assert!(r.contains("elements = { tcp . 8090 }"), "{r}");
-        assert!(r.contains("elements = { \"zn0\" . \"zn2\" }"), "{r}");
-        assert!(r.contains("elements = { \"zn0\" . \"zn1\" . tcp . 5432 }"), "{r}");
+        assert!(r.contains("host_ports { tcp . 8090 }"), "{r}");
+        assert!(r.contains("zone_pairs { \"zn0\" . \"zn2\" }"), "{r}");
+        assert!(r.contains("zone_pair_ports { \"zn0\" . \"zn1\" . tcp . 5432 }"), "{r}");
         assert!(!r.contains("gone"), "a pair with a zone that has no link adds nothing: {r}");
         assert!(r.contains("oifname \"eth1\" accept") && r.contains("ip saddr 10.9.0.0/24 oifname \"eth1\" masquerade"), "{r}");
         // No zones, no policy: empty sets, no NAT chain, still every refusal.
         let r = ruleset(&Policy::default(), "10.9.0.0/24", &[]);
-        assert!(!r.contains("elements") && !r.contains("masquerade") && r.contains("counter name spoofed drop"), "{r}");
+        assert!(!r.contains("add element") && !r.contains("masquerade") && r.contains("counter name spoofed drop"), "{r}");
     }
 
     #[test]
@@ -406,8 +421,9 @@ mod tests {
         assert!(policy.forwards() && !Policy::default().forwards());
     }
 
-    /// The real `nft` and kernel take both rulesets, and the second one
-    /// replaces the first (in a network namespace of the test's own).
+    /// The real `nft` and kernel take both rulesets, the second one replaces
+    /// the first, and the counts carry on (in a network namespace of the
+    /// test's own).
     #[test]
     fn nft_and_the_kernel_take_the_ruleset_and_a_rewrite_replaces_it() {
         let policy = Policy {
@@ -419,10 +435,11 @@ mod tests {
         let second = ruleset(&policy, "10.9.0.0/24", &[link("db", 1)]);
         let nft = find_nft().expect("nft (apt-get install nftables; scripts/setup.sh installs it)");
         let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("0.nft"), format!("table inet {TABLE} {{\n\tcounter spoofed {{ packets 5 bytes 300; }}\n}}\n")).unwrap();
         std::fs::write(dir.path().join("1.nft"), &first).unwrap();
         std::fs::write(dir.path().join("2.nft"), &second).unwrap();
         let script = format!(
-            "set -e; {nft} -f 1.nft; {nft} -f 2.nft; {nft} list table inet {TABLE}",
+            "set -e; {nft} -f 0.nft; {nft} -f 1.nft; {nft} -f 2.nft; {nft} list table inet {TABLE}",
             nft = nft.display()
         );
         let out = Command::new("unshare").args(["--net", "sh", "-c", &script]).current_dir(dir.path()).output().expect("unshare (util-linux)");
@@ -430,6 +447,8 @@ mod tests {
         assert!(out.status.success(), "nft refused the rules (needs root and nf_tables): {}", String::from_utf8_lossy(&out.stderr));
         assert!(listed.contains("\"zn1\" . 10.9.0.3") && !listed.contains("\"zn0\""), "the rewrite replaced the table: {listed}");
         assert!(listed.contains("masquerade") && listed.contains("udp . 53"), "{listed}");
+        assert!(listed.contains("packets 5 bytes 300"), "a rewrite keeps the counts: {listed}");
+        assert_eq!(listed.matches("counter name \"forward_refused\" reject").count(), 2, "rules are replaced, not added: {listed}");
     }
 
     #[test]

@@ -31,8 +31,11 @@
 //! vsock-probe tcp-echo PORT            echo every connection, one byte at a time is fine (forever)
 //! vsock-probe tcp-rr ADDR:PORT COUNT   connect (retrying for 60 s), COUNT one-byte round trips
 //!                                      with TCP_NODELAY; tcp_rr_us_p50, tcp_rr_us_p90
-//! vsock-probe tcp-serve PORT MESSAGE   answer every connection with MESSAGE\n and close (forever)
+//! vsock-probe tcp-serve PORT MESSAGE   answer every connection with MESSAGE\n and close (forever);
+//!                                      MESSAGE @peer: the connecting address
 //! vsock-probe tcp-get ADDR:PORT        connect (retrying for 60 s), read to EOF; tcp_got=<first line>
+//! vsock-probe tcp-try ADDR:PORT        one connect (10 s at most), read to EOF;
+//!                                      tcp_got=<first line> or tcp_refused / tcp_timeout / tcp_error=<e>
 //! ```
 //!
 //! Addresses are numeric: the zones have no resolver (and a static glibc's
@@ -450,9 +453,42 @@ fn tcp_serve(port: u32, message: &str) -> i32 {
     };
     for s in l.incoming() {
         if let Ok(mut s) = s {
-            let _ = writeln!(s, "{message}");
+            let _ = match (message, s.peer_addr()) {
+                ("@peer", Ok(peer)) => writeln!(s, "{}", peer.ip()),
+                _ => writeln!(s, "{message}"),
+            };
         }
     }
+    0
+}
+
+fn tcp_try(addr: &str) -> i32 {
+    let Some(to) = addr.parse::<std::net::SocketAddr>().ok() else {
+        out("tcp_error", "ADDR:PORT must be numeric");
+        return 2;
+    };
+    let mut s = match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            out("tcp_refused", 1);
+            return 1;
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            out("tcp_timeout", 1);
+            return 1;
+        }
+        Err(e) => {
+            out("tcp_error", e);
+            return 1;
+        }
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut text = String::new();
+    if let Err(e) = s.read_to_string(&mut text) {
+        out("tcp_error", e);
+        return 1;
+    }
+    out("tcp_got", text.lines().next().unwrap_or(""));
     0
 }
 
@@ -493,6 +529,7 @@ fn main() {
         ["tcp-rr", addr, n] if port(n).is_some() => tcp_rr(addr, port(n).unwrap_or(0)),
         ["tcp-serve", p, msg] if port(p).is_some() => tcp_serve(port(p).unwrap_or(0), msg),
         ["tcp-get", addr] => tcp_get(addr),
+        ["tcp-try", addr] => tcp_try(addr),
         ["uds-echo", path] => uds_echo(path),
         ["uds-hold", path, pid, secs] if port(pid).is_some() && num(secs).is_some() => {
             uds_hold(path, port(pid).unwrap_or(0), num(secs).unwrap_or(0))
