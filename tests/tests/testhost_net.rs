@@ -19,6 +19,8 @@
 //! in that direction; the launch records say so. A daemon whose `nat`
 //! interface does not exist, or whose pool holds a host address, does not
 //! start and says why.
+//! Without `/dev/net/tun` a `--net` launch fails naming it and leaves no
+//! zone, TAP or assigned link behind.
 
 use zone_tests::testhost::{self, SHELL_IMAGE, VSOCK_IMAGE, VSOCK_PROBE, daemon_prelude_with};
 
@@ -231,6 +233,23 @@ timeout -s KILL 60 hypervisor-agent daemon --config /tmp/overlap.toml > /tmp/ove
 echo "overlap_rc=$?"
 sed 's/^/overlap daemon: /' /tmp/overlap.out
 echo "overlap_says=$(grep -c 'holds 127.0.0.1, an address of the host.s interface lo' /tmp/overlap.out)"
+# No TUN device: a launch with --net fails naming it, and leaves nothing:
+# no zone, no TAP, its link free for the next zone.
+cp /etc/za/agent.toml /tmp/tun.toml
+printf '[network]\npool = "10.213.0.0/30"\n' >> /tmp/tun.toml
+hypervisor-agent daemon --config /tmp/tun.toml >> /tmp/daemon.log 2>&1 &
+for i in $(seq 200); do zonectl list > /dev/null 2>&1 && break; sleep 0.1; done
+mv /dev/net/tun /dev/net/tun.away
+zonectl launch notun --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /tmp/notun.out 2>&1
+echo "notun_rc=$?"
+sed 's/^/notun: /' /tmp/notun.out
+echo "notun_says=$(grep -c '/dev/net/tun' /tmp/notun.out)"
+echo "notun_exists=$(zonectl inspect notun > /dev/null 2>&1 && echo yes || echo no)"
+echo "notun_tap=$(test -e /sys/class/net/zn0 && echo present || echo gone)"
+mv /dev/net/tun.away /dev/net/tun
+zonectl launch withtun --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /dev/null 2>&1
+wait_state withtun stopped
+echo "withtun_address=$(field withtun address)"
 "#,
         setup = testhost::daemon_prelude()
     ));
@@ -243,4 +262,9 @@ echo "overlap_says=$(grep -c 'holds 127.0.0.1, an address of the host.s interfac
         assert_ne!(v(&format!("{k}_rc")), "137", "the daemon exited rather than hang\n{}", run.output);
         assert_eq!(v(&format!("{k}_says")), "1", "{}", run.output);
     }
+    assert_ne!(v("notun_rc"), "0", "a launch without a TUN device failed\n{}", run.output);
+    assert_ne!(v("notun_says"), "0", "the error names /dev/net/tun\n{}", run.output);
+    assert_eq!(v("notun_exists"), "no", "{}", run.output);
+    assert_eq!(v("notun_tap"), "gone", "{}", run.output);
+    assert_eq!(v("withtun_address"), "10.213.0.1/31", "the failed launch released its link\n{}", run.output);
 }
