@@ -221,24 +221,25 @@ cat /tmp/out
 kill $(cat /tmp/daemon.pid); sleep 1
 # A nat interface that does not exist, or a pool that holds a host address
 # (the loopback's): the daemon does not start, and says why.
-cp /etc/za/agent.toml /tmp/nat.toml
-printf '[network]\npool = "10.213.0.0/30"\nnat = "nosuch0"\n' >> /tmp/nat.toml
-timeout -s KILL 60 hypervisor-agent daemon --config /tmp/nat.toml > /tmp/nat.out 2>&1
-echo "nat_rc=$?"
-sed 's/^/nat daemon: /' /tmp/nat.out
+# refused NAME NETWORK: a daemon with the [network] table NETWORK; NAME_rc and its output in /tmp/NAME.out.
+refused() {{
+  cp /etc/za/agent.toml /tmp/$1.toml
+  echo "$2" >> /tmp/$1.toml
+  timeout -s KILL 60 hypervisor-agent daemon --config /tmp/$1.toml > /tmp/$1.out 2>&1
+  echo "$1_rc=$?"
+  sed "s/^/$1 daemon: /" /tmp/$1.out
+}}
+refused nat '[network]
+pool = "10.213.0.0/30"
+nat = "nosuch0"'
 echo "nat_says=$(grep -c 'nat = .nosuch0. an interface of this host' /tmp/nat.out)"
-cp /etc/za/agent.toml /tmp/overlap.toml
-printf '[network]\npool = "127.0.0.0/8"\n' >> /tmp/overlap.toml
-timeout -s KILL 60 hypervisor-agent daemon --config /tmp/overlap.toml > /tmp/overlap.out 2>&1
-echo "overlap_rc=$?"
-sed 's/^/overlap daemon: /' /tmp/overlap.out
+refused overlap '[network]
+pool = "127.0.0.0/8"'
 echo "overlap_says=$(grep -c 'holds 127.0.0.1, an address of the host.s interface lo' /tmp/overlap.out)"
 # No TUN device: a launch with --net fails naming it, and leaves nothing:
 # no zone, no TAP, its link free for the next zone.
-cp /etc/za/agent.toml /tmp/tun.toml
-printf '[network]\npool = "10.213.0.0/30"\n' >> /tmp/tun.toml
-hypervisor-agent daemon --config /tmp/tun.toml >> /tmp/daemon.log 2>&1 &
-for i in $(seq 200); do zonectl list > /dev/null 2>&1 && break; sleep 0.1; done
+printf '[network]\npool = "10.213.0.0/30"\n' >> /etc/za/agent.toml
+start_daemon
 mv /dev/net/tun /dev/net/tun.away
 zonectl launch notun --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /tmp/notun.out 2>&1
 echo "notun_rc=$?"

@@ -467,7 +467,7 @@ fn tcp_try(addr: &str) -> i32 {
         out("tcp_error", "ADDR:PORT must be numeric");
         return 2;
     };
-    let mut s = match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
+    let s = match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10)) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             out("tcp_refused", 1);
@@ -482,10 +482,16 @@ fn tcp_try(addr: &str) -> i32 {
             return 1;
         }
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    print_first_line(s, Duration::from_secs(10), "tcp_error")
+}
+
+/// Reads `s` to EOF (at most `timeout` per read) and prints `tcp_got=<first
+/// line>`, or `<error_key>=<error>`.
+fn print_first_line(mut s: std::net::TcpStream, timeout: Duration, error_key: &str) -> i32 {
+    let _ = s.set_read_timeout(Some(timeout));
     let mut text = String::new();
     if let Err(e) = s.read_to_string(&mut text) {
-        out("tcp_error", e);
+        out(error_key, e);
         return 1;
     }
     out("tcp_got", text.lines().next().unwrap_or(""));
@@ -493,21 +499,14 @@ fn tcp_try(addr: &str) -> i32 {
 }
 
 fn tcp_get(addr: &str) -> i32 {
-    let mut s = match tcp_connect(addr) {
+    let s = match tcp_connect(addr) {
         Ok(s) => s,
         Err(e) => {
             out("tcp_get_error", e);
             return 1;
         }
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut text = String::new();
-    if let Err(e) = s.read_to_string(&mut text) {
-        out("tcp_get_error", e);
-        return 1;
-    }
-    out("tcp_got", text.lines().next().unwrap_or(""));
-    0
+    print_first_line(s, Duration::from_secs(30), "tcp_get_error")
 }
 
 fn main() {
