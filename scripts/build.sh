@@ -3,7 +3,8 @@
 # - static (glibc static-pie) into target/x86_64-unknown-linux-gnu/release/:
 #   zone-vmm (the jailed per-zone VMM: after pivot_root it can load no
 #   library), zonectl, zone-guest, the zone-bench and vsock-probe probes (both
-#   ends of the vsock end-to-end test) and the SPIRE plugins
+#   ends of the vsock end-to-end test), svid-tls (mutual TLS between SPIRE
+#   zones' workloads) and the SPIRE plugins
 #   (zone-attestor-agent runs inside zones, zone-attestor-server next to
 #   spire-server) — zones have no libraries;
 # - dynamic into target/release/: hypervisor-agent, which links Debian's
@@ -23,7 +24,7 @@ cd "$ZONE_ROOT"
 static=(env RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" cargo build --release --locked --target "$ZONE_TARGET")
 "${static[@]}" -p zone-vmm -p zonectl -p zone-guest -p zone-tests -p spire-plugin --no-default-features --bins >&2
 "${static[@]}" -p zone-tests --no-default-features --features vmm-under-test --bin zone-vmm-under-test >&2
-for b in zone-vmm zonectl zone-guest zone-bench vsock-probe zone-attestor-agent zone-attestor-server zone-vmm-under-test; do
+for b in zone-vmm zonectl zone-guest zone-bench vsock-probe svid-tls zone-attestor-agent zone-attestor-server zone-vmm-under-test; do
   file -L "$ZONE_BIN_DIR/$b" | grep -q 'static' || die "$ZONE_BIN_DIR/$b is not statically linked"
 done
 cargo build --release --locked -p hypervisor-agent --bins >&2

@@ -356,6 +356,21 @@ impl LaunchRecord {
     pub fn initrd_sha256(&self) -> &str {
         self.initrd.as_ref().map_or("none", |i| i.sha256.as_str())
     }
+
+    /// The command line's digest as policies and selectors name it: SHA-256
+    /// of [`crate::zone::without_net_addresses`] of [`Self::cmdline`] (the
+    /// same as [`Self::cmdline_sha256`] for a zone without a network
+    /// interface; for one with, the same whichever address it was assigned).
+    pub fn policy_cmdline_sha256(&self) -> String {
+        sha256_hex(crate::zone::without_net_addresses(&self.cmdline).as_bytes())
+    }
+
+    /// The zone's network interface as its measured command line configures
+    /// it: `None` without one, an error if zone-guest cannot use the `zone.net=`
+    /// parameter it was given.
+    pub fn net(&self) -> Option<Result<crate::zone::NetParams, String>> {
+        crate::zone::parse_cmdline(&self.cmdline).net
+    }
 }
 
 impl StopRecord {

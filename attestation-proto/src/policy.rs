@@ -8,14 +8,19 @@
 //! name = "web-*"             # zone names; `*` matches any run of characters
 //! kernel_sha256 = ["<64 hex>"]
 //! initrd_sha256 = ["<64 hex>"]  # "none": a zone without initramfs
-//! cmdline_sha256 = ["<64 hex>"]
+//! cmdline_sha256 = ["<64 hex>"]  # of the line with zone.net= values elided
+//! network = ["10.213.0.0/16"]   # optional: the zone's address lies in one ("none": no network)
 //! image_sha256 = ["<64 hex>"]   # optional: the image's manifest digest ("none": no image)
 //! rootfs_verity = ["<64 hex>"]  # optional: its dm-verity root hash ("none": no image)
 //! ```
 //!
 //! A zone passes when one rule matches its name and all its digests (an
-//! absent `image_sha256` or `rootfs_verity` allows any). The digests are the
-//! ones `zonectl measure` prints and the launch record holds.
+//! absent `image_sha256`, `rootfs_verity` or `network` allows any). The
+//! digests are the ones `zonectl measure` prints and the launch record holds.
+//! The command line is matched with the values of its `zone.net=` words
+//! elided ([`crate::zone::without_net_addresses`]): the address a zone got
+//! from the daemon's pool does not change its digest, so one rule admits the
+//! zone whichever link it was given; `network` says where its address may be.
 
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +68,26 @@ pub struct Rule {
     /// Allowed verity root hashes of the image root (`none`: no image); empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rootfs_verity: Vec<String>,
+    /// IPv4 networks (`address/prefix`) the zone's address must lie in
+    /// (`none`: a zone without a network interface); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<String>,
+}
+
+/// An entry of [`Rule::network`]: `none` or an IPv4 network.
+fn parse_network(entry: &str) -> Option<Option<(std::net::Ipv4Addr, u8)>> {
+    if entry == "none" {
+        return Some(None);
+    }
+    let (addr, prefix) = entry.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    Some(Some((addr, prefix)))
+}
+
+fn in_network(addr: std::net::Ipv4Addr, (net, prefix): (std::net::Ipv4Addr, u8)) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(addr) & mask == u32::from(net) & mask
 }
 
 impl Rule {
@@ -71,6 +96,14 @@ impl Rule {
     }
     fn allows_verity(&self, record: &LaunchRecord) -> bool {
         self.rootfs_verity.is_empty() || self.rootfs_verity.iter().any(|d| d == record.rootfs_verity())
+    }
+    fn allows_network(&self, net: Option<&Result<crate::zone::NetParams, String>>) -> bool {
+        self.network.is_empty()
+            || self.network.iter().filter_map(|e| parse_network(e)).any(|entry| match (entry, net) {
+                (None, None) => true,
+                (Some(n), Some(Ok(p))) => in_network(p.address, n),
+                _ => false,
+            })
     }
 }
 
@@ -144,6 +177,9 @@ impl Policy {
                     return Err(rule(format!("{field} entry {bad:?} is neither 64 lower-case hex digits nor \"none\"")));
                 }
             }
+            if let Some(bad) = r.network.iter().find(|n| parse_network(n).is_none()) {
+                return Err(rule(format!("network entry {bad:?} is neither an IPv4 network (e.g. \"10.213.0.0/16\") nor \"none\"")));
+            }
         }
         Ok(p)
     }
@@ -161,9 +197,10 @@ impl Policy {
                 name: record.zone.clone(),
                 kernel_sha256: vec![record.kernel.sha256.clone()],
                 initrd_sha256: vec![record.initrd_sha256().to_owned()],
-                cmdline_sha256: vec![record.cmdline_sha256.clone()],
+                cmdline_sha256: vec![record.policy_cmdline_sha256()],
                 image_sha256: record.rootfs.as_ref().map(|_| vec![record.image_sha256().to_owned()]).unwrap_or_default(),
                 rootfs_verity: record.rootfs.as_ref().map(|_| vec![record.rootfs_verity().to_owned()]).unwrap_or_default(),
+                network: Vec::new(),
             }],
         }
     }
@@ -175,12 +212,15 @@ impl Policy {
             return Err(format!("no policy rule matches zone name {:?}", record.zone));
         }
         let initrd = record.initrd_sha256();
+        let cmdline = record.policy_cmdline_sha256();
+        let net = record.net();
         let ok = |r: &&Rule| {
             r.kernel_sha256.contains(&record.kernel.sha256)
                 && r.initrd_sha256.iter().any(|d| d == initrd)
-                && r.cmdline_sha256.contains(&record.cmdline_sha256)
+                && r.cmdline_sha256.contains(&cmdline)
                 && r.allows_image(record)
                 && r.allows_verity(record)
+                && r.allows_network(net.as_ref())
         };
         if rules.iter().any(ok) {
             return Ok(());
@@ -197,10 +237,19 @@ impl Policy {
         if !rules.iter().any(|r| r.allows_verity(record)) {
             return Err(format!("image root verity {} is not allowed for zone {:?}", record.rootfs_verity(), record.zone));
         }
-        if !rules.iter().any(|r| r.cmdline_sha256.contains(&record.cmdline_sha256)) {
-            return Err(format!("cmdline sha256:{} is not allowed for zone {:?}", record.cmdline_sha256, record.zone));
+        if !rules.iter().any(|r| r.cmdline_sha256.contains(&cmdline)) {
+            let elided = if cmdline == record.cmdline_sha256 { "" } else { " (with its zone.net= addresses elided)" };
+            return Err(format!("cmdline sha256:{cmdline}{elided} is not allowed for zone {:?}", record.zone));
         }
-        Err(format!("no single policy rule allows this kernel, initrd and cmdline together for zone {:?}", record.zone))
+        if !rules.iter().any(|r| r.allows_network(net.as_ref())) {
+            let has = match &net {
+                None => "no network interface".to_owned(),
+                Some(Ok(n)) => format!("address {}", n.address),
+                Some(Err(e)) => format!("an unusable zone.net= parameter ({e})"),
+            };
+            return Err(format!("zone {:?} has {has}, which no policy rule's network allows", record.zone));
+        }
+        Err(format!("no single policy rule allows this kernel, initrd, cmdline, image and network together for zone {:?}", record.zone))
     }
 }
 
@@ -249,8 +298,9 @@ mod tests {
         i.initrd = Some(Artifact::measure("/i", b"i"));
         assert!(p.check(&i).unwrap_err().starts_with("initrd sha256:"));
         let mut c = r;
+        c.cmdline = "x".into();
         c.cmdline_sha256 = sha256_hex(b"x");
-        assert!(p.check(&c).unwrap_err().starts_with("cmdline sha256:"));
+        assert_eq!(p.check(&c).unwrap_err(), format!("cmdline sha256:{} is not allowed for zone \"web-1\"", sha256_hex(b"x")));
     }
 
     #[test]
@@ -285,6 +335,51 @@ mod tests {
             + &"a".repeat(64)
             + "\"]\nimage_sha256 = [\"nope\"]\n";
         assert!(Policy::parse(&bad).unwrap_err().to_string().contains("image_sha256"));
+    }
+
+    #[test]
+    fn networked_zones_match_whichever_address_they_got_and_network_bounds_it() {
+        let line = |net: &str| format!("console=ttyS0 {net} virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 -- /bin/sh");
+        let mut a = record("web-1");
+        a.cmdline = line("zone.net=10.213.0.1/31,10.213.0.0");
+        a.cmdline_sha256 = sha256_hex(a.cmdline.as_bytes());
+        let p = Policy::parse(&Policy::admitting(&a).to_toml()).unwrap();
+        assert_eq!(p.allow[0].cmdline_sha256, vec![sha256_hex(line("zone.net=").as_bytes())], "the digest zonectl measure --net prints");
+        assert_eq!(p.check(&a), Ok(()));
+        let mut b = a.clone();
+        b.cmdline = line("zone.net=10.213.0.9/31,10.213.0.8,10.213.0.8");
+        b.cmdline_sha256 = sha256_hex(b.cmdline.as_bytes());
+        assert_eq!(p.check(&b), Ok(()), "another link of the pool");
+        let mut other = a.clone();
+        other.cmdline = line("zone.net=10.213.0.1/31,10.213.0.0 init=/bin/sh");
+        other.cmdline_sha256 = sha256_hex(other.cmdline.as_bytes());
+        assert!(p.check(&other).unwrap_err().contains("with its zone.net= addresses elided"));
+
+        let mut bounded = p.clone();
+        bounded.allow[0].network = vec!["10.213.0.0/29".into()];
+        let bounded = Policy::parse(&bounded.to_toml()).unwrap();
+        assert_eq!(bounded.check(&a), Ok(()));
+        assert_eq!(bounded.check(&b).unwrap_err(), "zone \"web-1\" has address 10.213.0.9, which no policy rule's network allows");
+        let mut none = bounded.clone();
+        none.allow[0].network = vec!["none".into()];
+        assert!(none.check(&a).unwrap_err().contains("has address 10.213.0.1"));
+        let plain = record("web-1");
+        let mut plain_policy = Policy::admitting(&plain);
+        plain_policy.allow[0].network = vec!["none".into()];
+        assert_eq!(plain_policy.check(&plain), Ok(()));
+        plain_policy.allow[0].network = vec!["0.0.0.0/0".into()];
+        assert!(plain_policy.check(&plain).unwrap_err().contains("has no network interface"));
+        let mut unusable = a.clone();
+        unusable.cmdline = line("zone.net=banana");
+        unusable.cmdline_sha256 = sha256_hex(unusable.cmdline.as_bytes());
+        let mut up = Policy::admitting(&unusable);
+        up.allow[0].network = vec!["0.0.0.0/0".into()];
+        assert!(up.check(&unusable).unwrap_err().contains("unusable zone.net= parameter"));
+        for bad in ["10.213.0.0", "10.213.0.0/33", "any", "fe80::/64"] {
+            let mut q = p.clone();
+            q.allow[0].network = vec![bad.into()];
+            assert!(Policy::parse(&q.to_toml()).unwrap_err().to_string().contains("network entry"), "{bad}");
+        }
     }
 
     #[test]

@@ -260,6 +260,55 @@ pub fn parse_cmdline(line: &str) -> BootRequest {
     BootRequest { command, oneshot: kernel.iter().any(|w| w == ONESHOT_PARAM), image, net }
 }
 
+/// The command line with the value of every unquoted `zone.net=` word before
+/// the command elided (each becomes `zone.net=`): the line as a policy names
+/// it, the same whichever link the daemon's pool assigned. Everything else,
+/// the number of devices and that the zone has a network interface included,
+/// stays. A line without such a word is returned unchanged; two lines map to
+/// the same result only if they differ in nothing but those values (which
+/// hold neither whitespace nor quotes).
+pub fn without_net_addresses(line: &str) -> std::borrow::Cow<'_, str> {
+    let prefix = format!("{NET_PARAM}=");
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut chars = line.char_indices().peekable();
+    while let Some(&(start, c)) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        // One word, as split_words (and the kernel) delimit it.
+        let (mut end, mut quoted, mut has_quote) = (start, false, false);
+        while let Some(&(i, c)) = chars.peek() {
+            if c.is_whitespace() && !quoted {
+                break;
+            }
+            if c == '"' {
+                quoted = !quoted;
+                has_quote = true;
+            }
+            end = i + c.len_utf8();
+            chars.next();
+        }
+        let word = &line[start..end];
+        if word.replace('"', "") == COMMAND_SEPARATOR {
+            break;
+        }
+        if !has_quote && word.starts_with(&prefix) && word.len() > prefix.len() {
+            let o = out.get_or_insert_with(|| String::with_capacity(line.len()));
+            o.push_str(&line[copied..start + prefix.len()]);
+            copied = end;
+        }
+    }
+    match out {
+        Some(mut o) => {
+            o.push_str(&line[copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+        None => std::borrow::Cow::Borrowed(line),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +329,23 @@ mod tests {
         for bad in ["10.0.0.1", "10.0.0.1/32,10.0.0.2", "10.0.0.1/24", "10.0.0.1/24,10.0.1.1", "10.0.0.1/24,10.0.0.1", "x/24,10.0.0.2", "10.0.0.1/24,10.0.0.2,y"] {
             assert!(NetParams::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn network_values_are_elided_only_where_the_kernel_reads_them() {
+        let a = "console=ttyS0 zone.net=10.213.0.1/31,10.213.0.0 virtio_mmio.device=4K@0xd0000000:5 -- /bin/sh zone.net=x";
+        let b = "console=ttyS0 zone.net=10.213.0.7/31,10.213.0.6,1.1.1.1 virtio_mmio.device=4K@0xd0000000:5 -- /bin/sh zone.net=x";
+        let want = "console=ttyS0 zone.net= virtio_mmio.device=4K@0xd0000000:5 -- /bin/sh zone.net=x";
+        assert_eq!(without_net_addresses(a), want);
+        assert_eq!(without_net_addresses(b), want);
+        assert_eq!(without_net_addresses(want), want, "already elided");
+        assert!(matches!(without_net_addresses("console=ttyS0 -- zone.net=1"), std::borrow::Cow::Borrowed(_)));
+        // A quoted word is not elided (the digest binds it as it is), nor is
+        // one inside another parameter's quotes, nor one after a quoted `--`.
+        for kept in ["a \"zone.net=10.0.0.1/24,10.0.0.2\"", "a x=\"b zone.net=1\"", "a \"--\" zone.net=1", "zone.netx=1", "xzone.net=1"] {
+            assert_eq!(without_net_addresses(kept), kept);
+        }
+        assert_eq!(without_net_addresses("zone.net=1 ünï zone.net=2\tq"), "zone.net= ünï zone.net=\tq");
     }
 
     #[test]

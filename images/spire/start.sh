@@ -3,8 +3,13 @@
 # spire-agent (which attests this zone with the `zone` NodeAttestor), then
 # run the workload: fetch an X.509-SVID from the Workload API and print its
 # SPIFFE ID. Lines `ZONE-TIMING <event> uptime_ms=<ms>` mark the steps (for
-# scripts/bench-spire). Usage: start.sh [AGENT_CONF]
-conf=${1:-/opt/spire/agent.conf}
+# scripts/bench-spire). Usage: start.sh [AGENT_CONF [CMD ARG...]]
+# AGENT_CONF `default` is /opt/spire/agent.conf. With CMD, the workload goes
+# on as CMD (exec'd once the SVID is in /tmp/svid: svid.0.pem, svid.0.key,
+# bundle.0.pem) instead of sleeping.
+conf=${1:-default}
+[ "$conf" = default ] && conf=/opt/spire/agent.conf
+[ $# -gt 0 ] && shift
 mark() {
   u=$(cut -d' ' -f1 /proc/uptime); f=${u#*.}; f=${f#0}
   echo "ZONE-TIMING $1 uptime_ms=$(( ${u%.*} * 1000 + f * 10 ))"
@@ -32,6 +37,7 @@ for _ in $(seq 120); do
     mark svid
     grep -i 'spiffe id' /tmp/fetch.out
     echo "WORKLOAD-SVID-OK"
+    [ $# -gt 0 ] && exec "$@"
     break
   fi
   sleep 1

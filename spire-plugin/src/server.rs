@@ -74,7 +74,7 @@ pub fn selectors(v: &Verified, ek: Option<&EkIdentity>) -> Vec<String> {
         format!("host:{}", ek.map_or_else(|| r.host.clone(), ek_host)),
         format!("kernel:sha256:{}", r.kernel.sha256),
         format!("initrd:sha256:{}", r.initrd_sha256()),
-        format!("cmdline:sha256:{}", r.cmdline_sha256),
+        format!("cmdline:sha256:{}", r.policy_cmdline_sha256()),
     ];
     if let Some(fs) = &r.rootfs {
         s.push(format!("image:sha256:{}", r.image_sha256()));

@@ -45,6 +45,52 @@ plugins {{
     )
 }
 
+/// Shell: spire-server with our server plugin, trusting the test host's AK
+/// (`$ak`) and the policy /tmp/spire/policy.toml, started and healthy
+/// (`server_healthy=`); `$server` is its PID and `sp` runs its CLI.
+const SPIRE_SERVER: &str = r#"printf 'trusted_hosts = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$ak" > /tmp/spire/zone.hcl
+sum=$(busybox sha256sum $S/zone-attestor-server | cut -d' ' -f1)
+cat > /tmp/spire/server.conf <<CONF
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "8081"
+  socket_path = "/tmp/spire/server.sock"
+  trust_domain = "example.org"
+  data_dir = "/tmp/spire/server"
+  log_level = "DEBUG"
+  # Short agent SVIDs: agents rotate (and, being re-attestable, attest again) within the test.
+  agent_ttl = "60s"
+}
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = "/tmp/spire/server/datastore.sqlite3"
+    }
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+  UpstreamAuthority "disk" {
+    plugin_data {
+      cert_file_path = "/opt/spire/ca/ca.pem"
+      key_file_path = "/opt/spire/ca/ca.key"
+    }
+  }
+  NodeAttestor "zone" {
+    plugin_cmd = "$S/zone-attestor-server"
+    plugin_checksum = "$sum"
+    plugin_data_file = "/tmp/spire/zone.hcl"
+  }
+}
+CONF
+$S/spire-server run -config /tmp/spire/server.conf > /tmp/spire/server.log 2>&1 &
+server=$!
+for i in $(seq 600); do $S/spire-server healthcheck -socketPath /tmp/spire/server.sock > /dev/null 2>&1 && break; sleep 0.5; done
+echo "server_healthy=$($S/spire-server healthcheck -socketPath /tmp/spire/server.sock > /dev/null 2>&1 && echo yes || echo no)"
+sp() { $S/spire-server "$@" -socketPath /tmp/spire/server.sock; }
+"#;
+
 #[test]
 fn spire_issues_identities_only_to_verified_zones() {
     let thief_conf = agent_conf(r#"test_evidence_path = "/opt/spire/stolen.ev""#);
@@ -66,48 +112,7 @@ zonectl -o json measure --kernel {KERNEL} --initrd {BASE_IMAGE} --image spire-ag
 image_sha=$(sed -n 's/.*"image_sha256": "\([0-9a-f]*\)".*/\1/p' /tmp/spire/image.json)
 image_root=$(sed -n 's/.*"rootfs_verity": "\([0-9a-f]*\)".*/\1/p' /tmp/spire/image.json)
 zonectl measure --kernel {KERNEL} --initrd {BASE_IMAGE} --image spire-agent:1 --cmdline "$C" --policy img-spire | grep -v '^version' >> /tmp/spire/policy.toml
-printf 'trusted_hosts = ["%s"]\npolicy_path = "/tmp/spire/policy.toml"\n' "$ak" > /tmp/spire/zone.hcl
-sum=$(busybox sha256sum $S/zone-attestor-server | cut -d' ' -f1)
-cat > /tmp/spire/server.conf <<CONF
-server {{
-  bind_address = "127.0.0.1"
-  bind_port = "8081"
-  socket_path = "/tmp/spire/server.sock"
-  trust_domain = "example.org"
-  data_dir = "/tmp/spire/server"
-  log_level = "DEBUG"
-  # Short agent SVIDs: agents rotate (and, being re-attestable, attest again) within the test.
-  agent_ttl = "60s"
-}}
-plugins {{
-  DataStore "sql" {{
-    plugin_data {{
-      database_type = "sqlite3"
-      connection_string = "/tmp/spire/server/datastore.sqlite3"
-    }}
-  }}
-  KeyManager "memory" {{
-    plugin_data {{}}
-  }}
-  UpstreamAuthority "disk" {{
-    plugin_data {{
-      cert_file_path = "/opt/spire/ca/ca.pem"
-      key_file_path = "/opt/spire/ca/ca.key"
-    }}
-  }}
-  NodeAttestor "zone" {{
-    plugin_cmd = "$S/zone-attestor-server"
-    plugin_checksum = "$sum"
-    plugin_data_file = "/tmp/spire/zone.hcl"
-  }}
-}}
-CONF
-$S/spire-server run -config /tmp/spire/server.conf > /tmp/spire/server.log 2>&1 &
-server=$!
-for i in $(seq 600); do $S/spire-server healthcheck -socketPath /tmp/spire/server.sock > /dev/null 2>&1 && break; sleep 0.5; done
-echo "server_healthy=$($S/spire-server healthcheck -socketPath /tmp/spire/server.sock > /dev/null 2>&1 && echo yes || echo no)"
-sp() {{ $S/spire-server "$@" -socketPath /tmp/spire/server.sock; }}
-
+{server}
 # Registration keyed on zone: selectors: a node alias for zones of this name
 # and initramfs, and the workload under it.
 initrd_sha=$(busybox sha256sum $I | cut -d' ' -f1)
@@ -221,7 +226,8 @@ echo "ek_selector_issuer=$(grep -c 'zone:ek-issuer:cn:swtpm-localca' /tmp/spire/
 echo "ek_agent_ready=$(zonectl logs spire-ek | grep -c SPIRE-AGENT-READY)"
 grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head -n 10
 "#,
-        prelude = daemon_prelude_with(FORWARD)
+        prelude = daemon_prelude_with(FORWARD),
+        server = SPIRE_SERVER,
     ), SETTINGS, true);
     let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
     let n = |k: &str| v(k).parse::<u32>().unwrap_or_else(|_| panic!("{k}={}:\n{}", v(k), run.output));
@@ -255,4 +261,118 @@ grep -i -E 'zone attestation denied|zone attested' /tmp/spire/server.log | head 
     assert_eq!(n("ek_agent_ready"), 1, "the EK-trusted zone's agent did not start:\n{}", run.output);
     assert_eq!(v("ek_workload_id"), "spiffe://example.org/workload/ek-hello", "{}", run.output);
     assert_eq!(n("ek_selector_issuer"), 1, "{}", run.output);
+}
+
+/// The zone network's point: the workloads of two verified zones get their
+/// X.509-SVIDs from real SPIRE and talk mutual TLS over the zone network
+/// (`svid-tls`, rustls), each checking the other's SPIFFE ID; a zone denied
+/// its identity cannot complete a handshake, neither without a certificate
+/// nor with a self-signed one claiming the client's ID. The policy and the
+/// node-alias selectors are computed offline (`zonectl measure --net`): they
+/// hold for whichever link the daemon's pool assigns.
+#[test]
+fn verified_zones_talk_mutual_tls_over_the_zone_network_and_a_denied_zone_cannot() {
+    // Three links; the client and the denied zone may connect to the server's 8443.
+    let config = format!(
+        "{FORWARD}\n[network]\npool = \"10.213.0.0/29\"\n\
+         [[network.allow]]\nfrom = \"mtls-client\"\nto = \"mtls-server\"\nports = [\"tcp/8443\"]\n\
+         [[network.allow]]\nfrom = \"mtls-rogue\"\nto = \"mtls-server\"\nports = [\"tcp/8443\"]\n"
+    );
+    let run = testhost::run_with(&format!(
+        r#"{prelude}
+S=/opt/spire/bin
+I=/opt/zone/images/spire-agent.cpio
+C="console=ttyS0 reboot=k panic=-1 quiet"
+T=/opt/spire/bin/svid-tls
+W=spiffe://example.org/workload
+mkdir -p /tmp/spire/server
+ak=$(zonectl eventlog -o json | sed -n 's/.*"trust_entry": "\([^"]*\)".*/\1/p')
+# The zones' commands: start.sh runs the workload once its SVID is written.
+# The server is the first zone on the network, so at the pool's first link.
+SERVE="/bin/sh /opt/spire/start.sh default $T serve 8443 /tmp/svid $W/mtls-client"
+# The client first expects another server ID (and must refuse the server),
+# then the server's; the denied zone's agent fails, then it tries its forgeries.
+TRY="$T connect 10.213.0.1:8443 /tmp/svid $W/someone-else; $T connect 10.213.0.1:8443 /tmp/svid $W/mtls-server"
+FORGE="/bin/sh /opt/spire/start.sh; $T forge 10.213.0.1:8443 $W/mtls-client"
+# Offline, before any address is assigned: the policy and the digests.
+zonectl measure --net --kernel {KERNEL} --initrd $I --cmdline "$C" --policy mtls-server -- $SERVE > /tmp/spire/policy.toml
+printf 'network = ["10.213.0.0/29"]\n' >> /tmp/spire/policy.toml
+zonectl measure --net --kernel {KERNEL} --initrd $I --cmdline "$C" --policy mtls-client -- /bin/sh /opt/spire/start.sh default /bin/sh -c "$TRY" | grep -v '^version' >> /tmp/spire/policy.toml
+digest() {{ zonectl -o json measure --net --kernel {KERNEL} --initrd $I --cmdline "$C" -- "$@" | sed -n 's/.*"cmdline_sha256": "\([0-9a-f]*\)".*/\1/p'; }}
+server_cmdline=$(digest $SERVE)
+client_cmdline=$(digest /bin/sh /opt/spire/start.sh default /bin/sh -c "$TRY")
+{server}
+# Node aliases keyed on the zone's name and its (network-independent)
+# command-line digest; the workloads under them.
+sp entry create -node -spiffeID spiffe://example.org/zones/mtls-server -selector zone:name:mtls-server -selector zone:cmdline:sha256:$server_cmdline > /dev/null
+sp entry create -parentID spiffe://example.org/zones/mtls-server -spiffeID $W/mtls-server -selector unix:uid:0 > /dev/null
+sp entry create -node -spiffeID spiffe://example.org/zones/mtls-client -selector zone:name:mtls-client -selector zone:cmdline:sha256:$client_cmdline > /dev/null
+sp entry create -parentID spiffe://example.org/zones/mtls-client -spiffeID $W/mtls-client -selector unix:uid:0 > /dev/null
+# wait_log ZONE PATTERN: until the zone's output matches, it failed or it stopped (15 minutes at most).
+wait_log() {{
+  for i in $(seq 1800); do
+    zonectl logs "$1" 2>/dev/null | grep -q -E "$2" && return 0
+    zonectl inspect "$1" -o json 2>/dev/null | grep -q -E '"state": "(stopped|failed)"' && {{ echo "wait_log: $1 ended before $2"; return 1; }}
+    sleep 0.5
+  done
+  echo "wait_log: no $2 from $1 after 15 minutes"; return 1
+}}
+# launch ZONE COMMAND…: a networked SPIRE zone (returns once zone-guest says hello).
+launch() {{
+  z=$1; shift
+  zonectl launch $z --net --initrd $I --memory 384 --cmdline "$C" --wait-timeout 900 -- "$@" > /tmp/launch-$z.out 2>&1 \
+    || {{ cat /tmp/launch-$z.out; zonectl logs $z --console | tail -n 40 | sed "s/^/  $z console: /"; }}
+}}
+launch mtls-server $SERVE
+wait_log mtls-server 'SVID-TLS (listening|error)|SPIRE-AGENT-FAILED'
+echo "server_address=$(field mtls-server address)"
+launch mtls-client /bin/sh /opt/spire/start.sh default /bin/sh -c "$TRY"
+launch mtls-rogue /bin/sh -c "$FORGE"
+# The client's zone stops when its second exchange ends; the server logs each one.
+wait_log mtls-client 'SVID-TLS (ok|error)=|SPIRE-AGENT-FAILED'
+wait_log mtls-rogue 'SVID-TLS (forged|error)='
+sleep 2
+echo "client_address=$(field mtls-client address)"
+echo "rogue_address=$(field mtls-rogue address)"
+zonectl logs mtls-server > /tmp/server.out 2>&1
+zonectl logs mtls-client > /tmp/client.out 2>&1
+zonectl logs mtls-rogue > /tmp/rogue.out 2>&1
+sed 's/^/server: /' /tmp/server.out | grep -E 'SVID-TLS|SPIRE|spiffe'
+sed 's/^/client: /' /tmp/client.out | grep -E 'SVID-TLS|SPIRE|spiffe'
+sed 's/^/rogue: /' /tmp/rogue.out | grep -E 'SVID-TLS|SPIRE|denied|rejected'
+echo "client_ok=$(sed -n 's/^SVID-TLS ok=//p' /tmp/client.out)"
+echo "client_said=$(sed -n 's/^SVID-TLS said=//p' /tmp/client.out)"
+echo "client_wrong_server=$(grep -c 'SVID-TLS failed=.*the peer is spiffe://example.org/workload/mtls-server, not spiffe://example.org/workload/someone-else' /tmp/client.out)"
+echo "server_accepted=$(grep -c '^SVID-TLS accepted=spiffe://example.org/workload/mtls-client$' /tmp/server.out)"
+echo "server_refused=$(grep -c '^SVID-TLS refused=' /tmp/server.out)"
+echo "server_refused_anonymous=$(grep -c '^SVID-TLS refused=.*no certificates' /tmp/server.out)"
+echo "server_refused_forged=$(grep -c '^SVID-TLS refused=.*UnknownIssuer' /tmp/server.out)"
+echo "rogue_denied=$(grep -c SPIRE-AGENT-FAILED /tmp/rogue.out)"
+echo "rogue_reason=$(grep 'rejected by check policy: no policy rule matches zone name' /tmp/spire/server.log | grep -c mtls-rogue)"
+echo "rogue_anonymous=$(sed -n 's/^SVID-TLS anonymous=//p' /tmp/rogue.out | cut -d: -f1)"
+echo "rogue_forged=$(sed -n 's/^SVID-TLS forged=//p' /tmp/rogue.out | cut -d: -f1)"
+echo "rogue_has_svid=$(grep -c WORKLOAD-SVID-OK /tmp/rogue.out)"
+"#,
+        prelude = daemon_prelude_with(&config),
+        server = SPIRE_SERVER,
+    ), SETTINGS, true);
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    let n = |k: &str| v(k).parse::<u32>().unwrap_or_else(|_| panic!("{k}={}:\n{}", v(k), run.output));
+    assert_eq!(v("server_healthy"), "yes", "{}", run.output);
+    assert_eq!(v("server_address"), "10.213.0.1/31", "{}", run.output);
+    assert_eq!(v("client_address"), "10.213.0.3/31", "{}", run.output);
+    assert_eq!(v("rogue_address"), "10.213.0.5/31", "{}", run.output);
+    // Mutual TLS between the two verified zones, each checking the other's ID.
+    assert_eq!(v("client_ok"), "spiffe://example.org/workload/mtls-server", "the client did not complete mutual TLS:\n{}", run.output);
+    assert_eq!(v("client_said"), "hello spiffe://example.org/workload/mtls-client", "{}", run.output);
+    assert_eq!(n("server_accepted"), 1, "{}", run.output);
+    assert_eq!(n("client_wrong_server"), 1, "the client accepted a server that is not the ID it expected:\n{}", run.output);
+    // The denied zone: no identity, and no handshake without one.
+    assert_eq!(n("rogue_denied"), 1, "the rogue zone's agent was not denied:\n{}", run.output);
+    assert!(n("rogue_reason") >= 1, "spire-server's log lacks the rogue zone's denial:\n{}", run.output);
+    assert_eq!(n("rogue_has_svid"), 0, "{}", run.output);
+    assert_eq!(v("rogue_anonymous"), "refused", "a handshake without a client certificate was accepted:\n{}", run.output);
+    assert_eq!(v("rogue_forged"), "refused", "a self-signed certificate claiming the client's ID was accepted:\n{}", run.output);
+    assert_eq!(n("server_refused_anonymous"), 1, "{}", run.output);
+    assert_eq!(n("server_refused_forged"), 1, "{}", run.output);
 }

@@ -38,6 +38,11 @@ pub struct MeasureArgs {
     /// A scratch disk, as `zonectl launch --scratch-mib` (it adds a device).
     #[arg(long, value_name = "MiB")]
     pub scratch_mib: Option<u64>,
+    /// A network interface, as `zonectl launch --net` (it adds a device and
+    /// the `zone.net=` parameter, whose value, the address the daemon's pool
+    /// assigns at launch, policies do not name).
+    #[arg(long)]
+    pub net: bool,
     /// Print a policy file admitting these digests for zones matching NAME (`*` wildcards).
     #[arg(long, value_name = "NAME")]
     pub policy: Option<String>,
@@ -61,6 +66,10 @@ pub fn run(g: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<i32> {
     let kernel = digest_file("kernel", &args.kernel)?;
     let initrd = args.initrd.as_deref().map(|p| digest_file("initramfs", p)).transpose()?;
     let mut cmdline = args.cmdline.unwrap_or_else(|| DEFAULT_ZONE_CMDLINE.to_owned());
+    if args.net {
+        // Where the daemon puts it, with the value elided as policies match it.
+        cmdline = format!("{cmdline} {}=", attestation_proto::zone::NET_PARAM);
+    }
     let mut command = args.command;
     let mut image = None;
     // Kept until the end: a converted archive's temporary store.
@@ -98,9 +107,10 @@ pub fn run(g: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<i32> {
         cmdline = zone_vmm::boot::cmdline::with_image(&cmdline, &verity, &process)?;
         image = Some((root.digest.trim_start_matches("sha256:").to_owned(), verity.root));
     }
-    // Exactly the line the daemon measures: the vsock, the image root's disk
-    // and the scratch disk declared.
-    let devices = 1 + u32::from(image.is_some()) + u32::from(args.scratch_mib.is_some_and(|m| m > 0));
+    // Exactly the line the daemon measures (with --net, up to the zone.net=
+    // value): the vsock, the image root's disk, the scratch disk and the
+    // network interface declared.
+    let devices = 1 + u32::from(image.is_some()) + u32::from(args.scratch_mib.is_some_and(|m| m > 0)) + u32::from(args.net);
     let loaded = boot_cmdline(&cmdline, &command, devices)?;
     let cmdline_sha256 = sha256_hex(loaded.as_bytes());
     let initrd_sha256 = initrd.as_ref().map_or_else(|| "none".to_owned(), |i| i.sha256.clone());
@@ -114,6 +124,7 @@ pub fn run(g: &GlobalArgs, args: MeasureArgs) -> anyhow::Result<i32> {
                 cmdline_sha256: vec![cmdline_sha256],
                 image_sha256: image.iter().map(|i| i.0.clone()).collect(),
                 rootfs_verity: image.iter().map(|i| i.1.clone()).collect(),
+                network: Vec::new(),
             }],
         };
         Policy::parse(&policy.to_toml())?;
