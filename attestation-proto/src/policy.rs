@@ -68,8 +68,9 @@ pub struct Rule {
     /// Allowed verity root hashes of the image root (`none`: no image); empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rootfs_verity: Vec<String>,
-    /// IPv4 networks (`address/prefix`) the zone's address must lie in
-    /// (`none`: a zone without a network interface); empty: any.
+    /// IPv4 networks (`address/prefix`) the zone's link must lie in: its
+    /// address, its gateway and its prefix (`none`: a zone without a network
+    /// interface); empty: any. Nameservers are not bound.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network: Vec<String>,
 }
@@ -90,6 +91,12 @@ fn in_network(addr: std::net::Ipv4Addr, (net, prefix): (std::net::Ipv4Addr, u8))
     u32::from(addr) & mask == u32::from(net) & mask
 }
 
+/// Whether the interface's link lies in the network: its address, its
+/// gateway and the whole prefix it is configured with (not a wider one).
+fn link_in_network(p: &crate::zone::NetParams, net: (std::net::Ipv4Addr, u8)) -> bool {
+    p.prefix >= net.1 && in_network(p.address, net) && in_network(p.gateway, net)
+}
+
 impl Rule {
     fn allows_image(&self, record: &LaunchRecord) -> bool {
         self.image_sha256.is_empty() || self.image_sha256.iter().any(|d| d == record.image_sha256())
@@ -101,7 +108,7 @@ impl Rule {
         self.network.is_empty()
             || self.network.iter().filter_map(|e| parse_network(e)).any(|entry| match (entry, net) {
                 (None, None) => true,
-                (Some(n), Some(Ok(p))) => in_network(p.address, n),
+                (Some(n), Some(Ok(p))) => link_in_network(p, n),
                 _ => false,
             })
     }
@@ -244,7 +251,7 @@ impl Policy {
         if !rules.iter().any(|r| r.allows_network(net.as_ref())) {
             let has = match &net {
                 None => "no network interface".to_owned(),
-                Some(Ok(n)) => format!("address {}", n.address),
+                Some(Ok(n)) => format!("address {}/{} (gateway {})", n.address, n.prefix, n.gateway),
                 Some(Err(e)) => format!("an unusable zone.net= parameter ({e})"),
             };
             return Err(format!("zone {:?} has {has}, which no policy rule's network allows", record.zone));
@@ -359,7 +366,17 @@ mod tests {
         bounded.allow[0].network = vec!["10.213.0.0/29".into()];
         let bounded = Policy::parse(&bounded.to_toml()).unwrap();
         assert_eq!(bounded.check(&a), Ok(()));
-        assert_eq!(bounded.check(&b).unwrap_err(), "zone \"web-1\" has address 10.213.0.9, which no policy rule's network allows");
+        assert_eq!(
+            bounded.check(&b).unwrap_err(),
+            "zone \"web-1\" has address 10.213.0.9/31 (gateway 10.213.0.8), which no policy rule's network allows"
+        );
+        // The gateway and the prefix are bound too: no wider link, no gateway outside.
+        for link in ["zone.net=10.213.0.1/24,10.213.0.2", "zone.net=10.213.0.1/8,10.99.0.1"] {
+            let mut wide = a.clone();
+            wide.cmdline = line(link);
+            wide.cmdline_sha256 = sha256_hex(wide.cmdline.as_bytes());
+            assert!(bounded.check(&wide).unwrap_err().contains("which no policy rule's network allows"), "{link}");
+        }
         let mut none = bounded.clone();
         none.allow[0].network = vec!["none".into()];
         assert!(none.check(&a).unwrap_err().contains("has address 10.213.0.1"));
@@ -369,10 +386,13 @@ mod tests {
         assert_eq!(plain_policy.check(&plain), Ok(()));
         plain_policy.allow[0].network = vec!["0.0.0.0/0".into()];
         assert!(plain_policy.check(&plain).unwrap_err().contains("has no network interface"));
+        // An unusable value is not elided: the digest binds it, and no network admits it.
         let mut unusable = a.clone();
-        unusable.cmdline = line("zone.net=banana");
+        unusable.cmdline = line("zone.net=10.213.0.1/31");
         unusable.cmdline_sha256 = sha256_hex(unusable.cmdline.as_bytes());
+        assert!(p.check(&unusable).unwrap_err().starts_with("cmdline sha256:"));
         let mut up = Policy::admitting(&unusable);
+        assert_eq!(up.allow[0].cmdline_sha256, vec![unusable.cmdline_sha256.clone()]);
         up.allow[0].network = vec!["0.0.0.0/0".into()];
         assert!(up.check(&unusable).unwrap_err().contains("unusable zone.net= parameter"));
         for bad in ["10.213.0.0", "10.213.0.0/33", "any", "fe80::/64"] {

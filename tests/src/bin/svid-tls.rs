@@ -235,9 +235,10 @@ fn serve(port: u16, dir: &Path, peer: &str) -> anyhow::Result<i32> {
 
 /// A TCP connection to `addr`, retried while refused for `retry`.
 fn dial(addr: &str, retry: Duration) -> anyhow::Result<TcpStream> {
+    let target: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr} is not ADDRESS:PORT (numeric)"))?;
     let start = Instant::now();
     loop {
-        match TcpStream::connect(addr) {
+        match TcpStream::connect_timeout(&target, IO_TIMEOUT) {
             Ok(s) => {
                 tcp(&s)?;
                 return Ok(s);

@@ -97,6 +97,30 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
+    /// Logs where a vCPU was when it shut down (a triple fault): the registers
+    /// that tell an early-boot fault (paging, GDT, IDT) from a later one.
+    fn log_shutdown_state(&self) {
+        let regs = self.fd.get_regs();
+        let sregs = self.fd.get_sregs();
+        match (regs, sregs) {
+            (Ok(r), Ok(s)) => tracing::warn!(
+                vcpu = self.index,
+                rip = format_args!("{:#x}", r.rip),
+                rsp = format_args!("{:#x}", r.rsp),
+                rflags = format_args!("{:#x}", r.rflags),
+                cr0 = format_args!("{:#x}", s.cr0),
+                cr2 = format_args!("{:#x}", s.cr2),
+                cr3 = format_args!("{:#x}", s.cr3),
+                cr4 = format_args!("{:#x}", s.cr4),
+                efer = format_args!("{:#x}", s.efer),
+                cs = format_args!("{:#x}", s.cs.selector),
+                idt = format_args!("{:#x}+{:#x}", s.idt.base, s.idt.limit),
+                "the vCPU shut down (triple fault)"
+            ),
+            (r, s) => tracing::warn!(vcpu = self.index, regs = ?r.err(), sregs = ?s.err(), "the vCPU shut down (triple fault); its registers are unreadable"),
+        }
+    }
+
     /// Runs the vCPU until the zone ends or `devices` says to stop; returns
     /// the outcome this vCPU observed, if any.
     pub fn run(mut self, devices: Arc<Devices>) -> Option<ExitReason> {
@@ -122,7 +146,10 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::Hlt) => ExitReason::Halted,
-                Ok(VcpuExit::Shutdown) => ExitReason::TripleFault,
+                Ok(VcpuExit::Shutdown) => {
+                    self.log_shutdown_state();
+                    ExitReason::TripleFault
+                }
                 Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                     SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff { status: 0 },
                     SYSTEM_EVENT_RESET => ExitReason::Reset,
