@@ -20,7 +20,8 @@
 //! interface does not exist, or whose pool holds a host address, does not
 //! start and says why.
 //! Without `/dev/net/tun` a `--net` launch fails naming it and leaves no
-//! zone, TAP or assigned link behind.
+//! zone, TAP or assigned link behind. A zone flooding UDP is held to its
+//! rate and another zone's round trips go on.
 
 use zone_tests::testhost::{self, SHELL_IMAGE, VSOCK_IMAGE, VSOCK_PROBE, daemon_prelude_with};
 
@@ -207,6 +208,72 @@ echo "lone_measured=$(zonectl inspect lone -o json | grep 'virtio-net' | grep -c
     assert_eq!(v("app_measured"), "1", "{}", run.output);
     assert_eq!(v("db_measured"), "1", "{}", run.output);
     assert_eq!(v("lone_measured"), "1", "{}", run.output);
+}
+
+/// A zone flooding UDP as fast as it can is held to its `[network.limits]`
+/// rate (what the host receives from its TAP), and another zone's TCP round
+/// trips to the host go on meanwhile, within a bound of their latency before
+/// the flood (both measured in the same run).
+#[test]
+fn a_flooding_zone_is_held_to_its_rate_and_another_zones_round_trips_go_on() {
+    // Two links; each zone may send 8 Mbit/s (1 MB/s).
+    let setup = daemon_prelude_with("[network]\npool = \"10.213.0.0/30\"\nhost_ports = [\"tcp/5002\"]\n[network.limits]\ntx_mbit = 8\n");
+    let run = testhost::run(&format!(
+        r#"{setup}
+P={VSOCK_PROBE}
+$P tcp-echo 5002 > /dev/null 2>&1 &
+# centiseconds since boot
+now() {{ cut -d' ' -f1 /proc/uptime | tr -d .; }}
+# The calm zone: rounds of 200 one-byte round trips to the host, until destroyed.
+zonectl launch calm --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'while true; do /bin/vsock-probe tcp-rr 10.213.0.0:5002 200; done' > /tmp/calm.out 2>&1 || cat /tmp/calm.out
+rr() {{ zonectl logs calm 2>/dev/null | sed -n 's/^VSOCK-PROBE tcp_rr_us_p50=//p'; }}
+# wait_rr N: until the calm zone has finished N rounds (5 minutes at most).
+wait_rr() {{
+  for i in $(seq 600); do [ "$(rr | wc -l)" -ge "$1" ] && return 0; sleep 0.5; done
+  echo "wait_rr: the calm zone finished $(rr | wc -l) rounds in 5 minutes, not $1"; zonectl logs calm | tail -n 5
+}}
+wait_rr 3
+echo "solo=$(rr | head -n 3 | tr '\n' ' ')"
+# The flooding zone: 1400-byte datagrams to a host port no one may reach, for 60 s.
+zonectl launch flood --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/vsock-probe udp-flood 10.213.0.2:9999 60 > /tmp/flood.out 2>&1 || cat /tmp/flood.out
+for i in $(seq 200); do zonectl logs flood 2>/dev/null | grep -q 'udp_flood=started' && break; sleep 0.1; done
+before=$(rr | wc -l)
+rx0=$(cat /sys/class/net/zn1/statistics/rx_bytes); t0=$(now)
+# Four rounds during the flood (the first may have begun before it), and at least 10 s.
+wait_rr $((before + 4))
+while [ $(( $(now) - t0 )) -lt 1000 ]; do sleep 0.2; done
+rx1=$(cat /sys/class/net/zn1/statistics/rx_bytes); t1=$(now)
+echo "during=$(rr | sed -n "$((before + 2)),$((before + 4))p" | tr '\n' ' ')"
+echo "flood_still_running=$(zonectl logs flood 2>/dev/null | grep -c udp_sent)"
+echo "flood_host_bytes=$((rx1 - rx0))"
+echo "flood_window_ms=$(( (t1 - t0) * 10 ))"
+echo "calm_errors=$(zonectl logs calm 2>/dev/null | grep -c tcp_rr_error)"
+wait_state flood stopped
+echo "udp_sent=$(zonectl logs flood | sed -n 's/^VSOCK-PROBE udp_sent=//p')"
+"#
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    let n = |k: &str| v(k).parse::<u64>().unwrap_or_else(|e| panic!("{k}={}: {e}\n{}", v(k), run.output));
+    let median = |k: &str| {
+        let mut xs: Vec<u64> = v(k).split_whitespace().map(|x| x.parse().unwrap_or_else(|e| panic!("{k}: {e}\n{}", run.output))).collect();
+        assert_eq!(xs.len(), 3, "three rounds for {k}:\n{}", run.output);
+        xs.sort_unstable();
+        xs[1]
+    };
+    assert_eq!(n("flood_still_running"), 0, "the window must lie inside the flood:\n{}", run.output);
+    let rate = n("flood_host_bytes") * 1000 / n("flood_window_ms").max(1);
+    let offered = n("udp_sent") * 1400 / 60;
+    println!("flood: offered {offered} B/s, reached the host {rate} B/s; calm p50 solo {} us, during {} us", median("solo"), median("during"));
+    // 8 Mbit/s is 1,000,000 B/s of frames; a 100 ms burst on top, and some slack.
+    assert!(rate <= 1_200_000, "the flooding zone reached the host at {rate} B/s, over its 8 Mbit/s:\n{}", run.output);
+    assert!(offered > rate * 3 / 2, "the zone did not offer more than its limit ({offered} B/s): nothing was contained\n{}", run.output);
+    assert_eq!(n("calm_errors"), 0, "the calm zone lost a connection during the flood:\n{}", run.output);
+    let (solo, during) = (median("solo"), median("during"));
+    assert!(
+        during <= (solo * 4).max(solo + 5_000),
+        "the calm zone's round trips went from {solo} us to {during} us during the flood:\n{}",
+        run.output
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@
 //! vsock-probe tcp-get ADDR:PORT        connect (retrying for 60 s), read to EOF; tcp_got=<first line>
 //! vsock-probe tcp-try ADDR:PORT        one connect (10 s at most), read to EOF;
 //!                                      tcp_got=<first line> or tcp_refused / tcp_timeout / tcp_error=<e>
+//! vsock-probe udp-flood ADDR:PORT SECS send 1400-byte datagrams as fast as the socket takes them for
+//!                                      SECS; udp_flood=started, then udp_sent=<datagrams>
 //! ```
 //!
 //! Addresses are numeric: the zones have no resolver (and a static glibc's
@@ -509,6 +511,33 @@ fn tcp_get(addr: &str) -> i32 {
     print_first_line(s, Duration::from_secs(30), "tcp_get_error")
 }
 
+fn udp_flood(addr: &str, secs: u64) -> i32 {
+    // Unconnected: an ICMP error for one datagram does not fail the next send.
+    let (s, to) = match (std::net::UdpSocket::bind("0.0.0.0:0"), addr.parse::<std::net::SocketAddr>()) {
+        (Ok(s), Ok(to)) => (s, to),
+        (Err(e), _) => {
+            out("udp_flood_error", e);
+            return 1;
+        }
+        (_, Err(e)) => {
+            out("udp_flood_error", e);
+            return 1;
+        }
+    };
+    let payload = [0x5au8; 1400];
+    let end = Instant::now() + Duration::from_secs(secs);
+    out("udp_flood", "started");
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        // Refusals (ICMP port unreachable, queue full) only mean it goes on.
+        if s.send_to(&payload, to).is_ok() {
+            sent += 1;
+        }
+    }
+    out("udp_sent", sent);
+    0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -529,6 +558,7 @@ fn main() {
         ["tcp-serve", p, msg] if port(p).is_some() => tcp_serve(port(p).unwrap_or(0), msg),
         ["tcp-get", addr] => tcp_get(addr),
         ["tcp-try", addr] => tcp_try(addr),
+        ["udp-flood", addr, secs] if num(secs).is_some() => udp_flood(addr, num(secs).unwrap_or(0)),
         ["uds-echo", path] => uds_echo(path),
         ["uds-hold", path, pid, secs] if port(pid).is_some() && num(secs).is_some() => {
             uds_hold(path, port(pid).unwrap_or(0), num(secs).unwrap_or(0))
