@@ -67,11 +67,39 @@ poweroff_now() {
 	while :; do sleep 3600; done
 }
 
+# unkillable: the threads that have a SIGKILL pending and are still alive,
+# checked twice 5 s apart (a process killed just now is not counted). Such a
+# thread is stuck in the test host's kernel (the nested-KVM hang): no bounded
+# wait of a script can end it.
+pending_kill() {
+	for st in /proc/[0-9]*/task/[0-9]*/status; do
+		m=$(sed -n 's/^SigPnd:[[:space:]]*//p; s/^ShdPnd:[[:space:]]*//p' "$st" 2>/dev/null | tr '\n' ' ')
+		for v in $m; do
+			# SIGKILL is signal 9: bit 8 of the mask.
+			if [ $((0x$v & 0x100)) -ne 0 ]; then
+				t=${st%/status}
+				echo "${t#/proc/}"
+				break
+			fi
+		done
+	done
+}
+unkillable() {
+	first=" $(pending_kill | tr '\n' ' ') "
+	[ "$first" != "  " ] || return 0
+	sleep 5
+	for t in $(pending_kill); do
+		case $first in
+		*" $t "*) echo "testhost-watchdog: unkillable ${t%%/*} ($(cat "/proc/${t%%/*}/comm" 2>/dev/null)), thread ${t##*/} ($(cat "/proc/$t/comm" 2>/dev/null)) state=$(cut -d' ' -f3 "/proc/$t/stat" 2>/dev/null): SIGKILL pending for 5 s or more" ;;
+		esac
+	done
+}
 # What every zone process is doing, on the console: started by the watchdog
 # (testhost.watchdog=SECONDS on the kernel command line, set by run.sh a
 # little before its own timeout) so that a run that hangs says what hung.
 dump_state() {
 	echo "testhost-watchdog: begin at uptime $(uptime_s)s (load $(cut -d' ' -f1-3 /proc/loadavg))"
+	unkillable
 	# User processes only (kernel threads are in brackets; busybox has no pgrep -a).
 	# shellcheck disable=SC2009
 	ps | grep -v ' \['

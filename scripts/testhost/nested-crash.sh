@@ -7,6 +7,7 @@
 # on a per-CPU access right after VMRUN): the crash seen with many zones, and
 # with our VMM under the same load. Prints each attempt's outcome.
 # Usage: scripts/testhost/nested-crash.sh [ATTEMPTS]   (needs scripts/setup.sh's payload)
+# Environment: TESTHOST_SMP (test-host vCPUs), NESTED_CRASH_TIMEOUT (seconds per attempt, default 600)
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
@@ -37,10 +38,16 @@ SCRIPT
 for a in $(seq "$attempts"); do
   err=$(mktemp)
   rc=0
-  TESTHOST_TIMEOUT=600 "$ZONE_ROOT/scripts/testhost/run.sh" "$script" "$payload" 2> "$err" | sed "s/^/attempt $a: /" || rc=$?
+  TESTHOST_TIMEOUT=${NESTED_CRASH_TIMEOUT:-600} "$ZONE_ROOT/scripts/testhost/run.sh" "$script" "$payload" 2> "$err" | sed "s/^/attempt $a: /" || rc=$?
   if [ "$rc" -eq 125 ]; then
     # run.sh shows the console's last lines: the panic, and whose thread it hit.
     echo "attempt $a: the test host's kernel died: $(grep -m1 -o -E 'BUG: .*|Kernel panic.*' "$err" | head -n 1); in $(grep -m1 -o 'Comm: [^ ]*' "$err" || echo 'an unnamed thread')"
+  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 126 ]; then
+    # A script that outlives its own bounded waits: run.sh says whether the
+    # test host froze or a process outlived its SIGKILL, and where the
+    # test host's vCPUs were.
+    echo "attempt $a: rc $rc, the script hung:"
+    { grep -E 'ERROR|qemu thread|  vCPU |unkillable' "$err" || true; } | head -n 40 | sed "s/^/attempt $a:   /"
   else
     echo "attempt $a: rc $rc, the test host survived"
   fi

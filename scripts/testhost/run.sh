@@ -10,7 +10,12 @@
 # stdout: what the script wrote (stdout+stderr) between the framing lines.
 # stderr: progress, timings, and on failure the tail of the console log.
 # Exit code: the script's, or 124 on timeout, or 125 when the framing is
-# missing (the test host never started the script or died during it).
+# missing (the test host never started the script or died during it), or 126
+# on a timeout where the test host's watchdog found a process that outlived a
+# SIGKILL (stuck in the test host's kernel, which no script can bound) or
+# whose watchdog never ran (the test host froze).
+# On a timeout, stderr also says where the test host's vCPUs were
+# (hang-snapshot.py, through QEMU's monitor).
 #
 # Environment:
 #   TESTHOST_TIMEOUT   seconds for the whole QEMU run (default 600)
@@ -37,6 +42,7 @@ SMP=${TESTHOST_SMP:-2}
 CPU=${TESTHOST_CPU:-EPYC,+svm,-rdseed,-sha-ni,-fxsr-opt,-misalignsse,-3dnowprefetch,-osvw,-topoext,-nrip-save,-xsavec}
 RC_TIMEOUT=124
 RC_NOFRAME=125
+RC_STUCK=126
 
 log() { printf 'testhost: %s\n' "$*" >&2; }
 die() {
@@ -165,14 +171,15 @@ mv "$run/tpm" "$run/tpm.init"
 
 # --- QEMU -----------------------------------------------------------------------
 # Not quiet: a kernel that stops before /init says where.
-append="console=ttyS0 panic=-1 cryptomgr.notests mitigations=off ${TESTHOST_APPEND:-}"
+# nokaslr: a hung vCPU's RIP is named from the kernel package's System.map.
+append="console=ttyS0 panic=-1 cryptomgr.notests mitigations=off nokaslr ${TESTHOST_APPEND:-}"
 # The test host dumps what its zone processes are doing this long before the
 # timeout (init.sh's watchdog), so that a run that hangs says what hung.
 if ((TIMEOUT > 90)); then
 	append+=" testhost.watchdog=$((TIMEOUT - 45))"
 fi
 qemu=(qemu-system-x86_64
-	-M q35 -accel "tcg,thread=multi" -cpu "$CPU" -smp "$SMP" -m "$MEM_MB"
+	-M q35 -name "testhost,debug-threads=on" -accel "tcg,thread=multi" -cpu "$CPU" -smp "$SMP" -m "$MEM_MB"
 	-nodefaults -no-reboot -display none
 	-kernel "$run/vmlinuz" -initrd "$run/initrd" -append "$append"
 	-chardev "socket,id=chrtpm,path=$run/swtpm.sock"
@@ -184,7 +191,19 @@ if ((interactive)); then
 	exit 0
 fi
 
-qemu+=(-serial "file:$run/console.log" -serial "file:$run/results.log" -monitor none)
+qemu+=(-serial "file:$run/console.log" -serial "file:$run/results.log"
+	-monitor "unix:$run/monitor.sock,server=on,wait=off")
+# snapshot_hang: where the test host's vCPUs are, before a timed-out QEMU is killed.
+snapshot_hang() {
+	local debs=("$cache"/debs/*.deb) deb
+	deb=${debs[0]}
+	if [[ -f $deb && ! -s $run/System.map ]]; then
+		dpkg-deb --fsys-tarfile "$deb" | tar -xO --wildcards './boot/System.map-*' >"$run/System.map" 2>/dev/null || true
+	fi
+	log "---- the test host at the timeout: its QEMU's threads and vCPUs ----"
+	HANG_SNAPSHOT_RAW="$run/registers.txt" python3 "$SELF_DIR/hang-snapshot.py" "$qpid" "$run/monitor.sock" "$run/System.map" >&2 ||
+		log "(hang-snapshot.py failed)"
+}
 t0=$(now_us)
 deadline=$((t0 + TIMEOUT * 1000000))
 t_begin="" timed_out=0 boot_hung=0
@@ -211,6 +230,7 @@ boot_once() {
 		now=$(now_us)
 		if ((now > deadline)) || ((!booted && now > boot_deadline)); then
 			if ((now > deadline)); then timed_out=1; else boot_hung=1; fi
+			((!timed_out)) || snapshot_hang
 			kill "$qpid" 2>/dev/null || true
 			for _ in $(seq 50); do
 				kill -0 "$qpid" 2>/dev/null || break
@@ -292,6 +312,16 @@ if ((timed_out)); then
 		sed -n '/^testhost-watchdog: begin/,/^testhost-watchdog: end/p' "$run/console.log" | tr -d '\r' | head -n 600 >&2
 	fi
 	fail_tail
+	if ((TIMEOUT > 90 && !boot_hung)) && ! grep -q '^testhost-watchdog: begin' "$run/console.log"; then
+		# Its watchdog was due 45 s before the timeout: the test host's own
+		# userspace did not run for that long (a frozen test-host kernel).
+		log "ERROR: the test host froze: its watchdog, due $((TIMEOUT - 45)) s in, never ran"
+		exit "$RC_STUCK"
+	fi
+	if grep -q '^testhost-watchdog: unkillable' "$run/console.log"; then
+		log "ERROR: $(grep -m1 '^testhost-watchdog: unkillable' "$run/console.log" | tr -d '\r' | sed 's/^testhost-watchdog: //') (stuck in the test host's kernel)"
+		exit "$RC_STUCK"
+	fi
 	exit "$RC_TIMEOUT"
 fi
 case $script_rc in

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Where a hung test host's vCPUs are, taken before run.sh kills its QEMU.
+
+Usage: hang-snapshot.py QEMU_PID MONITOR_SOCKET [SYSTEM_MAP]
+
+Prints, for the outer QEMU process, how much CPU each of its threads used
+over one second (a TCG vCPU thread at ~100% is executing guest code, one at
+~0% is waiting), then each test-host vCPU's registers from QEMU's monitor
+(`info registers -a`): RIP, CS (its low two bits are the privilege level),
+CR3 and EFER (SVME set: the vCPU can be running a nested guest). With the
+test host's System.map (it boots with nokaslr) a kernel RIP is named.
+Everything is best effort: a part that cannot be read says so.
+"""
+
+import bisect
+import os
+import re
+import socket
+import sys
+import time
+
+
+def thread_ticks(pid):
+    ticks = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        # utime and stime are fields 14 and 15 of stat (1-based).
+        ticks[tid] = (comm, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def cpu_use(pid):
+    hz = os.sysconf("SC_CLK_TCK")
+    before = thread_ticks(pid)
+    time.sleep(1.0)
+    after = thread_ticks(pid)
+    for tid, (comm, t) in sorted(after.items()):
+        if tid in before:
+            pct = 100.0 * (t - before[tid][1]) / hz
+            if pct >= 1.0 or "CPU" in comm:
+                print(f"  qemu thread {tid} {comm}: {pct:.0f}% CPU")
+
+
+def monitor(path, command):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5.0)
+    s.connect(path)
+
+    def read_until_prompt():
+        buf = b""
+        while not buf.rstrip().endswith(b"(qemu)"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return buf
+
+    read_until_prompt()
+    s.sendall(command.encode() + b"\n")
+    out = read_until_prompt()
+    s.close()
+    # The monitor echoes with terminal escapes; keep the printable text.
+    text = re.sub(rb"\x1b\[[0-9;]*[A-Za-z]", b"", out).decode(errors="replace")
+    return text.replace("\r", "")
+
+
+def load_symbols(path):
+    addrs, names = [], []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in "tTwW":
+                    addrs.append(int(parts[0], 16))
+                    names.append(parts[2])
+    except OSError:
+        return None
+    order = sorted(range(len(addrs)), key=addrs.__getitem__)
+    return [addrs[i] for i in order], [names[i] for i in order]
+
+
+def name(symbols, rip):
+    if not symbols or rip < 0xFFFF800000000000:
+        return ""
+    addrs, names = symbols
+    i = bisect.bisect_right(addrs, rip) - 1
+    if i < 0:
+        return ""
+    return f" ({names[i]}+{rip - addrs[i]:#x} in the test host's kernel, if it was running it)"
+
+
+def main():
+    pid, sock = sys.argv[1], sys.argv[2]
+    symbols = load_symbols(sys.argv[3]) if len(sys.argv) > 3 else None
+    try:
+        cpu_use(pid)
+    except OSError as e:
+        print(f"  qemu threads unreadable: {e}")
+    try:
+        text = monitor(sock, "info registers -a")
+    except OSError as e:
+        print(f"  QEMU monitor unreadable: {e}")
+        return
+    cpu = None
+    for line in text.splitlines():
+        m = re.match(r"CPU#(\d+)", line)
+        if m:
+            cpu = m.group(1)
+        m = re.search(r"[RE]IP=([0-9a-f]+) [RE]FL=([0-9a-f]+).*CPL=(\d).*HLT=(\d)", line)
+        if m:
+            rip = int(m.group(1), 16)
+            print(f"  vCPU {cpu}: RIP={rip:#x}{name(symbols, rip)} RFL={m.group(2)} CPL={m.group(3)} HLT={m.group(4)}")
+        if line.startswith(("CR0=", "EFER=", "CS =")):
+            print(f"  vCPU {cpu}: {line.strip()}")
+    raw = os.environ.get("HANG_SNAPSHOT_RAW")
+    if raw:
+        with open(raw, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
