@@ -219,7 +219,7 @@ echo "lone_measured=$(zonectl inspect lone -o json | grep 'virtio-net' | grep -c
 /// under this load in about half the runs, with QEMU microvm alone too
 /// (`scripts/testhost/nested-crash.sh`; README, "Why one test-host vCPU").
 #[test]
-#[ignore = "open bug: with the limit binding, the one-vCPU test host stops answering (the script's bounded waits did not return within its 10 minutes); with two vCPUs the test host's own kernel crashes; run it with --ignored"]
+#[ignore = "open bug in the test host: under the flood a one-vCPU test host freezes (as it does with QEMU microvm guests alone, scripts/testhost/nested-crash.sh); with two vCPUs its own kernel crashes; run it with --ignored"]
 fn a_flooding_zone_is_held_to_its_rate_and_another_zones_round_trips_go_on() {
     // Two links; each zone may send 2 Mbit/s (250 kB/s): less than a zone
     // can send even in a one-vCPU test host (~400 kB/s), so the flood meets the limit.
