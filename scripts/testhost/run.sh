@@ -171,7 +171,8 @@ mv "$run/tpm" "$run/tpm.init"
 
 # --- QEMU -----------------------------------------------------------------------
 # Not quiet: a kernel that stops before /init says where.
-# nokaslr: a hung vCPU's RIP is named from the kernel package's System.map.
+# nokaslr: a hung vCPU's RIP can be looked up in the kernel's System.map (the real one is
+# in Debian's -dbg package; the image package's, tried by snapshot_hang, is a placeholder).
 append="console=ttyS0 panic=-1 cryptomgr.notests mitigations=off nokaslr ${TESTHOST_APPEND:-}"
 # The test host dumps what its zone processes are doing this long before the
 # timeout (init.sh's watchdog), so that a run that hangs says what hung.
