@@ -7,9 +7,9 @@ Prints, for the outer QEMU process, how much CPU each of its threads used
 over one second (a TCG vCPU thread at ~100% is executing guest code, one at
 ~0% is waiting), then each test-host vCPU's registers from QEMU's monitor
 (`info registers -a`): RIP, CS (its low two bits are the privilege level),
-CR3 and EFER (SVME set: the vCPU can be running a nested guest). With a real
-System.map of the test host's kernel (from Debian's -dbg package; it boots
-with nokaslr) a kernel RIP is named.
+CR3 and EFER (SVME set: the vCPU can be running a nested guest). Given a real
+System.map of the test host's kernel (run.sh passes TESTHOST_SYSTEM_MAP; the
+test host boots with nokaslr) a kernel RIP is named.
 Everything is best effort: a part that cannot be read says so.
 """
 
@@ -84,7 +84,7 @@ def load_symbols(path):
     except OSError:
         return None
     if len(addrs) < 1000:
-        # Debian's linux-image ships a placeholder System.map (one line).
+        # Not a real map (Debian's linux-image ships a one-line placeholder).
         return None
     order = sorted(range(len(addrs)), key=addrs.__getitem__)
     return [addrs[i] for i in order], [names[i] for i in order]

@@ -27,6 +27,9 @@
 #   TESTHOST_SMP       test host vCPUs (default 2)
 #   TESTHOST_CPU       QEMU -cpu (default EPYC,+svm minus what TCG lacks)
 #   TESTHOST_APPEND    extra kernel command line arguments
+#   TESTHOST_SYSTEM_MAP  a real System.map of the test host's kernel (Debian's
+#                      -dbg package; the image package's is a placeholder):
+#                      a timeout's snapshot then names the vCPUs' RIPs
 #   TESTHOST_KEEP=1    keep the run directory (logs, initrd) and print its path
 #   TESTHOST_CONSOLE=1 copy the test host console log to stderr afterwards
 #   ZONE_CACHE_DIR, TESTHOST_*: passed on to build.sh
@@ -171,8 +174,8 @@ mv "$run/tpm" "$run/tpm.init"
 
 # --- QEMU -----------------------------------------------------------------------
 # Not quiet: a kernel that stops before /init says where.
-# nokaslr: a hung vCPU's RIP can be looked up in the kernel's System.map (the real one is
-# in Debian's -dbg package; the image package's, tried by snapshot_hang, is a placeholder).
+# nokaslr: a hung vCPU's RIP can be looked up in the kernel's System.map
+# (TESTHOST_SYSTEM_MAP).
 append="console=ttyS0 panic=-1 cryptomgr.notests mitigations=off nokaslr ${TESTHOST_APPEND:-}"
 # The test host dumps what its zone processes are doing this long before the
 # timeout (init.sh's watchdog), so that a run that hangs says what hung.
@@ -196,13 +199,8 @@ qemu+=(-serial "file:$run/console.log" -serial "file:$run/results.log"
 	-monitor "unix:$run/monitor.sock,server=on,wait=off")
 # snapshot_hang: where the test host's vCPUs are, before a timed-out QEMU is killed.
 snapshot_hang() {
-	local debs=("$cache"/debs/*.deb) deb
-	deb=${debs[0]}
-	if [[ -f $deb && ! -s $run/System.map ]]; then
-		dpkg-deb --fsys-tarfile "$deb" | tar -xO --wildcards './boot/System.map-*' >"$run/System.map" 2>/dev/null || true
-	fi
 	log "---- the test host at the timeout: its QEMU's threads and vCPUs ----"
-	HANG_SNAPSHOT_RAW="$run/registers.txt" python3 "$SELF_DIR/hang-snapshot.py" "$qpid" "$run/monitor.sock" "$run/System.map" >&2 ||
+	HANG_SNAPSHOT_RAW="$run/registers.txt" python3 "$SELF_DIR/hang-snapshot.py" "$qpid" "$run/monitor.sock" ${TESTHOST_SYSTEM_MAP:+"$TESTHOST_SYSTEM_MAP"} >&2 ||
 		log "(hang-snapshot.py failed)"
 }
 t0=$(now_us)
@@ -230,8 +228,12 @@ boot_once() {
 		local now
 		now=$(now_us)
 		if ((now > deadline)) || ((!booted && now > boot_deadline)); then
-			if ((now > deadline)); then timed_out=1; else boot_hung=1; fi
-			((!timed_out)) || snapshot_hang
+			if ((now > deadline)); then
+				timed_out=1
+				snapshot_hang
+			else
+				boot_hung=1
+			fi
 			kill "$qpid" 2>/dev/null || true
 			for _ in $(seq 50); do
 				kill -0 "$qpid" 2>/dev/null || break

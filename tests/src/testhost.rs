@@ -31,7 +31,7 @@ pub const ZONECTL: &str = "/opt/zone/bin/zonectl";
 pub struct HostRun {
     /// What the script printed (stdout and stderr, in order).
     pub output: String,
-    /// The script's exit status (124: timeout; 125: the host never ran it or died; 126: one of its processes outlived a SIGKILL).
+    /// The script's exit status (124: timeout; 125: the host never ran it or died; 126: it froze, or one of its processes outlived a SIGKILL).
     pub rc: i32,
     /// run.sh's own diagnostics (boot timings, console tail on failure).
     pub diagnostics: String,

@@ -18,7 +18,7 @@ const SETTINGS: &[(&str, &str)] = &[("TESTHOST_TIMEOUT", "2700"), ("TESTHOST_MEM
 /// Three zones at once on a two-vCPU test host have crashed its kernel or
 /// triple-faulted a zone (the emulated nested SVM, README "Why one test-host
 /// vCPU"); the mutual-TLS test runs them on one.
-const ONE_VCPU: &[(&str, &str)] = &[("TESTHOST_TIMEOUT", "2700"), ("TESTHOST_MEM_MB", "4096"), ("TESTHOST_SMP", "1")];
+const ONE_VCPU: &[(&str, &str)] = &[SETTINGS[0], SETTINGS[1], ("TESTHOST_SMP", "1")];
 
 const FORWARD: &str = "[[forward]]\nport = 8081\nto = \"127.0.0.1:8081\"";
 
