@@ -10,6 +10,7 @@ over one second (a TCG vCPU thread at ~100% is executing guest code, one at
 CR3 and EFER (SVME set: the vCPU can be running a nested guest). Given a real
 System.map of the test host's kernel (run.sh passes TESTHOST_SYSTEM_MAP; the
 test host boots with nokaslr) a kernel RIP is named.
+Then four more samples of the RIPs, 0.25 s apart: whether each vCPU moved.
 Everything is best effort: a part that cannot be read says so.
 """
 
@@ -100,6 +101,23 @@ def name(symbols, rip):
     return f" ({names[i]}+{rip - addrs[i]:#x} in the test host's kernel, if it was running it)"
 
 
+SAMPLES = 5
+SAMPLE_GAP_S = 0.25
+
+
+def vcpu_rips(text):
+    """{vCPU: RIP} from one `info registers -a`."""
+    rips, cpu = {}, None
+    for line in text.splitlines():
+        m = re.match(r"CPU#(\d+)", line)
+        if m:
+            cpu = m.group(1)
+        m = re.search(r"[RE]IP=([0-9a-f]+) ", line)
+        if m and cpu is not None:
+            rips[cpu] = int(m.group(1), 16)
+    return rips
+
+
 def main():
     pid, sock = sys.argv[1], sys.argv[2]
     symbols = load_symbols(sys.argv[3]) if len(sys.argv) > 3 else None
@@ -123,6 +141,27 @@ def main():
             print(f"  vCPU {cpu}: RIP={rip:#x}{name(symbols, rip)} RFL={m.group(2)} CPL={m.group(3)} HLT={m.group(4)}")
         if line.startswith(("CR0=", "EFER=", "CS =")):
             print(f"  vCPU {cpu}: {line.strip()}")
+    # More samples: a vCPU whose RIP never moves while its thread burns CPU is
+    # stuck on one instruction (or in the emulator), not looping in code.
+    seen = {c: [r] for c, r in vcpu_rips(text).items()}
+    for _ in range(SAMPLES - 1):
+        time.sleep(SAMPLE_GAP_S)
+        try:
+            more = monitor(sock, "info registers -a")
+        except OSError:
+            break
+        text += "\n" + more
+        for c, r in vcpu_rips(more).items():
+            seen.setdefault(c, []).append(r)
+    for c, rips in sorted(seen.items()):
+        if len(rips) < 2:
+            continue
+        span = f"{len(rips)} samples over {SAMPLE_GAP_S * (len(rips) - 1):.2f} s"
+        if len(set(rips)) == 1:
+            print(f"  vCPU {c}: RIP unchanged in {span}")
+        else:
+            named = ", ".join(f"{r:#x}{name(symbols, r)}" for r in dict.fromkeys(rips))
+            print(f"  vCPU {c}: RIPs in {span}: {named}")
     raw = os.environ.get("HANG_SNAPSHOT_RAW")
     if raw:
         with open(raw, "w") as f:

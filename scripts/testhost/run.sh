@@ -27,9 +27,11 @@
 #   TESTHOST_SMP       test host vCPUs (default 2)
 #   TESTHOST_CPU       QEMU -cpu (default EPYC,+svm minus what TCG lacks)
 #   TESTHOST_APPEND    extra kernel command line arguments
-#   TESTHOST_SYSTEM_MAP  a real System.map of the test host's kernel (Debian's
-#                      -dbg package; the image package's is a placeholder):
-#                      a timeout's snapshot then names the vCPUs' RIPs
+#   TESTHOST_SYSTEM_MAP  a real System.map of the test host's kernel, with
+#                      which a timeout's snapshot names the vCPUs' RIPs; by
+#                      default system-map.sh fetches it at the first timeout
+#                      (Debian's -dbg package; the image package's is a
+#                      placeholder) and keeps it in the test host cache
 #   TESTHOST_KEEP=1    keep the run directory (logs, initrd) and print its path
 #   TESTHOST_CONSOLE=1 copy the test host console log to stderr afterwards
 #   ZONE_CACHE_DIR, TESTHOST_*: passed on to build.sh
@@ -200,7 +202,11 @@ qemu+=(-serial "file:$run/console.log" -serial "file:$run/results.log"
 # snapshot_hang: where the test host's vCPUs are, before a timed-out QEMU is killed.
 snapshot_hang() {
 	log "---- the test host at the timeout: its QEMU's threads and vCPUs ----"
-	HANG_SNAPSHOT_RAW="$run/registers.txt" python3 "$SELF_DIR/hang-snapshot.py" "$qpid" "$run/monitor.sock" ${TESTHOST_SYSTEM_MAP:+"$TESTHOST_SYSTEM_MAP"} >&2 ||
+	local map=${TESTHOST_SYSTEM_MAP:-}
+	if [[ -z $map ]]; then
+		map=$("$SELF_DIR/system-map.sh") || map=""
+	fi
+	HANG_SNAPSHOT_RAW="$run/registers.txt" python3 "$SELF_DIR/hang-snapshot.py" "$qpid" "$run/monitor.sock" ${map:+"$map"} >&2 ||
 		log "(hang-snapshot.py failed)"
 }
 t0=$(now_us)

@@ -1,12 +1,12 @@
-//! Boot artifacts (kernel, initramfs) as the VMM holds them: bytes read from
-//! a file (`zonectl run`), or a read-only mapping of a sealed memfd (zones
-//! the daemon launches). A mapped artifact is exactly the measured bytes and
+//! Boot artifacts (kernel, initramfs) as the VMM holds them: a read-only
+//! mapping of a sealed memfd, made by the daemon (its measured copy) or by
+//! [`Artifact::read`] from a file (`zonectl run`), or bytes in memory. A mapped artifact is exactly the measured bytes and
 //! is loaded into guest memory straight from the mapping, never through a
 //! heap copy.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -49,11 +49,15 @@ impl Artifact {
         Self(Inner::Bytes(bytes))
     }
 
-    /// Reads a boot artifact from a file once, refusing non-files and oversized files.
+    /// Reads a boot artifact from a file once, refusing non-files and
+    /// oversized files. The bytes are copied by the kernel into a sealed
+    /// memfd (`copy_file_range`/`sendfile`, no buffer in this process) and
+    /// mapped like the daemon's artifacts: what is loaded is that copy, which
+    /// nothing can change or truncate, whatever happens to the file.
     pub fn read(what: &'static str, path: &Path) -> Result<Self, ConfigError> {
         let err = |source| ConfigError::Read { what, path: path.to_owned(), source };
         // Non-blocking, so that a FIFO or device node given as a path cannot hang the open.
-        let mut file = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(path)
@@ -62,9 +66,23 @@ impl Artifact {
         if !meta.is_file() || meta.len() > MAX_ARTIFACT {
             return Err(ConfigError::NotAFile { what, path: path.to_owned(), max_mib: MAX_ARTIFACT_MIB });
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        file.read_to_end(&mut bytes).map_err(err)?;
-        Ok(Self::from_bytes(bytes))
+        // SAFETY: a valid NUL-terminated name and valid flags; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"zone-artifact".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+        if fd < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let mut copy = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // One byte past the limit: a file that grew past it since the check is refused.
+        let copied = std::io::copy(&mut file.take(MAX_ARTIFACT + 1), &mut copy).map_err(err)?;
+        if copied > MAX_ARTIFACT {
+            return Err(ConfigError::NotAFile { what, path: path.to_owned(), max_mib: MAX_ARTIFACT_MIB });
+        }
+        // SAFETY: F_ADD_SEALS on our own memfd; no memory is passed.
+        if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Self::from_sealed_memfd(what, OwnedFd::from(copy))
     }
 
     /// Maps a sealed memfd read-only, refusing a descriptor that is not
@@ -157,6 +175,21 @@ mod tests {
         assert!(empty.is_empty());
         let file = File::open("/dev/null").unwrap();
         assert!(Artifact::from_sealed_memfd("kernel", OwnedFd::from(file)).is_err());
+    }
+
+    #[test]
+    fn a_read_file_is_a_sealed_copy_that_later_changes_do_not_reach() {
+        let dir = std::env::temp_dir().join(format!("artifact-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vmlinux");
+        std::fs::write(&path, b"the kernel as read").unwrap();
+        let a = Artifact::read("kernel", &path).unwrap();
+        std::fs::write(&path, b"replaced").unwrap();
+        File::options().write(true).open(&path).unwrap().set_len(0).unwrap();
+        assert_eq!(a.as_bytes(), b"the kernel as read");
+        let empty = Artifact::read("kernel", &path).unwrap();
+        assert!(empty.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

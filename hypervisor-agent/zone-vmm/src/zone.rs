@@ -139,6 +139,7 @@ impl Zone {
     /// once they are in guest memory.
     pub fn create(config: ZoneConfig, console: ConsoleSink) -> Result<Self, VmmError> {
         config.validate()?;
+        let t0 = Instant::now();
         let (vcpu_count, mem_bytes) = (config.vcpus, config.memory_bytes());
         let kvm = match config.kvm {
             KvmSource::Path(ref p) => kvm::open(p)?,
@@ -149,6 +150,7 @@ impl Zone {
             return Err(ConfigError::TooManyVcpus { requested: vcpu_count, max: max_vcpus.min(255) as u8 }.into());
         }
         let vm = Vm::new(&kvm, mem_bytes)?;
+        let vm_us = t0.elapsed().as_micros();
         let entry = boot::load(
             &vm.memory,
             vm.mem_size,
@@ -158,6 +160,7 @@ impl Zone {
             &config.cmdline,
         )?;
         drop((config.kernel, config.initrd));
+        let load_us = t0.elapsed().as_micros();
 
         let irq = new_irqfd(&vm, COM1_IRQ)?;
         let mut devices = Devices::new(SerialDevice::new(irq, console));
@@ -191,6 +194,7 @@ impl Zone {
             devices.add_virtio_mmio(base, transport);
         }
         let devices = Arc::new(devices);
+        let devices_us = t0.elapsed().as_micros();
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -202,6 +206,7 @@ impl Zone {
         let vcpus = (0..vcpu_count)
             .map(|i| Vcpu::new(&vm.fd, &supported, i, vcpu_count, entry))
             .collect::<Result<Vec<_>, _>>()?;
+        tracing::debug!(vm_us, load_us, devices_us, vcpus_us = t0.elapsed().as_micros(), "zone created (times since the start of create)");
         Ok(Self { vm, vcpus, devices, outcomes: mpsc::channel() })
     }
 

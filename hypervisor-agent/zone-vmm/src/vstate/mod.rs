@@ -4,5 +4,6 @@
 pub mod cpuid;
 pub mod kvm;
 pub mod layout;
+pub mod memory;
 pub mod vcpu;
 pub mod vm;

@@ -3,7 +3,7 @@
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::layout::{self, KVM_TSS_ADDR};
 
@@ -18,9 +18,9 @@ pub enum VmError {
     Memory {
         /// Requested size.
         mib: u64,
-        /// The mmap error.
+        /// The mapping error.
         #[source]
-        source: vm_memory::mmap::FromRangesError,
+        source: super::memory::MemoryError,
     },
     /// A KVM VM ioctl failed.
     #[error("KVM {op} failed: {source}")]
@@ -45,15 +45,12 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates a VM with `mem_size` bytes of anonymous guest memory, an
-    /// in-kernel irqchip and a PIT.
+    /// Creates a VM with `mem_size` bytes of anonymous guest memory (2 MiB
+    /// aligned, for huge pages: [`super::memory`]), an in-kernel irqchip and
+    /// a PIT.
     pub fn new(kvm: &Kvm, mem_size: u64) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(VmError::Create)?;
-        let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_size)
-            .into_iter()
-            .map(|(start, len)| (GuestAddress(start), usize::try_from(len).unwrap_or(usize::MAX)))
-            .collect();
-        let memory = GuestMemoryMmap::from_ranges(&ranges)
+        let memory = super::memory::guest_memory(&layout::ram_ranges(mem_size))
             .map_err(|source| VmError::Memory { mib: mem_size >> 20, source })?;
 
         for (slot, region) in memory.iter().enumerate() {

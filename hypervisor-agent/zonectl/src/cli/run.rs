@@ -82,6 +82,7 @@ pub fn run(g: &super::GlobalArgs, args: RunArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let kernel = Artifact::read("kernel", &args.kernel)?;
     let initrd = args.initrd.as_deref().map(|p| Artifact::read("initramfs", p)).transpose()?;
+    tracing::debug!(read_us = started.elapsed().as_micros(), "kernel and initramfs read");
     let devices = u32::from(args.vsock_uds.is_some());
     let mut config = ZoneConfig::new(kernel, initrd, boot_cmdline(&args.cmdline, &args.command, devices)?);
     config.vcpus = args.vcpus;
