@@ -91,12 +91,22 @@ def load_symbols(path):
     return [addrs[i] for i in order], [names[i] for i in order]
 
 
+# Loadable modules (kvm, kvm_amd, ...) live above the kernel image; their
+# symbols are not in System.map.
+MODULES_START = 0xFFFFFFFFC0000000
+
+
 def name(symbols, rip):
+    """The kernel symbol at `rip`. QEMU shows the registers of whatever the
+    vCPU runs, so a RIP may be a zone's (nested) kernel, whose addresses look
+    alike: hence "if it was running it"."""
     if not symbols or rip < 0xFFFF800000000000:
         return ""
+    if rip >= MODULES_START:
+        return " (in a module of the test host's kernel, if it was running it)"
     addrs, names = symbols
     i = bisect.bisect_right(addrs, rip) - 1
-    if i < 0:
+    if i < 0 or rip - addrs[i] > 0x10000:
         return ""
     return f" ({names[i]}+{rip - addrs[i]:#x} in the test host's kernel, if it was running it)"
 
