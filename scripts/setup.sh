@@ -15,7 +15,8 @@ packages=(
   busybox-static protobuf-compiler openssl
   cryptsetup-bin umoci squashfs-tools                       # image roots: veritysetup, umoci and unsquashfs as reference peers
   docker-registry skopeo                                    # a loopback registry for the image pull test
-  nftables iproute2                                         # the zone network policy (the daemon runs nft); test networks
+  nftables iproute2                                         # the zone network policy (the daemon runs nft); test networks; tc
+  containernetworking-plugins                               # CNI mode's plugins (the test host's CNI networks)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -2,8 +2,9 @@
 # Build the test host's base assets, cached (see README.md in this directory):
 #   <cache>/vmlinuz          Debian cloud kernel (bzImage) of the test host
 #   <cache>/base.cpio        uncompressed newc initramfs: busybox, KVM, TUN and
-#                            netfilter modules, qemu-system-x86_64, nft and
-#                            iproute2's ip + their libraries, microvm firmware, /init
+#                            netfilter, bridge and traffic-control modules,
+#                            qemu-system-x86_64, nft, iproute2's ip and tc, the
+#                            CNI plugins + their libraries, microvm firmware, /init
 #   <cache>/config           that kernel's config
 #   <cache>/kernel-release   its `uname -r`
 #   <cache>/modules.txt      the host modules in load order
@@ -29,6 +30,10 @@ QEMU=/usr/bin/qemu-system-x86_64
 # The zone network's tools: nft (the daemon's policy) and iproute2's ip
 # (network namespaces and veth pairs for the tests; busybox's ip has neither).
 NFT=/usr/sbin/nft
+# The CNI mode's: the plugins the tests' networks use, and tc (the daemon
+# joins a zone's TAP to the plugins' interface with redirects).
+CNI_DIR=/usr/lib/cni
+CNI_PLUGINS=(bridge host-local ptp loopback)
 QEMU_DATA=/usr/share/qemu
 BUSYBOX=/bin/busybox
 META_PKG=linux-image-cloud-amd64
@@ -66,6 +71,13 @@ IPROUTE=$(readlink -f /usr/sbin/ip 2>/dev/null || true)
 if [[ ! -x $IPROUTE ]] || ! "$IPROUTE" -V 2>/dev/null | grep -q iproute2; then
 	die "iproute2's ip not found at /usr/sbin/ip: install it with 'apt-get install iproute2'"
 fi
+TC=$(readlink -f /usr/sbin/tc 2>/dev/null || true)
+[[ -x $TC ]] || die "iproute2's tc not found at /usr/sbin/tc: install it with 'apt-get install iproute2'"
+CNI_FILES=()
+for p in "${CNI_PLUGINS[@]}"; do
+	[[ -x $CNI_DIR/$p ]] || die "$CNI_DIR/$p not found: install it with 'apt-get install containernetworking-plugins'"
+	CNI_FILES+=("$CNI_DIR/$p")
+done
 [[ -x $BUSYBOX ]] || die "$BUSYBOX not found: install it with 'apt-get install busybox-static'"
 if ldd "$BUSYBOX" >/dev/null 2>&1; then
 	die "$BUSYBOX is dynamically linked: install the static one with 'apt-get install busybox-static'"
@@ -136,7 +148,7 @@ fi
 # Shared libraries of QEMU, nft and ip, as ldd lists them (including the
 # dynamic loader).
 LIBS=()
-for bin in "$QEMU" "$NFT" "$IPROUTE"; do
+for bin in "$QEMU" "$NFT" "$IPROUTE" "$TC" "${CNI_FILES[@]}"; do
 	while read -r lib; do
 		[[ $lib != MISSING:* ]] || die "ldd $bin: ${lib#MISSING:} not found"
 		LIBS+=("$lib")
@@ -159,7 +171,7 @@ KEY=$(
 	echo "build.sh=$(sha256sum <"$SELF_DIR/build.sh" | cut -d' ' -f1)"
 	echo "init.sh=$(sha256sum <"$SELF_DIR/init.sh" | cut -d' ' -f1)"
 	# Inputs copied from the system: name, size, mtime (after symlinks).
-	stat -L -c '%n %s %Y' "$QEMU" "$NFT" "$IPROUTE" "$BUSYBOX" "${FW_FILES[@]}" "${LIBS[@]}"
+	stat -L -c '%n %s %Y' "$QEMU" "$NFT" "$IPROUTE" "$TC" "${CNI_FILES[@]}" "$BUSYBOX" "${FW_FILES[@]}" "${LIBS[@]}"
 )
 
 # One build at a time; run.sh takes this lock shared while it reads the outputs.
@@ -221,10 +233,13 @@ done
 WANT_MODULES=()
 # TUN: the zones' network interfaces (TAPs the daemon creates). NF_TABLES ..
 # NFT_OBJREF: what the daemon's zone network policy uses (ct state, NAT,
-# masquerade, reject, named counters); VETH: the tests' outside networks.
+# masquerade, reject, named counters); VETH: the tests' outside networks;
+# BRIDGE (the CNI bridge plugin) and the ingress qdisc, u32 classifier and
+# mirred action: a CNI zone's redirects (sandbox.rs).
 for pair in TCG_TPM:tpm TCG_CRB:tpm_crb KVM:kvm KVM_AMD:kvm_amd TUN:tun \
 	NF_TABLES:nf_tables NFT_CT:nft_ct NFT_NAT:nft_chain_nat NFT_MASQ:nft_masq \
-	NFT_REJECT_INET:nft_reject_inet NFT_OBJREF:nft_objref VETH:veth; do
+	NFT_REJECT_INET:nft_reject_inet NFT_OBJREF:nft_objref VETH:veth BRIDGE:bridge \
+	NET_SCH_INGRESS:sch_ingress NET_CLS_U32:cls_u32 NET_ACT_MIRRED:act_mirred; do
 	opt=${pair%%:*} mod=${pair#*:}
 	case $(cfg "$opt") in
 	y) log "CONFIG_$opt=y (built in)" ;;
@@ -320,6 +335,9 @@ cp "$QEMU" "$S/usr/bin/qemu-system-x86_64"
 cp "$NFT" "$S/usr/sbin/nft"
 rm -f "$S/usr/sbin/ip" "$S/usr/bin/ip"
 cp "$IPROUTE" "$S/usr/sbin/ip"
+cp "$TC" "$S/usr/sbin/tc"
+mkdir -p "$S$CNI_DIR"
+cp "${CNI_FILES[@]}" "$S$CNI_DIR/"
 for lib in "${LIBS[@]}"; do
 	mkdir -p "$S$(dirname "$lib")"
 	cp -L "$lib" "$S$lib"

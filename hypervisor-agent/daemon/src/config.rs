@@ -46,6 +46,12 @@
 //! ports = ["tcp/5432"]        # optional: only these ports of `to`
 //! [network.limits]            # optional, per zone and direction (the zone's VMM enforces them)
 //! tx_mbit = 100               # what a zone may send; also rx_mbit, tx_pps, rx_pps
+//!
+//! [cni]                       # or (not both): zones on a CNI network (see crate::cni, crate::sandbox)
+//! conflist = "/etc/cni/net.d/10-zones.conflist"  # a network configuration list
+//! bin_dir = "/usr/lib/cni"    # its plugins (Debian containernetworking-plugins)
+//! nameservers = []            # when the plugins' result names none
+//! [cni.limits]                # as [network.limits]
 //! ```
 //!
 //! `host_id` (top level, default: the host name) names this host in launch
@@ -175,6 +181,8 @@ pub struct DaemonConfig {
     pub forwards: Vec<Forward>,
     /// The zone network (`[network]`), if zones may have a network interface.
     pub network: Option<crate::network::NetworkConfig>,
+    /// Or a CNI network (`[cni]`) that standard CNI plugins configure.
+    pub cni: Option<crate::cni::CniConfig>,
 }
 
 /// A host service forwarded into every zone: a guest connection to vsock
@@ -201,6 +209,7 @@ impl Default for DaemonConfig {
             jail: JailConfig::default(),
             forwards: Vec::new(),
             network: None,
+            cni: None,
         }
     }
 }
@@ -245,6 +254,21 @@ impl DaemonConfig {
         }
         if let Some(n) = &self.network {
             n.validate().map_err(|e| ConfigFileError::Value(e.to_string()))?;
+        }
+        if let Some(c) = &self.cni {
+            if self.network.is_some() {
+                return Err(ConfigFileError::Value(
+                    "[network] and [cni] are two ways to connect zones: configure one of them".into(),
+                ));
+            }
+            if c.nameservers.len() > attestation_proto::zone::MAX_NAMESERVERS {
+                return Err(ConfigFileError::Value(format!(
+                    "[cni] nameservers: {}; at most {}",
+                    c.nameservers.len(),
+                    attestation_proto::zone::MAX_NAMESERVERS
+                )));
+            }
+            c.limits.validate("[cni.limits]").map_err(|e| ConfigFileError::Value(e.to_string()))?;
         }
         let mut ports = std::collections::HashSet::new();
         for f in &self.forwards {

@@ -15,6 +15,8 @@
 //! | [`forward`] | host services forwarded into zones |
 //! | [`network`] | the zone network: links, TAPs, published ports |
 //! | [`firewall`] | the zone network's policy in the host's nftables |
+//! | [`cni`] | the CNI runtime: a network configuration list's plugins, ADD and DEL, their result |
+//! | [`sandbox`] | a CNI zone's network namespace: its TAP joined to the plugins' interface |
 //! | [`config`] | the TOML configuration |
 //! | [`api`] | the gRPC control API on a Unix socket |
 //! | [`agent`] | the `hypervisor-agent` program |
@@ -23,12 +25,14 @@ pub mod agent;
 pub mod api;
 pub mod artifacts;
 pub mod channel;
+pub mod cni;
 pub mod config;
 pub mod firewall;
 pub mod forward;
 pub mod jail;
 pub mod manager;
 pub mod network;
+pub mod sandbox;
 pub mod store;
 pub mod supervisor;
 pub mod zone_dir;

@@ -188,6 +188,8 @@ pub struct Daemon {
     saver: Saver,
     /// The zone network's policy in nftables, with `[network]`.
     firewall: Option<crate::firewall::Firewall>,
+    /// The CNI network's configuration list, with `[cni]`.
+    cni: Option<crate::cni::NetworkList>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -276,6 +278,13 @@ impl Daemon {
             .map(|n| crate::firewall::Firewall::new(n.policy(), n.pool.clone()))
             .transpose()
             .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
+        let cni = match &config.cni {
+            Some(c) => {
+                crate::sandbox::check_tools().map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
+                Some(crate::cni::NetworkList::load(c).map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?)
+            }
+            None => None,
+        };
         let daemon = Arc::new(Self {
             config,
             store,
@@ -286,6 +295,7 @@ impl Daemon {
             changes,
             saver: Saver::default(),
             firewall,
+            cni,
         });
         Self::start_saver(&daemon)?;
         for record in records {
@@ -309,7 +319,8 @@ impl Daemon {
                     }
                 }
                 (true, None) => daemon.finish(&name, None),
-                (false, _) => {}
+                // Stopped while the plugins still held its network (a crash between).
+                (false, _) => daemon.detach_cni(&name),
             }
         }
         // Before any zone is launched, and for those re-adopted: the table
@@ -528,14 +539,15 @@ impl Daemon {
         }
         // The addresses are assigned under the zones' lock; one of the pool's
         // stands in for the length check below.
-        let net = match (&self.config.network, req.network || !req.publish.is_empty()) {
-            (_, false) => None,
-            (None, true) => {
+        let net = match (&self.config.network, &self.config.cni, &self.cni, req.network || !req.publish.is_empty()) {
+            (_, _, _, false) => None,
+            (Some(n), _, _, true) => Some(crate::network::assign(n, &[]).map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?),
+            (None, Some(c), Some(list), true) => Some(crate::network::assign_cni(c, list, &req.name, 0, "0")),
+            (None, _, _, true) => {
                 return Err(DaemonError::FailedPrecondition(
-                    "this daemon has no zone network: add a [network] table with a pool to its config to launch zones with --net".into(),
+                    "this daemon has no zone network: add a [network] table with a pool (or a [cni] table naming a CNI network) to its config to launch zones with --net".into(),
                 ));
             }
-            (Some(n), true) => Some(crate::network::assign(n, &[]).map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?),
         };
         let spec = Spec {
             kernel,
@@ -632,6 +644,7 @@ impl Daemon {
             let cids: Vec<u32> = live.iter().map(|r| r.guest_cid).collect();
             let guest_cid = (FIRST_GUEST_CID..).find(|c| !cids.contains(c)).unwrap_or(FIRST_GUEST_CID);
             let mut spec = spec;
+            let created_unix_ms = now_unix_ms();
             if let (Some(n), Some(_)) = (&self.config.network, &spec.net) {
                 // Every zone's link stays assigned until the zone is destroyed.
                 let links: Vec<u32> = zones.values().filter_map(|e| e.record.spec.net.as_ref().map(|a| a.link)).collect();
@@ -640,12 +653,20 @@ impl Daemon {
                 a.policy = n.policy().describe(&name);
                 spec.net = Some(a);
             }
+            if let (Some(c), Some(list), Some(_)) = (&self.config.cni, &self.cni, &spec.net) {
+                // The plugins' IPAM assigns the address; the number only tells launches apart.
+                let links: Vec<u32> = zones.values().filter_map(|e| e.record.spec.net.as_ref().map(|a| a.link)).collect();
+                let link = (0..).find(|k| !links.contains(k)).unwrap_or(0);
+                let mut a = crate::network::assign_cni(c, list, &name, link, &created_unix_ms.to_string());
+                a.publish = req.publish.clone();
+                spec.net = Some(a);
+            }
             let record = ZoneRecord {
                 name: name.clone(),
                 state: State::Creating,
                 spec,
                 failure: None,
-                created_unix_ms: now_unix_ms(),
+                created_unix_ms,
                 ready_uptime_ms: None,
                 launch_to_ready_ms: None,
                 vmm: None,
@@ -670,6 +691,7 @@ impl Daemon {
                 if let Some(task) = self.lock().remove(&name).and_then(|mut e| e.channel.take()) {
                     task.abort();
                 }
+                self.detach_cni(&name);
                 let _ = self.store.remove(&name);
                 Err(e)
             }
@@ -686,7 +708,11 @@ impl Daemon {
         let name = &record.name;
         let dir = self.store.create_dir(name)?;
         self.store.save(record)?;
-        let spec = &record.spec;
+        // On a CNI network the plugins give the zone its address before
+        // anything is measured.
+        let mut spec = record.spec.clone();
+        let cni_tap = self.attach_cni(name, &mut spec)?;
+        let spec = &spec;
         // The jail first: its gid owns the zone's socket directory.
         let prepare_started = Instant::now();
         let jail = self
@@ -774,12 +800,15 @@ impl Daemon {
             self.sync_firewall()?;
         }
         let forwards = self.firewall.as_ref().is_some_and(|f| f.policy().forwards());
-        let tap = spec
-            .net
-            .as_ref()
-            .map(|n| crate::network::create_tap(n, forwards))
-            .transpose()
-            .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?;
+        let tap = match cni_tap {
+            Some(tap) => Some(tap),
+            None => spec
+                .net
+                .as_ref()
+                .map(|n| crate::network::create_tap(n, forwards))
+                .transpose()
+                .map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?,
+        };
         // Published ports are bound now: one in use fails the launch before the zone boots.
         let published = spec
             .net
@@ -1058,6 +1087,79 @@ impl Daemon {
             }
             Err(e) => tracing::error!(zone = %name, error = %e, "cannot record the end of the zone"),
         }
+        // Nothing of a stopped zone's network stays on the host.
+        self.detach_cni(name);
+    }
+
+    /// On a CNI network: creates the zone's namespace, runs the plugins'
+    /// ADD, creates the zone's TAP beside their `eth0` and joins the two;
+    /// fills `spec.net` in from what they gave (address, gateway, MAC, MTU,
+    /// nameservers). The record says `attached` before the first plugin runs,
+    /// so a launch that fails or a daemon that crashes is cleaned up by
+    /// [`Self::detach_cni`].
+    fn attach_cni(&self, name: &str, spec: &mut Spec) -> Result<Option<zone_vmm::devices::virtio::net::Tap>, DaemonError> {
+        let (Some(list), Some(net)) = (&self.cni, spec.net.as_mut()) else { return Ok(None) };
+        let Some(link) = net.cni.as_mut() else { return Ok(None) };
+        let failed = |e: String| DaemonError::FailedPrecondition(format!("cannot connect zone {name} to the CNI network {}: {e}", list.name));
+        link.attached = true;
+        let attached = link.clone();
+        self.update(name, |e| {
+            if let Some(n) = e.record.spec.net.as_mut() {
+                n.cni = Some(attached);
+            }
+        })?;
+        let started = Instant::now();
+        let netns = crate::sandbox::create(name).map_err(|e| failed(e.to_string()))?;
+        let result = list.add(&link.container_id, &netns).map_err(|e| failed(e.to_string()))?;
+        link.result = Some(result.clone());
+        let with_result = link.clone();
+        self.update(name, |e| {
+            if let Some(n) = e.record.spec.net.as_mut() {
+                n.cni = Some(with_result);
+            }
+        })?;
+        let addr = crate::cni::address(&list.name, &result).map_err(|e| failed(e.to_string()))?;
+        let (tap, eth) = crate::sandbox::open_tap(name).map_err(|e| failed(e.to_string()))?;
+        crate::sandbox::redirect(name, &eth.mac, addr.address).map_err(|e| failed(e.to_string()))?;
+        net.address = addr.address;
+        net.prefix = addr.prefix;
+        net.gateway = addr.gateway;
+        if !addr.nameservers.is_empty() {
+            net.nameservers = addr.nameservers;
+        }
+        net.mac = eth.mac;
+        net.mtu = eth.mtu;
+        let filled = net.clone();
+        self.update(name, |e| e.record.spec.net = Some(filled))?;
+        tracing::info!(zone = %name, network = %list.name, address = %net.address, ms = started.elapsed().as_millis() as u64, "connected to the CNI network");
+        Ok(Some(tap))
+    }
+
+    /// Undoes [`Self::attach_cni`] if the plugins may still hold something
+    /// of the zone's: their DEL (given the cached result), then the
+    /// namespace. A no-op for zones not on a CNI network.
+    fn detach_cni(&self, name: &str) {
+        let Some(list) = &self.cni else { return };
+        let Ok(record) = self.get(name) else { return };
+        let Some(link) = record.spec.net.as_ref().and_then(|n| n.cni.as_ref()).filter(|c| c.attached) else { return };
+        let netns = std::path::PathBuf::from(&link.netns);
+        if let Err(e) = list.del(&link.container_id, &netns, link.result.as_ref()) {
+            // The namespace goes anyway; what the plugins keep outside it
+            // (an address lease) stays until a later DEL succeeds.
+            tracing::error!(zone = %name, error = %e, "CNI DEL failed; the zone stays marked attached and DEL is retried at the next daemon start");
+            let _ = crate::sandbox::remove(name);
+            return;
+        }
+        if let Err(e) = crate::sandbox::remove(name) {
+            tracing::warn!(zone = %name, error = %e, "cannot remove the zone's network namespace");
+        }
+        let _ = self.update(name, |e| {
+            if let Some(c) = e.record.spec.net.as_mut().and_then(|n| n.cni.as_mut()) {
+                c.attached = false;
+                c.result = None;
+            }
+        });
+        tracing::info!(zone = %name, network = %list.name, "disconnected from the CNI network");
     }
 
     /// Called by the host channel: zone-guest said hello.

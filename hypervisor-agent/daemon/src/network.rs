@@ -84,6 +84,15 @@ impl Limits {
         rate(self.tx_mbit, self.tx_pps)
     }
 
+    /// Range checks; `table` names the table in the error.
+    pub fn validate(&self, table: &str) -> Result<(), NetworkError> {
+        let l = self;
+        if [l.tx_mbit, l.rx_mbit, l.tx_pps, l.rx_pps].iter().flatten().any(|&v| v == 0 || v > 1_000_000) {
+            return Err(NetworkError::Config(format!("{table} values must be 1..=1000000 (leave one out for no limit)")));
+        }
+        Ok(())
+    }
+
     fn describe(&self) -> String {
         let mut s = String::new();
         for (k, v, unit) in [
@@ -247,12 +256,7 @@ impl NetworkConfig {
         if !(576..=9000).contains(&self.mtu) {
             return Err(NetworkError::Config(format!("mtu = {} is outside 576..=9000", self.mtu)));
         }
-        let l = &self.limits;
-        if [l.tx_mbit, l.rx_mbit, l.tx_pps, l.rx_pps].iter().flatten().any(|&v| v == 0 || v > 1_000_000) {
-            return Err(NetworkError::Config(
-                "[network.limits] values must be 1..=1000000 (leave one out for no limit)".into(),
-            ));
-        }
+        self.limits.validate("[network.limits]")?;
         if let Some(nat) = &self.nat
             && !crate::firewall::valid_ifname(nat)
         {
@@ -295,6 +299,9 @@ pub struct NetAssignment {
     pub mac: String,
     /// The zone's address.
     pub address: Ipv4Addr,
+    /// The prefix length of its link (31 on the daemon's own network).
+    #[serde(default = "link_prefix")]
+    pub prefix: u8,
     /// The host side: the zone's gateway.
     pub gateway: Ipv4Addr,
     /// Nameservers for the zone.
@@ -311,6 +318,31 @@ pub struct NetAssignment {
     /// ([`crate::firewall::Policy::describe`]).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub policy: String,
+    /// On a CNI network (`[cni]`): which, and what its plugins set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniLink>,
+}
+
+/// A zone's attachment to a CNI network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniLink {
+    /// The network's name (from its configuration list).
+    pub network: String,
+    /// The zone's network namespace (`CNI_NETNS`).
+    pub netns: String,
+    /// `CNI_CONTAINERID`: unique per launch.
+    pub container_id: String,
+    /// Whether ADD was started and DEL has not completed: the plugins may
+    /// hold something of the zone's (an address, a veth) until it runs.
+    pub attached: bool,
+    /// The plugins' final ADD result, given to DEL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+fn link_prefix() -> u8 {
+    LINK_PREFIX
 }
 
 /// A host TCP port the daemon forwards to a port of the zone (`--publish`).
@@ -334,7 +366,7 @@ impl NetAssignment {
     pub fn params(&self) -> attestation_proto::zone::NetParams {
         attestation_proto::zone::NetParams {
             address: self.address,
-            prefix: LINK_PREFIX,
+            prefix: self.prefix,
             gateway: self.gateway,
             nameservers: self.nameservers.clone(),
         }
@@ -343,10 +375,12 @@ impl NetAssignment {
     /// The device as the launch record lists it (measured).
     pub fn device(&self) -> String {
         let published: String = self.publish.iter().map(|p| format!(":publish={}->{}", p.host, p.zone_port)).collect();
+        let network = self.cni.as_ref().map(|c| format!("cni={}:", c.network)).unwrap_or_default();
         format!(
-            "virtio-net:mac={}:ip={}/{LINK_PREFIX}:gw={}:mtu={}{}{published}{}",
+            "virtio-net:{network}mac={}:ip={}/{}:gw={}:mtu={}{}{published}{}",
             self.mac,
             self.address,
+            self.prefix,
             self.gateway,
             self.mtu,
             self.limits.describe(),
@@ -371,14 +405,45 @@ pub fn assign(config: &NetworkConfig, used: &[u32]) -> Result<NetAssignment, Net
         tap: format!("zn{link}"),
         mac,
         address,
+        prefix: LINK_PREFIX,
         gateway,
         nameservers: config.nameservers.clone(),
         mtu: config.mtu,
         limits: config.limits,
         publish: Vec::new(),
         policy: String::new(),
+        cni: None,
     })
 }
+
+/// A zone's interface on the CNI network `list`, before its plugins ran:
+/// `link` numbers the launch; the addresses, MAC and MTU come from the
+/// plugins ([`crate::cni::address`], [`crate::sandbox::open_tap`]).
+pub fn assign_cni(config: &crate::cni::CniConfig, list: &crate::cni::NetworkList, zone: &str, link: u32, launch: &str) -> NetAssignment {
+    NetAssignment {
+        link,
+        tap: crate::sandbox::TAP.into(),
+        mac: String::new(),
+        address: Ipv4Addr::UNSPECIFIED,
+        prefix: 24,
+        gateway: Ipv4Addr::UNSPECIFIED,
+        nameservers: config.nameservers.clone(),
+        mtu: DEFAULT_CNI_MTU,
+        limits: config.limits,
+        publish: Vec::new(),
+        policy: String::new(),
+        cni: Some(CniLink {
+            network: list.name.clone(),
+            netns: crate::sandbox::path(zone).display().to_string(),
+            container_id: format!("zone-{zone}-{launch}"),
+            attached: false,
+            result: None,
+        }),
+    }
+}
+
+/// The MTU a CNI zone is measured with until its plugins' `eth0` says.
+const DEFAULT_CNI_MTU: u16 = 1500;
 
 /// Binds every published port of `a` (so a port in use fails the launch
 /// before the zone boots).

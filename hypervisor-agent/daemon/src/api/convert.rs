@@ -45,7 +45,9 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
             scratch_mib: r.spec.scratch_mib,
             image: r.spec.image.as_ref().map(image_root),
             network: r.spec.net.as_ref().map(|n| pb::ZoneNetwork {
-                address: format!("{}/{}", n.address, crate::network::LINK_PREFIX),
+                address: format!("{}/{}", n.address, n.prefix),
+                cni_network: n.cni.as_ref().map(|c| c.network.clone()).unwrap_or_default(),
+                netns: n.cni.as_ref().map(|c| c.netns.clone()).unwrap_or_default(),
                 gateway: n.gateway.to_string(),
                 mac: n.mac.clone(),
                 tap: n.tap.clone(),

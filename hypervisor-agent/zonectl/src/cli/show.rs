@@ -44,6 +44,8 @@ pub fn json(z: &Zone) -> serde_json::Value {
             "gateway": n.gateway,
             "mac": n.mac,
             "tap": n.tap,
+            "cni_network": (!n.cni_network.is_empty()).then_some(&n.cni_network),
+            "netns": (!n.netns.is_empty()).then_some(&n.netns),
             "nameservers": n.nameservers,
             "publish": n.publish.iter().map(|p| format!("{}:{}->{}", p.host_address, p.host_port, p.zone_port)).collect::<Vec<_>>(),
         })),
