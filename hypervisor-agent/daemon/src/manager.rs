@@ -1041,6 +1041,9 @@ impl Daemon {
         let dir = self.zone_dir(name);
         let outcome = dir.read_outcome();
         dir.remove_sockets();
+        // Nothing of a stopped zone's network stays on the host: released
+        // before the zone is seen stopped, so a destroy that follows finds it done.
+        self.detach_cni(name);
         let result = self.update(name, |e| {
             if let Some(task) = e.channel.take() {
                 task.abort();
@@ -1087,8 +1090,6 @@ impl Daemon {
             }
             Err(e) => tracing::error!(zone = %name, error = %e, "cannot record the end of the zone"),
         }
-        // Nothing of a stopped zone's network stays on the host.
-        self.detach_cni(name);
     }
 
     /// On a CNI network: creates the zone's namespace, runs the plugins'
@@ -1231,6 +1232,8 @@ impl Daemon {
                 r.state.as_str()
             )));
         }
+        // A no-op unless a DEL failed when the zone stopped: one more try.
+        self.detach_cni(name);
         let had_link = self.lock().remove(name).is_some_and(|e| e.record.spec.net.is_some());
         self.store.remove(name)?;
         self.changes.send_modify(|n| *n += 1);
