@@ -39,8 +39,8 @@ echo "lease_held=$(test -e /run/cni-ipam/zones/10.88.0.2 && echo yes || echo no)
 echo "fetched_from_zone=$(timeout -s KILL 120 $P tcp-get 10.88.0.2:8080 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
 echo "fetched_published=$(timeout -s KILL 120 $P tcp-get 127.0.0.1:8081 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
 zonectl inspect web -o json > /tmp/web.json
-echo "measured=$(grep -c "virtio-net:cni=zones:mac=$(field web mac):ip=10.88.0.2/24:gw=10.88.0.1:mtu=1500:publish=0.0.0.0:8081->8080" /tmp/web.json)"
-echo "cmdline_has_net=$(grep -c 'zone.net=10.88.0.2/24,10.88.0.1,10.88.0.1' /tmp/web.json)"
+echo "measured=$(grep -c "virtio-net:cni=zones:mac=$(field web mac):ip=10.88.0.2/30:gw=10.88.0.1:mtu=1500:publish=0.0.0.0:8081->8080" /tmp/web.json)"
+echo "cmdline_has_net=$(grep -c 'zone.net=10.88.0.2/30,10.88.0.1,10.88.0.1' /tmp/web.json)"
 zonectl logs web > /tmp/web.log 2>&1
 echo "web_guest_mac=$(grep '^mac=' /tmp/web.log | head -n 1 | cut -d= -f2)"
 echo "web_resolv=$(grep '^resolv=' /tmp/web.log | head -n 1 | cut -d= -f2)"
@@ -64,13 +64,13 @@ echo "bridge_ports_after=$(ls /sys/class/net/cni0/brif | wc -l)"
 # The next zone gets the address again; it reaches the test host through
 # the gateway, and what it sends from another address goes nowhere. It
 # stays up, serving, across a daemon restart.
-zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$(/bin/vsock-probe tcp-get $3:9000); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ip addr add 10.88.0.3/32 dev eth0; $b ping -c 2 -W 3 -I 10.88.0.3 $3 > /dev/null 2>&1; echo ping_spoofed=$?; $b ip addr del 10.88.0.3/32 dev eth0; echo checks-done; exec /bin/vsock-probe tcp-serve 8080 still-here' > /dev/null 2>&1
+zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; set -- $($b ip route show default); echo gw=$3; echo fetched=$(/bin/vsock-probe tcp-get $3:9000); $b ping -c 1 -W 3 $3 > /dev/null 2>&1; echo ping_gw=$?; $b ip addr add 10.88.0.3/32 dev eth0; echo spoof_addr=$?; out=$($b ping -c 2 -W 3 -I 10.88.0.3 $3 2>&1); echo ping_spoofed=$?; echo spoof_sent=$(echo $out | $b grep -c packets.transmitted); $b ip addr del 10.88.0.3/32 dev eth0; echo checks-done; exec /bin/vsock-probe tcp-serve 8080 still-here' > /dev/null 2>&1
 echo "client_rc=$?"
 for i in $(seq 240); do zonectl logs client 2>/dev/null | grep -q '^checks-done' && break; sleep 0.5; done
 zonectl logs client > /tmp/client.log 2>&1
 sed 's/^/client: /' /tmp/client.log
 echo "client_address=$(field client address)"
-for k in gw ping_gw ping_spoofed; do echo "client_$k=$(grep "^$k=" /tmp/client.log | head -n 1 | cut -d= -f2)"; done
+for k in gw ping_gw spoof_addr ping_spoofed spoof_sent; do echo "client_$k=$(grep "^$k=" /tmp/client.log | head -n 1 | cut -d= -f2)"; done
 echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | sed 's/.*tcp_got=//')"
 kill $(cat /tmp/daemon.pid); sleep 1; start_daemon
 echo "after_restart_state=$(field client state)"
@@ -83,7 +83,7 @@ grep -i 'cni' /tmp/daemon.log | sed 's/^/daemon: /' | tail -n 20
     ));
     let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
     assert_eq!(v("web_rc"), "0", "{}\n{}", run.output, run.diagnostics);
-    assert_eq!(v("web_address"), "10.88.0.2/24", "the address host-local gave\n{}", run.output);
+    assert_eq!(v("web_address"), "10.88.0.2/30", "the address host-local gave\n{}", run.output);
     assert_eq!(v("web_cni"), "zones");
     assert_eq!(v("web_netns"), "/run/netns/za-web");
     assert_eq!(v("ns_has_tap"), "yes", "the zone's TAP is in its namespace");
@@ -104,10 +104,12 @@ grep -i 'cni' /tmp/daemon.log | sed 's/^/daemon: /' | tail -n 20
     assert_eq!(v("lease_after"), "released", "DEL released the address\n{}", run.output);
     assert_eq!(v("bridge_ports_after"), "0", "DEL removed the veth");
     assert_eq!(v("client_rc"), "0", "{}", run.output);
-    assert_eq!(v("client_address"), "10.88.0.2/24", "the released address was given again");
+    assert_eq!(v("client_address"), "10.88.0.2/30", "the released address was given again");
     assert_eq!(v("client_gw"), "10.88.0.1", "{}", run.output);
     assert_eq!(v("client_fetched"), "from-the-host", "the zone reached the host through the bridge's gateway\n{}", run.output);
     assert_eq!(v("client_ping_gw"), "0", "{}", run.output);
+    assert_eq!(v("client_spoof_addr"), "0", "the zone took the second address\n{}", run.output);
+    assert_eq!(v("client_spoof_sent"), "1", "ping sent from the second address (and summed up)\n{}", run.output);
     assert_ne!(v("client_ping_spoofed"), "0", "what a zone sends from another address goes nowhere\n{}", run.output);
     assert_eq!(v("after_restart_state"), "running", "{}", run.output);
     assert_eq!(v("after_restart_fetch"), "still-here", "the zone's network survives a daemon restart\n{}", run.output);

@@ -18,7 +18,9 @@
 use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -172,6 +174,11 @@ impl NetworkList {
         Ok(Self { name: name.to_owned(), cni_version: cni_version.to_owned(), plugins, bin_dir: bin_dir.to_owned() })
     }
 
+    /// The list as JSON (kept in a zone's record for its DEL).
+    pub fn to_value(&self) -> Value {
+        serde_json::json!({"cniVersion": self.cni_version, "name": self.name, "plugins": self.plugins})
+    }
+
     /// The plugins' configuration for one call: theirs plus the network's
     /// name and version and, when given, the previous result.
     fn config_for(&self, plugin: &Map<String, Value>, prev: Option<&Value>) -> Vec<u8> {
@@ -230,6 +237,8 @@ impl NetworkList {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a timeout kills whatever it started too.
+            .process_group(0)
             .spawn()
             .map_err(|e| run(format!("cannot run {} ({e})", self.bin_dir.join(name).display())))?;
         let config = self.config_for(plugin, prev);
@@ -243,14 +252,18 @@ impl NetworkList {
                 let _ = s.write_all(&config);
             }
         });
+        // Over channels: a process the plugin left behind may hold a pipe
+        // open, and the wait for its output is bounded too.
         let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 if let Some(p) = pipe {
                     let _ = p.take(MAX_OUTPUT).read_to_end(&mut buf);
                 }
-                buf
-            })
+                let _ = tx.send(buf);
+            });
+            rx
         };
         let out = read(stdout.take().map(|p| Box::new(p) as _));
         let err = read(stderr.take().map(|p| Box::new(p) as _));
@@ -258,7 +271,7 @@ impl NetworkList {
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if started.elapsed() > PLUGIN_TIMEOUT => {
-                    let _ = child.kill();
+                    kill_group(&child);
                     let _ = child.wait();
                     return Err(run(format!("did not finish within {} s; killed", PLUGIN_TIMEOUT.as_secs())));
                 }
@@ -266,9 +279,17 @@ impl NetworkList {
                 Err(e) => return Err(run(format!("cannot wait for it ({e})"))),
             }
         };
-        let _ = writer.join();
-        let out = out.join().unwrap_or_default();
-        let err = err.join().unwrap_or_default();
+        let grace = PLUGIN_TIMEOUT.saturating_sub(started.elapsed()).max(OUTPUT_GRACE);
+        // A pipe still open past the plugin's exit: something it started holds it.
+        let collect = |rx: mpsc::Receiver<Vec<u8>>, wait: Duration| {
+            rx.recv_timeout(wait).unwrap_or_else(|_| {
+                kill_group(&child);
+                Vec::new()
+            })
+        };
+        let out = collect(out, grace);
+        let err = collect(err, OUTPUT_GRACE);
+        drop(writer);
         tracing::debug!(plugin = name, command, ms = started.elapsed().as_millis() as u64, "CNI plugin ran");
         if status.success() {
             return Ok(out);
@@ -293,6 +314,16 @@ impl NetworkList {
                 printable(String::from_utf8_lossy(if err.is_empty() { &out } else { &err }).trim())
             ))),
         }
+    }
+}
+
+/// How long a plugin's output may trail its exit.
+const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+
+fn kill_group(child: &std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on the process group the plugin leads (process_group(0)).
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
 }
 
@@ -336,11 +367,16 @@ pub fn address(network: &str, result: &Value) -> Result<Address, CniError> {
         let Some(cidr) = ip.get("address").and_then(Value::as_str) else { continue };
         let Some((addr, prefix)) = cidr.split_once('/') else { continue };
         let Ok(addr) = addr.parse::<Ipv4Addr>() else { continue };
-        seen.push(cidr.to_owned());
+        let cidr = printable(cidr);
+        seen.push(cidr.clone());
+        let Ok(prefix) = prefix.parse::<u8>() else {
+            return Err(bad(format!("gives {cidr}, whose prefix is not a number")));
+        };
         let gateway = ip.get("gateway").and_then(Value::as_str).map(str::parse::<Ipv4Addr>);
         let Some(Ok(gateway)) = gateway else {
             return Err(bad(format!("gives {cidr} no IPv4 gateway")));
         };
+        // Built from the parsed numbers: nothing of the plugin's text reaches the command line.
         let param = format!("{addr}/{prefix},{gateway}");
         let p = attestation_proto::zone::NetParams::parse(&param).map_err(|e| bad(format!("gives {cidr} via {gateway}: {e}")))?;
         let nameservers = result

@@ -320,7 +320,9 @@ impl Daemon {
                 }
                 (true, None) => daemon.finish(&name, None),
                 // Stopped while the plugins still held its network (a crash between).
-                (false, _) => daemon.detach_cni(&name),
+                (false, _) => {
+                    let _ = daemon.detach_cni(&name);
+                }
             }
         }
         // Before any zone is launched, and for those re-adopted: the table
@@ -542,7 +544,7 @@ impl Daemon {
         let net = match (&self.config.network, &self.config.cni, &self.cni, req.network || !req.publish.is_empty()) {
             (_, _, _, false) => None,
             (Some(n), _, _, true) => Some(crate::network::assign(n, &[]).map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?),
-            (None, Some(c), Some(list), true) => Some(crate::network::assign_cni(c, list, &req.name, 0, "0")),
+            (None, Some(c), Some(list), true) => Some(crate::network::assign_cni(c, list, &req.name, 0, "0").longest()),
             (None, _, _, true) => {
                 return Err(DaemonError::FailedPrecondition(
                     "this daemon has no zone network: add a [network] table with a pool (or a [cni] table naming a CNI network) to its config to launch zones with --net".into(),
@@ -687,11 +689,12 @@ impl Daemon {
                         jail::release(j);
                     }
                 }
+                // What the CNI plugins set up for it goes (the record must still be there).
+                let _ = self.detach_cni(&name);
                 // Its channel, forwards and published ports stop with it.
                 if let Some(task) = self.lock().remove(&name).and_then(|mut e| e.channel.take()) {
                     task.abort();
                 }
-                self.detach_cni(&name);
                 let _ = self.store.remove(&name);
                 Err(e)
             }
@@ -748,6 +751,14 @@ impl Daemon {
         let base = spec.kernel_params().map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
         let cmdline = zone_vmm::boot::cmdline::boot_cmdline(&base, &spec.command, spec.virtio_devices())
             .map_err(|e| DaemonError::InvalidArgument(e.to_string()))?;
+        // Checked in `resolve` too; the CNI plugins' addresses are only known now.
+        let max = zone_vmm::vstate::layout::CMDLINE_MAX_SIZE - 1;
+        if cmdline.len() > max {
+            return Err(DaemonError::InvalidArgument(format!(
+                "the kernel command line with the zone's addresses and command is {} bytes; at most {max} fit (shorten --cmdline or the command)",
+                cmdline.len()
+            )));
+        }
         let launch_record = LaunchRecord {
             version: RECORD_VERSION,
             host: self.config.host_id.clone(),
@@ -1043,7 +1054,7 @@ impl Daemon {
         dir.remove_sockets();
         // Nothing of a stopped zone's network stays on the host: released
         // before the zone is seen stopped, so a destroy that follows finds it done.
-        self.detach_cni(name);
+        let _ = self.detach_cni(name);
         let result = self.update(name, |e| {
             if let Some(task) = e.channel.take() {
                 task.abort();
@@ -1103,6 +1114,7 @@ impl Daemon {
         let Some(link) = net.cni.as_mut() else { return Ok(None) };
         let failed = |e: String| DaemonError::FailedPrecondition(format!("cannot connect zone {name} to the CNI network {}: {e}", list.name));
         link.attached = true;
+        link.conflist = Some(list.to_value());
         let attached = link.clone();
         self.update(name, |e| {
             if let Some(n) = e.record.spec.net.as_mut() {
@@ -1139,17 +1151,27 @@ impl Daemon {
     /// Undoes [`Self::attach_cni`] if the plugins may still hold something
     /// of the zone's: their DEL (given the cached result), then the
     /// namespace. A no-op for zones not on a CNI network.
-    fn detach_cni(&self, name: &str) {
-        let Some(list) = &self.cni else { return };
-        let Ok(record) = self.get(name) else { return };
-        let Some(link) = record.spec.net.as_ref().and_then(|n| n.cni.as_ref()).filter(|c| c.attached) else { return };
+    fn detach_cni(&self, name: &str) -> Result<(), crate::cni::CniError> {
+        let Some(config) = &self.config.cni else { return Ok(()) };
+        let Ok(record) = self.get(name) else { return Ok(()) };
+        let Some(link) = record.spec.net.as_ref().and_then(|n| n.cni.as_ref()).filter(|c| c.attached) else { return Ok(()) };
+        // DEL with the configuration ADD ran with (as libcni caches it), not
+        // the conflist as it may have been edited since.
+        let list = match &link.conflist {
+            Some(v) => crate::cni::NetworkList::parse(v.to_string().as_bytes(), &config.bin_dir)
+                .map_err(|detail| crate::cni::CniError::Conflist { path: "(the zone's record)".into(), detail })?,
+            None => match &self.cni {
+                Some(l) => l.clone(),
+                None => return Ok(()),
+            },
+        };
         let netns = std::path::PathBuf::from(&link.netns);
         if let Err(e) = list.del(&link.container_id, &netns, link.result.as_ref()) {
             // The namespace goes anyway; what the plugins keep outside it
             // (an address lease) stays until a later DEL succeeds.
-            tracing::error!(zone = %name, error = %e, "CNI DEL failed; the zone stays marked attached and DEL is retried at the next daemon start");
+            tracing::error!(zone = %name, error = %e, "CNI DEL failed; the zone stays marked attached: DEL runs again at destroy and at the next daemon start");
             let _ = crate::sandbox::remove(name);
-            return;
+            return Err(e);
         }
         if let Err(e) = crate::sandbox::remove(name) {
             tracing::warn!(zone = %name, error = %e, "cannot remove the zone's network namespace");
@@ -1161,6 +1183,7 @@ impl Daemon {
             }
         });
         tracing::info!(zone = %name, network = %list.name, "disconnected from the CNI network");
+        Ok(())
     }
 
     /// Called by the host channel: zone-guest said hello.
@@ -1233,7 +1256,12 @@ impl Daemon {
             )));
         }
         // A no-op unless a DEL failed when the zone stopped: one more try.
-        self.detach_cni(name);
+        // The record stays while the plugins may hold its address.
+        if let Err(e) = self.detach_cni(name) {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "zone {name}'s CNI network could not be released ({e}); fix the plugins or their configuration, then retry `zonectl destroy {name}`"
+            )));
+        }
         let had_link = self.lock().remove(name).is_some_and(|e| e.record.spec.net.is_some());
         self.store.remove(name)?;
         self.changes.send_modify(|n| *n += 1);

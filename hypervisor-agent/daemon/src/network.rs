@@ -339,6 +339,9 @@ pub struct CniLink {
     /// The plugins' final ADD result, given to DEL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// The configuration list ADD ran with, which DEL runs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflist: Option<serde_json::Value>,
 }
 
 fn link_prefix() -> u8 {
@@ -370,6 +373,15 @@ impl NetAssignment {
             gateway: self.gateway,
             nameservers: self.nameservers.clone(),
         }
+    }
+
+    /// The same with the longest addresses a CNI result can give, for
+    /// checking the command line's length before the plugins ran.
+    pub fn longest(mut self) -> Self {
+        let widest = Ipv4Addr::new(255, 255, 255, 254);
+        (self.address, self.gateway, self.prefix) = (widest, Ipv4Addr::new(255, 255, 255, 253), 24);
+        self.nameservers = vec![widest; attestation_proto::zone::MAX_NAMESERVERS];
+        self
     }
 
     /// The device as the launch record lists it (measured).
@@ -438,6 +450,7 @@ pub fn assign_cni(config: &crate::cni::CniConfig, list: &crate::cni::NetworkList
             container_id: format!("zone-{zone}-{launch}"),
             attached: false,
             result: None,
+            conflist: None,
         }),
     }
 }
@@ -684,5 +697,24 @@ mod tests {
         let parsed: NetworkConfig = toml::from_str(toml).unwrap();
         assert_eq!(parsed.limits.tx_mbit, Some(80));
         assert!(toml::from_str::<NetworkConfig>("pool = \"10.213.0.0/24\"\n[limits]\ntx_gbit = 1\n").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn cni_assignments_are_measured_with_their_network_and_old_records_keep_their_31() {
+        let list = crate::cni::NetworkList::parse(br#"{"cniVersion":"1.0.0","name":"zones","plugins":[{"type":"bridge"}]}"#, std::path::Path::new("/usr/lib/cni")).unwrap();
+        let c = crate::cni::CniConfig { conflist: "/x".into(), bin_dir: "/usr/lib/cni".into(), nameservers: vec![Ipv4Addr::new(10, 88, 0, 1)], limits: Limits::default() };
+        let mut a = assign_cni(&c, &list, "web", 0, "1700000000000");
+        let link = a.cni.clone().unwrap();
+        assert_eq!((link.netns.as_str(), link.container_id.as_str(), link.attached), ("/run/netns/za-web", "zone-web-1700000000000", false));
+        (a.address, a.prefix, a.gateway, a.mac) = (Ipv4Addr::new(10, 88, 0, 2), 30, Ipv4Addr::new(10, 88, 0, 1), "aa:bb:cc:dd:ee:03".into());
+        assert_eq!(a.device(), "virtio-net:cni=zones:mac=aa:bb:cc:dd:ee:03:ip=10.88.0.2/30:gw=10.88.0.1:mtu=1500");
+        assert_eq!(a.params().param(), "zone.net=10.88.0.2/30,10.88.0.1,10.88.0.1");
+        // The length check before the plugins ran assumes the longest line they can cause.
+        let longest = assign_cni(&c, &list, "web", 0, "0").longest();
+        assert!(longest.params().param().len() >= "zone.net=255.255.255.254/24,255.255.255.253".len() + 3 * 16, "{}", longest.params().param());
+        // A record written before CNI mode: no prefix, no cni.
+        let old = r#"{"link":1,"tap":"zn1","mac":"02:5a:0a:d5:00:03","address":"10.213.0.3","gateway":"10.213.0.2","nameservers":[],"mtu":1500}"#;
+        let a: NetAssignment = serde_json::from_str(old).unwrap();
+        assert_eq!((a.prefix, a.cni), (31, None));
     }
 }
