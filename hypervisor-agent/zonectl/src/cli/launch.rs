@@ -47,8 +47,9 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "MiB")]
     pub scratch_mib: Option<u64>,
     /// A network interface (eth0 in the zone) on the daemon's zone network:
-    /// a routed /31 from its [network] pool, the addresses in the measured
-    /// launch (`zonectl inspect` shows them).
+    /// a routed /31 from its [network] pool, or an address from the CNI
+    /// network its [cni] table names; the addresses in the measured launch
+    /// (`zonectl inspect` shows them).
     #[arg(long)]
     pub net: bool,
     /// Forward a host TCP port to a port of the zone, `[HOST_ADDRESS:]HOST_PORT:ZONE_PORT`
