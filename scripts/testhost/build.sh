@@ -329,12 +329,15 @@ for n in "${ORDER[@]}"; do
 	echo "$file" >>"$S/usr/lib/modules/host/load-order"
 done
 
-# QEMU, nft, ip (over busybox's), their libraries (at the paths ldd gives)
+# QEMU, nft, ip and tc (over busybox's), their libraries (at the paths ldd gives)
 # and QEMU's firmware
 cp "$QEMU" "$S/usr/bin/qemu-system-x86_64"
 cp "$NFT" "$S/usr/sbin/nft"
 rm -f "$S/usr/sbin/ip" "$S/usr/bin/ip"
 cp "$IPROUTE" "$S/usr/sbin/ip"
+# tc is a busybox applet too: its symlink points at /usr/bin/busybox, and
+# cp would follow it (to this machine's busybox) if it were not removed first.
+rm -f "$S/usr/sbin/tc" "$S/usr/bin/tc"
 cp "$TC" "$S/usr/sbin/tc"
 mkdir -p "$S$CNI_DIR"
 cp "${CNI_FILES[@]}" "$S$CNI_DIR/"
