@@ -25,6 +25,8 @@ cat > /etc/cni/net.d/10-zones.conflist <<'EOF'
 EOF
 {setup}
 P={VSOCK_PROBE}
+# iproute2's (busybox sh runs its own applet for a bare `ip`).
+IP=/usr/sbin/ip
 $P tcp-serve 9000 from-the-host > /dev/null 2>&1 &
 zonectl launch web --net --publish 8081:8080 --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; echo mac=$($b cat /sys/class/net/eth0/address); echo resolv=$($b cat /etc/resolv.conf); exec /bin/vsock-probe tcp-serve 8080 from-the-zone' > /tmp/web.out 2>&1
 echo "web_rc=$?"
@@ -33,8 +35,8 @@ addr=$(field web address); echo "web_address=$addr"
 echo "web_cni=$(field web cni_network)"
 echo "web_netns=$(field web netns)"
 echo "web_mac=$(field web mac)"
-echo "ns_eth0_mac=$(ip -n za-web -o link show eth0 | sed 's/.*link\/ether \([^ ]*\).*/\1/')"
-echo "ns_has_tap=$(ip -n za-web -o link show tap0 > /dev/null 2>&1 && echo yes || echo no)"
+echo "ns_eth0_mac=$($IP -n za-web -o link show eth0 | sed 's/.*link\/ether \([^ ]*\).*/\1/')"
+echo "ns_has_tap=$($IP -n za-web -o link show tap0 > /tmp/nstap 2>&1 && echo yes || echo no)"; sed "s/^/ns: /" /tmp/nstap; $IP -n za-web -o link | sed "s/^/ns link: /"
 echo "lease_held=$(test -e /run/cni-ipam/zones/10.88.0.2 && echo yes || echo no)"
 echo "fetched_from_zone=$(timeout -s KILL 120 $P tcp-get 10.88.0.2:8080 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
 echo "fetched_published=$(timeout -s KILL 120 $P tcp-get 127.0.0.1:8081 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
@@ -52,12 +54,12 @@ echo "extra_rc=$?"
 sed 's/^/extra: /' /tmp/extra.out
 echo "extra_says=$(grep -c 'CNI plugin bridge (ADD) failed: .*no IP addresses available' /tmp/extra.out)"
 echo "extra_exists=$(zonectl inspect extra > /dev/null 2>&1 && echo yes || echo no)"
-echo "extra_netns=$(ip netns list | grep -c za-extra)"
+echo "extra_netns=$($IP netns list | grep -c za-extra)"
 echo "bridge_ports=$(ls /sys/class/net/cni0/brif | wc -l)"
 
 # Destroying the zone releases its address and removes its namespace and veth.
 zonectl destroy web > /dev/null 2>&1
-echo "web_netns_after=$(ip netns list | grep -c za-web)"
+echo "web_netns_after=$($IP netns list | grep -c za-web)"
 echo "lease_after=$(test -e /run/cni-ipam/zones/10.88.0.2 && echo held || echo released)"
 echo "bridge_ports_after=$(ls /sys/class/net/cni0/brif | wc -l)"
 
@@ -76,7 +78,7 @@ kill $(cat /tmp/daemon.pid); sleep 1; start_daemon
 echo "after_restart_state=$(field client state)"
 echo "after_restart_fetch=$(timeout -s KILL 120 $P tcp-get 10.88.0.2:8080 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
 zonectl destroy client > /dev/null 2>&1
-echo "client_netns_after=$(ip netns list | grep -c za-client)"
+echo "client_netns_after=$($IP netns list | grep -c za-client)"
 echo "client_lease_after=$(test -e /run/cni-ipam/zones/10.88.0.2 && echo held || echo released)"
 grep -i 'cni' /tmp/daemon.log | sed 's/^/daemon: /' | tail -n 20
 "#
@@ -86,7 +88,7 @@ grep -i 'cni' /tmp/daemon.log | sed 's/^/daemon: /' | tail -n 20
     assert_eq!(v("web_address"), "10.88.0.2/30", "the address host-local gave\n{}", run.output);
     assert_eq!(v("web_cni"), "zones");
     assert_eq!(v("web_netns"), "/run/netns/za-web");
-    assert_eq!(v("ns_has_tap"), "yes", "the zone's TAP is in its namespace");
+    assert_eq!(v("ns_has_tap"), "yes", "the zone's TAP is in its namespace\n{}\n{}", run.output, run.diagnostics);
     assert_eq!(v("lease_held"), "yes", "{}", run.output);
     assert_eq!(v("web_mac"), v("ns_eth0_mac"), "the zone takes the plugins' eth0's MAC");
     assert_eq!(v("web_guest_mac"), v("web_mac"), "the guest's eth0 has that MAC\n{}", run.output);
