@@ -31,9 +31,9 @@ const NETNS_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// `ip` or `tc` failed or is missing.
-    #[error("{what} for the zone's network namespace {netns} failed: {detail}")]
+    #[error("`{what}` ({netns}) failed: {detail}")]
     Command {
-        /// The namespace.
+        /// What was being done.
         netns: String,
         /// The command.
         what: String,
@@ -85,7 +85,7 @@ fn run(netns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result
 /// Checks that `ip` and `tc` run (at daemon start).
 pub fn check_tools() -> Result<(), SandboxError> {
     for tool in ["ip", "tc"] {
-        run("-", tool, &["-V"], None)?;
+        run("the CNI mode's tools", tool, &["-V"], None)?;
     }
     Ok(())
 }
@@ -97,7 +97,7 @@ pub fn create(zone: &str) -> Result<PathBuf, SandboxError> {
         tracing::warn!(zone, netns = %n, "removing a network namespace left from an earlier launch");
         remove(zone)?;
     }
-    run(&n, "ip", &["netns", "add", &n], None)?;
+    run(&format!("creating the zone's network namespace {n}"), "ip", &["netns", "add", &n], None)?;
     Ok(path(zone))
 }
 
@@ -107,7 +107,7 @@ pub fn remove(zone: &str) -> Result<(), SandboxError> {
         return Ok(());
     }
     let n = name(zone);
-    run(&n, "ip", &["netns", "delete", &n], None)
+    run(&format!("removing the zone's network namespace {n}"), "ip", &["netns", "delete", &n], None)
 }
 
 /// The zone's side, as the plugins left it on `eth0`.
@@ -229,7 +229,7 @@ pub fn redirect_script(mac: &str, address: Ipv4Addr) -> Result<String, SandboxEr
 pub fn redirect(zone: &str, mac: &str, address: Ipv4Addr) -> Result<(), SandboxError> {
     let n = name(zone);
     let script = redirect_script(mac, address).map_err(|_| SandboxError::Interface { netns: n.clone(), step: "reading eth0's MAC", detail: format!("{mac:?} is not a MAC") })?;
-    run(&n, "tc", &["-n", &n, "-batch", "-"], Some(&script))
+    run(&format!("joining the zone's TAP to eth0 in {n}"), "tc", &["-n", &n, "-batch", "-"], Some(&script))
 }
 
 #[cfg(test)]
