@@ -31,10 +31,10 @@ const NETNS_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// `ip` or `tc` failed or is missing.
-    #[error("`{what}` ({netns}) failed: {detail}")]
+    #[error("`{what}` ({doing}) failed: {detail}")]
     Command {
         /// What was being done.
-        netns: String,
+        doing: String,
         /// The command.
         what: String,
         /// Its output, or why it did not run.
@@ -62,9 +62,9 @@ pub fn path(zone: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(name(zone))
 }
 
-fn run(netns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), SandboxError> {
+fn run(doing: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), SandboxError> {
     let what = format!("{program} {}", args.join(" "));
-    let fail = |detail: String| SandboxError::Command { netns: netns.to_owned(), what: what.clone(), detail };
+    let fail = |detail: String| SandboxError::Command { doing: doing.to_owned(), what: what.clone(), detail };
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
