@@ -200,6 +200,8 @@ zonectl destroy spire-otherinitrd > /dev/null 2>&1
 launch spire-garbage /tmp/spire-extra.cpio /opt/spire/garbage.conf
 echo "garbage_failed=$(zonectl logs spire-garbage | grep -c SPIRE-AGENT-FAILED)"
 echo "garbage_reason=$(denials 'malformed payload')"
+# Said when it did not end as expected (a zone that stopped without the agent's verdict).
+[ "$(zonectl logs spire-garbage | grep -c SPIRE-AGENT-FAILED)" = 1 ] || {{ echo "garbage zone: state $(zonectl inspect spire-garbage -o json | grep -E '"(state|failure|exit_status)"' | tr -d '\n')"; zonectl logs spire-garbage | tail -n 15 | sed 's/^/  garbage: /'; zonectl logs spire-garbage --console | tail -n 15 | sed 's/^/  garbage console: /'; }}
 zonectl destroy spire-garbage > /dev/null 2>&1
 
 # 4. The host's AK is no longer trusted (the server re-reads plugin_data_file on SIGUSR1).
