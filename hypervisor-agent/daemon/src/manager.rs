@@ -1112,28 +1112,27 @@ impl Daemon {
     fn attach_cni(&self, name: &str, spec: &mut Spec) -> Result<Option<zone_vmm::devices::virtio::net::Tap>, DaemonError> {
         let (Some(list), Some(net)) = (&self.cni, spec.net.as_mut()) else { return Ok(None) };
         let Some(link) = net.cni.as_mut() else { return Ok(None) };
-        let failed = |e: String| DaemonError::FailedPrecondition(format!("cannot connect zone {name} to the CNI network {}: {e}", list.name));
+        let failed = |e: &dyn std::fmt::Display| DaemonError::FailedPrecondition(format!("cannot connect zone {name} to the CNI network {}: {e}", list.name));
+        // The record learns each step before the next side effect.
+        let save = |link: &crate::network::CniLink| {
+            let link = link.clone();
+            self.update(name, |e| {
+                if let Some(n) = e.record.spec.net.as_mut() {
+                    n.cni = Some(link);
+                }
+            })
+        };
         link.attached = true;
         link.conflist = Some(list.to_value());
-        let attached = link.clone();
-        self.update(name, |e| {
-            if let Some(n) = e.record.spec.net.as_mut() {
-                n.cni = Some(attached);
-            }
-        })?;
+        save(link)?;
         let started = Instant::now();
-        let netns = crate::sandbox::create(name).map_err(|e| failed(e.to_string()))?;
-        let result = list.add(&link.container_id, &netns).map_err(|e| failed(e.to_string()))?;
+        let netns = crate::sandbox::create(name).map_err(|e| failed(&e))?;
+        let result = list.add(&link.container_id, &netns).map_err(|e| failed(&e))?;
         link.result = Some(result.clone());
-        let with_result = link.clone();
-        self.update(name, |e| {
-            if let Some(n) = e.record.spec.net.as_mut() {
-                n.cni = Some(with_result);
-            }
-        })?;
-        let addr = crate::cni::address(&list.name, &result).map_err(|e| failed(e.to_string()))?;
-        let (tap, eth) = crate::sandbox::open_tap(name).map_err(|e| failed(e.to_string()))?;
-        crate::sandbox::redirect(name, &eth.mac, addr.address).map_err(|e| failed(e.to_string()))?;
+        save(link)?;
+        let addr = crate::cni::address(&list.name, &result).map_err(|e| failed(&e))?;
+        let (tap, eth) = crate::sandbox::open_tap(name).map_err(|e| failed(&e))?;
+        crate::sandbox::redirect(name, &eth.mac, addr.address).map_err(|e| failed(&e))?;
         net.address = addr.address;
         net.prefix = addr.prefix;
         net.gateway = addr.gateway;

@@ -513,7 +513,8 @@ pub fn parse_publish(s: &str) -> Result<Publish, String> {
     Ok(Publish { host: std::net::SocketAddrV4::new(addr, host_port), zone_port })
 }
 
-fn ifreq(name: &str) -> libc::ifreq {
+/// An `ifreq` naming `name` (truncated to IFNAMSIZ - 1), the rest zero.
+pub(crate) fn ifreq(name: &str) -> libc::ifreq {
     // SAFETY: an all-zero ifreq is valid; the name is set below.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, &b) in req.ifr_name.iter_mut().zip(name.as_bytes().iter().take(libc::IFNAMSIZ - 1)) {

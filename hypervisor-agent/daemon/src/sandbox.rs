@@ -119,15 +119,6 @@ pub struct Link {
     pub mtu: u16,
 }
 
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: an all-zero ifreq is valid; the name is set below.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &b) in req.ifr_name.iter_mut().zip(name.as_bytes().iter().take(libc::IFNAMSIZ - 1)) {
-        *dst = b as libc::c_char;
-    }
-    req
-}
-
 /// Creates the zone's TAP in its namespace, with `eth0`'s MTU, up; returns
 /// it with `eth0`'s MAC and MTU. Runs on a thread of its own that joins the
 /// namespace (TUNSETIFF creates the interface in the caller's namespace),
@@ -160,12 +151,12 @@ pub fn open_tap(zone: &str) -> Result<(Tap, Link), SandboxError> {
             }
             Ok(())
         };
-        let mut req = ifreq(crate::cni::IFNAME);
+        let mut req = crate::network::ifreq(crate::cni::IFNAME);
         ioctl(libc::SIOCGIFHWADDR, &mut req, "reading eth0's MAC (did the plugins create eth0?)")?;
         // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
         let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
         let mac = hw[..6].iter().map(|&b| format!("{:02x}", b as u8)).collect::<Vec<_>>().join(":");
-        let mut req = ifreq(crate::cni::IFNAME);
+        let mut req = crate::network::ifreq(crate::cni::IFNAME);
         ioctl(libc::SIOCGIFMTU, &mut req, "reading eth0's MTU")?;
         // SAFETY: SIOCGIFMTU filled the mtu member of the union.
         let mtu = unsafe { req.ifr_ifru.ifru_mtu };
@@ -187,10 +178,10 @@ pub fn open_tap(zone: &str) -> Result<(Tap, Link), SandboxError> {
                 return Err(err("sysctl", format!("{path}: {e}")));
             }
         }
-        let mut req = ifreq(TAP);
+        let mut req = crate::network::ifreq(TAP);
         req.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
         ioctl(libc::SIOCSIFMTU, &mut req, "setting the TAP's MTU")?;
-        let mut req = ifreq(TAP);
+        let mut req = crate::network::ifreq(TAP);
         ioctl(libc::SIOCGIFFLAGS, &mut req, "reading the TAP's flags")?;
         // SAFETY: the kernel filled the flags member of the union above.
         unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
