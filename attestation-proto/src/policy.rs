@@ -9,7 +9,7 @@
 //! kernel_sha256 = ["<64 hex>"]
 //! initrd_sha256 = ["<64 hex>"]  # "none": a zone without initramfs
 //! cmdline_sha256 = ["<64 hex>"]  # of the line with zone.net= values elided
-//! network = ["10.213.0.0/16"]   # optional: the zone's address lies in one ("none": no network)
+//! network = ["10.213.0.0/16", "fd5a::/48"]  # optional: the zone's links lie in these ("none": no network)
 //! image_sha256 = ["<64 hex>"]   # optional: the image's manifest digest ("none": no image)
 //! rootfs_verity = ["<64 hex>"]  # optional: its dm-verity root hash ("none": no image)
 //! ```
@@ -68,33 +68,59 @@ pub struct Rule {
     /// Allowed verity root hashes of the image root (`none`: no image); empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rootfs_verity: Vec<String>,
-    /// IPv4 networks (`address/prefix`) the zone's link must lie in: its
-    /// address, its gateway and its prefix (`none`: a zone without a network
-    /// interface); empty: any. Nameservers are not bound.
+    /// Networks (`address/prefix`, IPv4 or IPv6) the zone's links must lie
+    /// in: its IPv4 link in an IPv4 one and, if it has one, its IPv6 link in
+    /// an IPv6 one — each link's address, gateway and prefix (`none`: a zone
+    /// without a network interface); empty: any. Nameservers are not bound.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network: Vec<String>,
 }
 
-/// An entry of [`Rule::network`]: `none` or an IPv4 network.
-fn parse_network(entry: &str) -> Option<Option<(std::net::Ipv4Addr, u8)>> {
+/// An entry of [`Rule::network`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Network {
+    /// `none`: no network interface.
+    None,
+    /// An IPv4 network.
+    V4(std::net::Ipv4Addr, u8),
+    /// An IPv6 network.
+    V6(std::net::Ipv6Addr, u8),
+}
+
+fn parse_network(entry: &str) -> Option<Network> {
     if entry == "none" {
-        return Some(None);
+        return Some(Network::None);
     }
     let (addr, prefix) = entry.split_once('/')?;
-    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
-    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
-    Some(Some((addr, prefix)))
+    let prefix: u8 = prefix.parse().ok()?;
+    match addr.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(a) if prefix <= 32 => Some(Network::V4(a, prefix)),
+        std::net::IpAddr::V6(a) if prefix <= 128 => Some(Network::V6(a, prefix)),
+        _ => None,
+    }
 }
 
-fn in_network(addr: std::net::Ipv4Addr, (net, prefix): (std::net::Ipv4Addr, u8)) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    u32::from(addr) & mask == u32::from(net) & mask
+/// Whether the link `address`/`prefix` with `gateway` lies in the network
+/// `net`/`net_prefix`: both addresses, and the whole prefix it is
+/// configured with (not a wider one). Addresses as integers of `bits` bits.
+fn link_in(bits: u32, (address, prefix, gateway): (u128, u8, u128), (net, net_prefix): (u128, u8)) -> bool {
+    let mask = |p: u8| if p == 0 { 0 } else { (u128::MAX << (128 - u32::from(p))) >> (128 - bits) };
+    let m = mask(net_prefix);
+    prefix >= net_prefix && address & m == net & m && gateway & m == net & m
 }
 
-/// Whether the interface's link lies in the network: its address, its
-/// gateway and the whole prefix it is configured with (not a wider one).
-fn link_in_network(p: &crate::zone::NetParams, net: (std::net::Ipv4Addr, u8)) -> bool {
-    p.prefix >= net.1 && in_network(p.address, net) && in_network(p.gateway, net)
+impl Network {
+    /// Whether `p`'s IPv4 link lies in this network.
+    fn holds_v4(self, p: &crate::zone::NetParams) -> bool {
+        let Self::V4(net, n) = self else { return false };
+        link_in(32, (u32::from(p.address).into(), p.prefix, u32::from(p.gateway).into()), (u32::from(net).into(), n))
+    }
+
+    /// Whether the IPv6 link `l` lies in this network.
+    fn holds_v6(self, l: &crate::zone::Net6) -> bool {
+        let Self::V6(net, n) = self else { return false };
+        link_in(128, (l.address.into(), l.prefix, l.gateway.into()), (net.into(), n))
+    }
 }
 
 impl Rule {
@@ -105,12 +131,17 @@ impl Rule {
         self.rootfs_verity.is_empty() || self.rootfs_verity.iter().any(|d| d == record.rootfs_verity())
     }
     fn allows_network(&self, net: Option<&Result<crate::zone::NetParams, String>>) -> bool {
-        self.network.is_empty()
-            || self.network.iter().filter_map(|e| parse_network(e)).any(|entry| match (entry, net) {
-                (None, None) => true,
-                (Some(n), Some(Ok(p))) => link_in_network(p, n),
-                _ => false,
-            })
+        if self.network.is_empty() {
+            return true;
+        }
+        let entries: Vec<Network> = self.network.iter().filter_map(|e| parse_network(e)).collect();
+        match net {
+            None => entries.contains(&Network::None),
+            Some(Ok(p)) => {
+                entries.iter().any(|e| e.holds_v4(p)) && p.v6.as_ref().is_none_or(|l| entries.iter().any(|e| e.holds_v6(l)))
+            }
+            Some(Err(_)) => false,
+        }
     }
 }
 
@@ -185,7 +216,9 @@ impl Policy {
                 }
             }
             if let Some(bad) = r.network.iter().find(|n| parse_network(n).is_none()) {
-                return Err(rule(format!("network entry {bad:?} is neither an IPv4 network (e.g. \"10.213.0.0/16\") nor \"none\"")));
+                return Err(rule(format!(
+                    "network entry {bad:?} is neither a network (e.g. \"10.213.0.0/16\" or \"fd5a::/48\") nor \"none\""
+                )));
             }
         }
         Ok(p)
@@ -251,7 +284,10 @@ impl Policy {
         if !rules.iter().any(|r| r.allows_network(net.as_ref())) {
             let has = match &net {
                 None => "no network interface".to_owned(),
-                Some(Ok(n)) => format!("address {}/{} (gateway {})", n.address, n.prefix, n.gateway),
+                Some(Ok(n)) => {
+                    let v6 = n.v6.map(|l| format!(" and address {}/{} (gateway {})", l.address, l.prefix, l.gateway)).unwrap_or_default();
+                    format!("address {}/{} (gateway {}){v6}", n.address, n.prefix, n.gateway)
+                }
                 Some(Err(e)) => format!("an unusable zone.net= parameter ({e})"),
             };
             return Err(format!("zone {:?} has {has}, which no policy rule's network allows", record.zone));
@@ -395,11 +431,43 @@ mod tests {
         assert_eq!(up.allow[0].cmdline_sha256, vec![unusable.cmdline_sha256.clone()]);
         up.allow[0].network = vec!["0.0.0.0/0".into()];
         assert!(up.check(&unusable).unwrap_err().contains("unusable zone.net= parameter"));
-        for bad in ["10.213.0.0", "10.213.0.0/33", "any", "fe80::/64"] {
+        for bad in ["10.213.0.0", "10.213.0.0/33", "any", "fd5a::/129", "fd5a::"] {
             let mut q = p.clone();
             q.allow[0].network = vec![bad.into()];
             assert!(Policy::parse(&q.to_toml()).unwrap_err().to_string().contains("network entry"), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_link_must_lie_in_an_ipv6_network_of_the_rule() {
+        let line = |net: &str| format!("console=ttyS0 {net} -- /bin/sh");
+        let mut a = record("web-1");
+        a.cmdline = line("zone.net=10.213.0.1/31,10.213.0.0,fd5a::1/127,fd5a::");
+        a.cmdline_sha256 = sha256_hex(a.cmdline.as_bytes());
+        let mut p = Policy::admitting(&a);
+        assert_eq!(p.allow[0].cmdline_sha256, vec![sha256_hex(line("zone.net=").as_bytes())], "the same digest as without IPv6");
+        assert_eq!(p.check(&a), Ok(()), "no network bound: any");
+        // An IPv4-only bound does not admit a zone that also has IPv6.
+        p.allow[0].network = vec!["10.213.0.0/16".into()];
+        let p4 = Policy::parse(&p.to_toml()).unwrap();
+        assert_eq!(
+            p4.check(&a).unwrap_err(),
+            "zone \"web-1\" has address 10.213.0.1/31 (gateway 10.213.0.0) and address fd5a::1/127 (gateway fd5a::), which no policy rule's network allows"
+        );
+        p.allow[0].network = vec!["10.213.0.0/16".into(), "fd5a::/64".into()];
+        let both = Policy::parse(&p.to_toml()).unwrap();
+        assert_eq!(both.check(&a), Ok(()));
+        // An IPv6 network alone does not admit the IPv4 link; another IPv6 network does not admit this one.
+        for nets in [vec!["fd5a::/64"], vec!["10.213.0.0/16", "fd5b::/64"], vec!["10.213.0.0/16", "fd5a::/128"]] {
+            p.allow[0].network = nets.iter().map(|n| (*n).to_owned()).collect();
+            let q = Policy::parse(&p.to_toml()).unwrap();
+            assert!(q.check(&a).unwrap_err().contains("which no policy rule's network allows"), "{nets:?}");
+        }
+        // A zone without IPv6 still passes a rule that lists an IPv6 network.
+        let mut v4 = a.clone();
+        v4.cmdline = line("zone.net=10.213.0.1/31,10.213.0.0");
+        v4.cmdline_sha256 = sha256_hex(v4.cmdline.as_bytes());
+        assert_eq!(both.check(&v4), Ok(()));
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub const USER_PARAM: &str = "zone.user";
 /// The image root's device in the zone (dm-verity over the root disk).
 pub const ROOT_DEVICE: &str = "/dev/dm-0";
 /// Kernel parameter with the zone's network interface (`eth0`):
-/// `zone.net=<address>/<prefix>,<gateway>[,<nameserver>…]`, IPv4. Written by
+/// `zone.net=<address>/<prefix>,<gateway>[,<nameserver>…][,<address6>/<prefix6>,<gateway6>]`:
+/// IPv4, IPv4 nameservers, and an IPv6 link when the daemon has one. Written by
 /// the daemon from the addresses it assigned, so it is part of the measured
 /// command line; zone-guest configures the interface from it.
 pub const NET_PARAM: &str = "zone.net";
@@ -74,6 +75,42 @@ pub struct NetParams {
     pub gateway: std::net::Ipv4Addr,
     /// Nameservers for `/etc/resolv.conf`.
     pub nameservers: Vec<std::net::Ipv4Addr>,
+    /// The IPv6 link, if the zone has one.
+    pub v6: Option<Net6>,
+}
+
+/// The zone's IPv6 link: its address, the prefix and the gateway on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net6 {
+    /// The zone's address.
+    pub address: std::net::Ipv6Addr,
+    /// Its prefix length (1..=127; a /127 is a point-to-point link to the gateway).
+    pub prefix: u8,
+    /// The default route's next hop, on the same link.
+    pub gateway: std::net::Ipv6Addr,
+}
+
+impl Net6 {
+    /// Parses `<address>/<prefix>` and `<gateway>`: unicast addresses, not
+    /// link-local or loopback, on one prefix, different.
+    pub fn parse(cidr: &str, gw: &str) -> Result<Self, String> {
+        let (addr, prefix) = cidr.split_once('/').ok_or_else(|| format!("{cidr:?} is not address/prefix"))?;
+        let unicast = |s: &str, what: &str| {
+            let a: std::net::Ipv6Addr = s.parse().map_err(|_| format!("{what} {s:?} is not an IPv6 address"))?;
+            if a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_unicast_link_local() {
+                return Err(format!("{what} {a} is not a routable unicast IPv6 address"));
+            }
+            Ok(a)
+        };
+        let address = unicast(addr, "address")?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| (1..=127).contains(p)).ok_or_else(|| format!("IPv6 prefix {prefix:?} is not 1..=127"))?;
+        let gateway = unicast(gw, "gateway")?;
+        let mask = u128::MAX << (128 - u32::from(prefix));
+        if u128::from(address) & mask != u128::from(gateway) & mask || address == gateway {
+            return Err(format!("gateway {gateway} is not another address on {address}/{prefix}"));
+        }
+        Ok(Self { address, prefix, gateway })
+    }
 }
 
 impl NetParams {
@@ -82,6 +119,9 @@ impl NetParams {
         let mut v = format!("{NET_PARAM}={}/{},{}", self.address, self.prefix, self.gateway);
         for n in &self.nameservers {
             v.push_str(&format!(",{n}"));
+        }
+        if let Some(n) = &self.v6 {
+            v.push_str(&format!(",{}/{},{}", n.address, n.prefix, n.gateway));
         }
         v
     }
@@ -99,13 +139,21 @@ impl NetParams {
         if u32::from(address) & mask != u32::from(gateway) & mask || address == gateway {
             return Err(format!("gateway {gateway} is not another address on {address}/{prefix}"));
         }
-        let nameservers = parts
+        let rest: Vec<&str> = parts.collect();
+        // The IPv6 link, if any, is the last two entries; its address is the only later entry with a prefix.
+        let (names, v6) = match rest.iter().position(|p| p.contains('/')) {
+            Some(i) if i + 2 == rest.len() => (&rest[..i], Some(Net6::parse(rest[i], rest[i + 1])?)),
+            Some(_) => return Err("the IPv6 link must be the last two entries: address6/prefix6,gateway6".into()),
+            None => (&rest[..], None),
+        };
+        let nameservers = names
+            .iter()
             .map(|n| n.parse().map_err(|_| format!("nameserver {n:?} is not an IPv4 address")))
             .collect::<Result<Vec<_>, _>>()?;
         if nameservers.len() > MAX_NAMESERVERS {
             return Err(format!("{} nameservers; at most {MAX_NAMESERVERS}", nameservers.len()));
         }
-        Ok(Self { address, prefix, gateway, nameservers })
+        Ok(Self { address, prefix, gateway, nameservers, v6 })
     }
 
     /// The netmask of the prefix.
@@ -325,6 +373,7 @@ mod tests {
             prefix: 31,
             gateway: "10.213.0.2".parse().unwrap(),
             nameservers: vec!["10.213.0.2".parse().unwrap()],
+            v6: None,
         };
         assert_eq!(n.param(), "zone.net=10.213.0.3/31,10.213.0.2,10.213.0.2");
         let r = parse_cmdline(&format!("console=ttyS0 {} -- /bin/sh", n.param()));
@@ -334,6 +383,33 @@ mod tests {
         for bad in ["10.0.0.1", "10.0.0.1/32,10.0.0.2", "10.0.0.1/24", "10.0.0.1/24,10.0.1.1", "10.0.0.1/24,10.0.0.1", "x/24,10.0.0.2", "10.0.0.1/24,10.0.0.2,y"] {
             assert!(NetParams::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_link_follows_the_nameservers_and_bad_ones_say_why() {
+        let mut n = NetParams::parse("10.213.0.3/31,10.213.0.2,10.213.0.2").unwrap();
+        n.v6 = Some(Net6::parse("fd5a::3/127", "fd5a::2").unwrap());
+        assert_eq!(n.param(), "zone.net=10.213.0.3/31,10.213.0.2,10.213.0.2,fd5a::3/127,fd5a::2");
+        assert_eq!(NetParams::parse(n.param().strip_prefix("zone.net=").unwrap()), Ok(n.clone()));
+        let no_ns = NetParams::parse("10.213.0.3/31,10.213.0.2,fd5a::3/127,fd5a::2").unwrap();
+        assert_eq!((no_ns.nameservers.len(), no_ns.v6.map(|v| v.prefix)), (0, Some(127)));
+        for (bad, why) in [
+            ("10.0.0.1/24,10.0.0.2,fd5a::3/127", "last two entries"),
+            ("10.0.0.1/24,10.0.0.2,fd5a::3/127,fd5a::2,10.0.0.2", "last two entries"),
+            ("10.0.0.1/24,10.0.0.2,fd5a::3/128,fd5a::2", "not 1..=127"),
+            ("10.0.0.1/24,10.0.0.2,fd5a::3/127,fd5a::4", "not another address"),
+            ("10.0.0.1/24,10.0.0.2,fd5a::3/127,fd5a::3", "not another address"),
+            ("10.0.0.1/24,10.0.0.2,fe80::3/127,fe80::2", "not a routable"),
+            ("10.0.0.1/24,10.0.0.2,ff02::3/127,ff02::2", "not a routable"),
+            ("10.0.0.1/24,10.0.0.2,10.0.0.5/127,fd5a::2", "not an IPv6 address"),
+            ("10.0.0.1/24,10.0.0.2,fd5a::3/127,x", "not an IPv6 address"),
+            ("10.0.0.1/24,10.0.0.2,fd5a::2,fd5a::3/127,fd5a::2", "not an IPv4 address"),
+        ] {
+            let e = NetParams::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let a = "console=ttyS0 zone.net=10.213.0.1/31,10.213.0.0,fd5a::1/127,fd5a:: -- /bin/sh";
+        assert_eq!(without_net_addresses(a), "console=ttyS0 zone.net= -- /bin/sh", "the IPv6 link is elided with the rest");
     }
 
     #[test]

@@ -141,6 +141,84 @@ echo "client_address_after_restart=$(field client address)"
     assert_eq!(v("client_address_after_restart"), "10.213.0.3/31", "assignments survive a daemon restart");
 }
 
+/// Dual stack: with `pool6`, each link also gets a /127 of the IPv6 pool;
+/// the test host reaches a zone's server over IPv6, a zone reaches the
+/// host's listed port over IPv6 and is refused an unlisted one, zones do not
+/// reach each other, what a zone sends from another zone's IPv6 address is
+/// dropped and counted, the IPv6 link is measured (launch record, command
+/// line, `zonectl inspect`) and released on destroy, and survives a daemon
+/// restart.
+#[test]
+fn with_an_ipv6_pool_zones_are_dual_stack_and_held_to_their_own_ipv6_address() {
+    let setup = daemon_prelude_with(
+        "[network]\npool = \"10.213.0.0/30\"\npool6 = \"fd5a:0:0:1::/126\"\nhost_ports = [\"tcp/9000\"]\n",
+    );
+    let run = testhost::run(&format!(
+        r#"{setup}
+P={VSOCK_PROBE}
+$P tcp-serve 9000 from-the-host > /dev/null 2>&1 &
+$P tcp-serve 9001 not-for-zones > /dev/null 2>&1 &
+counter() {{ nft list counter inet zone_attestor $1 | sed -n 's/.*packets \([0-9]*\).*/\1/p'; }}
+zonectl launch web --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/vsock-probe tcp-serve 8080 from-the-zone > /tmp/web.out 2>&1
+echo "web_rc=$?"
+sed 's/^/web launch: /' /tmp/web.out
+echo "web_address6=$(field web address6)"
+echo "web_gateway6=$(field web gateway6)"
+echo "web_tap_addr6=$(/usr/sbin/ip -6 addr show dev zn0 scope global | sed -n 's/.*inet6 \([^ ]*\).*/\1/p')"
+echo "fetched6=$(timeout -s KILL 120 $P tcp-get [fd5a:0:0:1::1]:8080 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
+echo "fetched4=$(timeout -s KILL 120 $P tcp-get 10.213.0.1:8080 | sed -n 's/^VSOCK-PROBE tcp_got=//p')"
+zonectl inspect web -o json > /tmp/web.json
+echo "measured6=$(grep -c 'virtio-net:mac=02:5a:0a:d5:00:01:ip=10.213.0.1/31:gw=10.213.0.0:ip6=\[fd5a:0:0:1::1\]/127:gw6=\[fd5a:0:0:1::\]:mtu=1500' /tmp/web.json)"
+echo "cmdline6=$(grep -c 'zone.net=10.213.0.1/31,10.213.0.0,fd5a:0:0:1::1/127,fd5a:0:0:1::' /tmp/web.json)"
+echo "spoofed_before=$(counter spoofed)"
+echo "to_host_before=$(counter to_host_refused)"
+# The client zone (link 1: fd5a:0:0:1::3, gateway ::2): the host's listed
+# port, an unlisted one, a ping to its gateway, one to the other zone, then
+# pings from the other zone's address.
+zonectl launch client --net --initrd {VSOCK_IMAGE} --wait-timeout 300 -- /bin/busybox sh -c 'b=/bin/busybox; gw=fd5a:0:0:1::2; echo fetched=$(/bin/vsock-probe tcp-get [$gw]:9000); echo unlisted; /bin/vsock-probe tcp-try [$gw]:9001; $b ping6 -c 1 -W 3 $gw > /dev/null 2>&1; echo ping_gw=$?; $b ping6 -c 1 -W 3 fd5a:0:0:1::1 > /dev/null 2>&1; echo ping_other_zone=$?; $b ip addr add fd5a:0:0:1::1/128 dev eth0; $b ping6 -c 2 -W 3 -I fd5a:0:0:1::1 $gw > /dev/null 2>&1; echo ping_spoofed=$?' > /dev/null 2>&1
+wait_state client stopped
+zonectl logs client > /tmp/client.log 2>&1
+sed 's/^/client: /' /tmp/client.log
+echo "client_address6=$(field client address6)"
+echo "client_fetched=$(grep '^fetched=' /tmp/client.log | head -n 1 | sed 's/.*tcp_got=//')"
+echo "client_unlisted=$(grep -A1 '^unlisted$' /tmp/client.log | sed -n 's/^VSOCK-PROBE //p' | head -n 1)"
+for k in ping_gw ping_other_zone ping_spoofed; do echo "$k=$(grep "^$k=" /tmp/client.log | head -n 1 | cut -d= -f2)"; done
+echo "spoofed_after=$(counter spoofed)"
+echo "to_host_after=$(counter to_host_refused)"
+# Destroyed: the IPv6 link goes with the rest, and the next zone gets it.
+zonectl destroy web > /dev/null 2>&1
+for i in $(seq 50); do [ -e /sys/class/net/zn0 ] || break; sleep 0.2; done
+echo "tap_after_destroy=$(test -e /sys/class/net/zn0 && echo present || echo gone)"
+zonectl launch again --net --initrd {SHELL_IMAGE} -- /bin/busybox true > /dev/null 2>&1
+wait_state again stopped
+echo "again_address6=$(field again address6)"
+kill $(cat /tmp/daemon.pid); sleep 1; start_daemon
+echo "client_address6_after_restart=$(field client address6)"
+"#
+    ));
+    let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}:\n{}\n{}", run.output, run.diagnostics)).to_owned();
+    assert_eq!(v("web_rc"), "0", "{}", run.output);
+    assert_eq!(v("web_address6"), "fd5a:0:0:1::1/127", "link 0's zone side\n{}", run.output);
+    assert_eq!(v("web_gateway6"), "fd5a:0:0:1::", "{}", run.output);
+    assert_eq!(v("web_tap_addr6"), "fd5a:0:0:1::/127", "the host side of the link is on the TAP\n{}", run.output);
+    assert_eq!(v("fetched6"), "from-the-zone", "the test host reached the zone over IPv6\n{}\n{}", run.output, run.diagnostics);
+    assert_eq!(v("fetched4"), "from-the-zone", "and over IPv4\n{}", run.output);
+    assert_eq!(v("measured6"), "1", "the launch record names the IPv6 link\n{}", run.output);
+    assert_eq!(v("cmdline6"), "1", "the measured command line carries it\n{}", run.output);
+    assert_eq!(v("client_address6"), "fd5a:0:0:1::3/127", "{}", run.output);
+    assert_eq!(v("client_fetched"), "from-the-host", "the zone reached the host's listed port over IPv6\n{}", run.output);
+    assert_eq!(v("client_unlisted"), "tcp_refused=1", "an unlisted host port is refused over IPv6 too\n{}", run.output);
+    assert_eq!(v("ping_gw"), "0", "the zone pings its IPv6 gateway\n{}", run.output);
+    assert_ne!(v("ping_other_zone"), "0", "zones do not reach each other over IPv6\n{}", run.output);
+    assert_ne!(v("ping_spoofed"), "0", "pings from another zone's IPv6 address get no answer\n{}", run.output);
+    let n = |k: &str| v(k).parse::<u64>().unwrap_or_else(|e| panic!("{k}: {e}\n{}", run.output));
+    assert!(n("spoofed_after") >= n("spoofed_before") + 2, "the spoofed IPv6 pings were dropped and counted\n{}", run.output);
+    assert!(n("to_host_after") > n("to_host_before"), "the refusal was counted\n{}", run.output);
+    assert_eq!(v("tap_after_destroy"), "gone", "{}", run.output);
+    assert_eq!(v("again_address6"), "fd5a:0:0:1::1/127", "the destroyed zone's IPv6 link was released\n{}", run.output);
+    assert_eq!(v("client_address6_after_restart"), "fd5a:0:0:1::3/127", "the IPv6 link survives a daemon restart\n{}", run.output);
+}
+
 #[test]
 fn nat_reaches_an_outside_network_and_only_allowed_zone_pairs_connect() {
     // Four links; NAT out through up0; app may connect to db's 7000 only.

@@ -36,6 +36,7 @@
 //!
 //! [network]                   # optional: zones launched with --net (see crate::network)
 //! pool = "10.213.0.0/16"      # routed /31s: the host side of link k is .2k, the zone .2k+1
+//! pool6 = "fd5a:0:0:1::/64"   # optional: link k also gets the k-th /127 of this IPv6 pool
 //! nameservers = ["10.213.0.0"]  # written to the zones' /etc/resolv.conf (at most 3)
 //! mtu = 1500
 //! nat = "eth0"                # optional: zones reach beyond the host through eth0, masqueraded

@@ -4,15 +4,20 @@
 //! replaced), whenever a zone gets or gives up a link.
 //!
 //! What it says, for the TAPs of the daemon's zones only:
-//! - **prerouting**: a zone sends from its own address or not at all (the
-//!   TAP's strict reverse-path filter says the same, later); no IPv6.
-//! - **input** (zone → the host itself): replies, and pings to the zone's
-//!   own gateway; new connections only to the `host_ports` listed. The rest is
-//!   refused (TCP reset, ICMP admin-prohibited) and counted.
+//! - **prerouting**: a zone sends from its own addresses or not at all (the
+//!   TAP's strict reverse-path filter says the same for IPv4, later); from
+//!   link-local or unspecified addresses only neighbour discovery and
+//!   multicast listener reports; IPv6 only from a zone with an IPv6 link.
+//! - **input** (zone → the host itself): replies, neighbour discovery, and
+//!   pings to the zone's own gateway; new connections only to the
+//!   `host_ports` listed (IPv4 or IPv6). The rest is refused (TCP reset, ICMP
+//!   admin-prohibited) and counted.
 //! - **forward** (zone → anything routed): replies; zone → zone only for the
 //!   pairs `[[network.allow]]` lists (by zone name, the `from` zone opening
-//!   the connections); out through `nat` if it is set. Nothing routed reaches
-//!   a zone unless it answers a connection the zone opened.
+//!   the connections); out through `nat` if it is set (IPv4 only). Nothing
+//!   routed reaches a zone unless it answers a connection the zone opened.
+//!   The daemon never turns on IPv6 forwarding (Linux has it only host-wide);
+//!   where the host forwards IPv6, the same rules apply to it.
 //! - **postrouting**: with `nat`, what leaves through that interface from
 //!   the pool takes the interface's address (masquerade).
 //!
@@ -24,7 +29,7 @@
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -153,12 +158,14 @@ pub struct ZoneLink {
     pub address: Ipv4Addr,
     /// Its gateway (the host side).
     pub gateway: Ipv4Addr,
+    /// Its IPv6 address and gateway, if it has an IPv6 link.
+    pub ipv6: Option<(Ipv6Addr, Ipv6Addr)>,
 }
 
 impl ZoneLink {
     /// The link of zone `name`.
     pub fn of(name: &str, a: &NetAssignment) -> Self {
-        Self { name: name.to_owned(), tap: a.tap.clone(), address: a.address, gateway: a.gateway }
+        Self { name: name.to_owned(), tap: a.tap.clone(), address: a.address, gateway: a.gateway, ipv6: a.ipv6.map(|l| (l.address, l.gateway)) }
     }
 }
 
@@ -181,6 +188,8 @@ fn sets(policy: &Policy, zones: &[ZoneLink]) -> Vec<(&'static str, &'static str,
         ("zone_ifs", "ifname", zones.iter().map(|z| q(&z.tap)).collect()),
         ("zone_sources", "ifname . ipv4_addr", zones.iter().map(|z| format!("{} . {}", q(&z.tap), z.address)).collect()),
         ("zone_gateways", "ifname . ipv4_addr", zones.iter().map(|z| format!("{} . {}", q(&z.tap), z.gateway)).collect()),
+        ("zone_sources6", "ifname . ipv6_addr", zones.iter().filter_map(|z| z.ipv6.map(|(a, _)| format!("{} . {a}", q(&z.tap)))).collect()),
+        ("zone_gateways6", "ifname . ipv6_addr", zones.iter().filter_map(|z| z.ipv6.map(|(_, g)| format!("{} . {g}", q(&z.tap)))).collect()),
         ("host_ports", "inet_proto . inet_service", policy.host_ports.iter().map(|p| format!("{} . {}", proto(p), p.port)).collect()),
         ("zone_pairs", "ifname . ifname", pairs),
         ("zone_pair_ports", "ifname . ifname . inet_proto . inet_service", pair_ports),
@@ -218,8 +227,14 @@ pub fn ruleset(policy: &Policy, pool: &str, zones: &[ZoneLink]) -> String {
     t.push_str(
         "\tchain prerouting {
 \t\ttype filter hook prerouting priority raw; policy accept;
-\t\tiifname @zone_ifs meta nfproto ipv6 counter name spoofed drop
 \t\tiifname @zone_ifs iifname . ip saddr != @zone_sources counter name spoofed drop
+\t\tiifname @zone_ifs ip6 saddr { ::, fe80::/10 } jump zone_link_local
+\t\tiifname @zone_ifs meta nfproto ipv6 iifname . ip6 saddr != @zone_sources6 counter name spoofed drop
+\t}
+\tchain zone_link_local {
+\t\tip6 hoplimit 255 icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept
+\t\tip6 daddr ff02::/16 icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } accept
+\t\tcounter name spoofed drop
 \t}
 \tchain input {
 \t\ttype filter hook input priority filter; policy accept;
@@ -228,6 +243,9 @@ pub fn ruleset(policy: &Policy, pool: &str, zones: &[ZoneLink]) -> String {
 \tchain zone_to_host {
 \t\tct state established,related accept
 \t\ticmp type echo-request iifname . ip daddr @zone_gateways accept
+\t\ticmpv6 type echo-request iifname . ip6 daddr @zone_gateways6 accept
+\t\tip6 hoplimit 255 icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept
+\t\tip6 daddr ff02::/16 icmpv6 type { mld-listener-report, mld-listener-done, mld2-listener-report } accept
 \t\tmeta l4proto . th dport @host_ports accept
 \t\tmeta l4proto tcp counter name to_host_refused reject with tcp reset
 \t\tcounter name to_host_refused reject with icmpx type admin-prohibited
@@ -244,7 +262,7 @@ pub fn ruleset(policy: &Policy, pool: &str, zones: &[ZoneLink]) -> String {
 ",
     );
     if let Some(nat) = &policy.nat {
-        let _ = writeln!(t, "\t\toifname {} accept", q(nat));
+        let _ = writeln!(t, "\t\tmeta nfproto ipv4 oifname {} accept", q(nat));
     }
     t.push_str(
         "\t\tmeta l4proto tcp counter name forward_refused reject with tcp reset
@@ -368,7 +386,9 @@ mod tests {
     use super::*;
 
     fn link(name: &str, k: u8) -> ZoneLink {
-        ZoneLink { name: name.into(), tap: format!("zn{k}"), address: Ipv4Addr::new(10, 9, 0, 2 * k + 1), gateway: Ipv4Addr::new(10, 9, 0, 2 * k) }
+        // Odd links have IPv6 too.
+        let ipv6 = (k % 2 == 1).then(|| (Ipv6Addr::new(0xfd5a, 0, 0, 0, 0, 0, 0, 2 * u16::from(k) + 1), Ipv6Addr::new(0xfd5a, 0, 0, 0, 0, 0, 0, 2 * u16::from(k))));
+        ZoneLink { name: name.into(), tap: format!("zn{k}"), address: Ipv4Addr::new(10, 9, 0, 2 * k + 1), gateway: Ipv4Addr::new(10, 9, 0, 2 * k), ipv6 }
     }
 
     #[test]
@@ -399,7 +419,8 @@ mod tests {
         assert!(r.contains("zone_pairs { \"zn0\" . \"zn2\" }"), "{r}");
         assert!(r.contains("zone_pair_ports { \"zn0\" . \"zn1\" . tcp . 5432 }"), "{r}");
         assert!(!r.contains("gone"), "a pair with a zone that has no link adds nothing: {r}");
-        assert!(r.contains("oifname \"eth1\" accept") && r.contains("ip saddr 10.9.0.0/24 oifname \"eth1\" masquerade"), "{r}");
+        assert!(r.contains("meta nfproto ipv4 oifname \"eth1\" accept") && r.contains("ip saddr 10.9.0.0/24 oifname \"eth1\" masquerade"), "{r}");
+        assert!(r.contains("zone_sources6 { \"zn1\" . fd5a::3 }") && r.contains("zone_gateways6 { \"zn1\" . fd5a::2 }"), "only zn1 has IPv6: {r}");
         // No zones, no policy: empty sets, no NAT chain, still every refusal.
         let r = ruleset(&Policy::default(), "10.9.0.0/24", &[]);
         assert!(!r.contains("add element") && !r.contains("masquerade") && r.contains("counter name spoofed drop"), "{r}");
@@ -447,6 +468,7 @@ mod tests {
         assert!(out.status.success(), "nft refused the rules (needs root and nf_tables): {}", String::from_utf8_lossy(&out.stderr));
         assert!(listed.contains("\"zn1\" . 10.9.0.3") && !listed.contains("\"zn0\""), "the rewrite replaced the table: {listed}");
         assert!(listed.contains("masquerade") && listed.contains("udp . 53"), "{listed}");
+        assert!(listed.contains("\"zn1\" . fd5a::3") && listed.contains("chain zone_link_local"), "the IPv6 rules took: {listed}");
         assert!(listed.contains("packets 5 bytes 300"), "a rewrite keeps the counts: {listed}");
         assert_eq!(listed.matches("counter name \"forward_refused\" reject").count(), 2, "rules are replaced, not added: {listed}");
     }

@@ -539,11 +539,11 @@ impl Daemon {
                 return Err(DaemonError::InvalidArgument(format!("host port {} is published twice", p.host.port())));
             }
         }
-        // The addresses are assigned under the zones' lock; one of the pool's
-        // stands in for the length check below.
+        // The addresses are assigned under the zones' lock; the widest a
+        // link can have stand in for the length check below.
         let net = match (&self.config.network, &self.config.cni, &self.cni, req.network || !req.publish.is_empty()) {
             (_, _, _, false) => None,
-            (Some(n), _, _, true) => Some(crate::network::assign(n, &[]).map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?),
+            (Some(n), _, _, true) => Some(crate::network::assign(n, &[]).map_err(|e| DaemonError::FailedPrecondition(e.to_string()))?.longest()),
             (None, Some(c), Some(list), true) => Some(crate::network::assign_cni(c, list, &req.name, 0, "0").longest()),
             (None, _, _, true) => {
                 return Err(DaemonError::FailedPrecondition(

@@ -1,10 +1,12 @@
 //! The zone network: every zone launched with a network interface gets a
 //! routed point-to-point link of its own, a /31 out of the configured pool
-//! (`[network] pool`): the host side (the zone's gateway) on a TAP the
-//! daemon creates, the zone side on the zone's `eth0`. There is no bridge:
+//! (`[network] pool`) and, with `pool6`, a /127 out of an IPv6 pool: the host
+//! side (the zone's gateway) on a TAP the daemon creates, the zone side on
+//! the zone's `eth0`. There is no bridge:
 //! the host routes, so nothing a zone sends reaches another zone's link
-//! unless the host forwards it, and the TAP's strict reverse-path filter drops
-//! what a zone sends from an address that is not its own.
+//! unless the host forwards it, and the TAP's strict reverse-path filter (for
+//! IPv6, the daemon's nftables table) drops what a zone sends from an address
+//! that is not its own.
 //!
 //! The assignment (link number, TAP, MAC, addresses) is part of the zone's
 //! record: it survives a daemon restart and is released when the zone is
@@ -12,7 +14,7 @@
 //! zone stops, the kernel removes it, so no host configuration outlives a zone.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,10 @@ use zone_vmm::devices::virtio::net::{Tap, TapError};
 pub struct NetworkConfig {
     /// The IPv4 pool the links are cut from, `a.b.c.d/prefix` (prefix 8..=30).
     pub pool: String,
+    /// An IPv6 pool, `prefix::/len` (len 32..=126): link k also gets the
+    /// k-th /127 of it (absent: IPv4 only).
+    #[serde(default)]
+    pub pool6: Option<String>,
     /// Nameservers for the zones' `/etc/resolv.conf`.
     #[serde(default)]
     pub nameservers: Vec<Ipv4Addr>,
@@ -119,20 +125,23 @@ pub enum NetworkError {
     /// The pool is not an IPv4 network of a usable size.
     #[error("[network] pool = {0:?} is not an IPv4 network a.b.c.d/prefix with a prefix of 8..=30 and no host bits set")]
     Pool(String),
+    /// The IPv6 pool is not an IPv6 network of a usable size.
+    #[error("[network] pool6 = {0:?} is not an IPv6 network prefix::/len with a len of 32..=126, no host bits set, not link-local or multicast")]
+    Pool6(String),
     /// Too many nameservers, or a bad MTU.
     #[error("[network]: {0}")]
     Config(String),
     /// The pool holds an address the host already uses.
-    #[error("[network] pool = {pool} holds {addr}, an address of the host's interface {ifname}: pick a pool no host interface uses")]
+    #[error("the [network] pool {pool} holds {addr}, an address of the host's interface {ifname}: pick a pool no host interface uses")]
     Overlap {
         /// The pool.
         pool: String,
         /// The interface.
         ifname: String,
         /// Its address.
-        addr: Ipv4Addr,
+        addr: std::net::IpAddr,
     },
-    /// Every link of the pool is assigned.
+    /// Every link of the pool (or pools) is assigned.
     #[error("the zone network's pool {pool} is exhausted ({links} links, all assigned to zones); destroy a zone or configure a larger pool")]
     Exhausted {
         /// The pool.
@@ -189,12 +198,7 @@ impl Pool {
     /// Refuses a pool that holds an address of one of the host's interfaces
     /// (other than the zones' own TAPs): its zones' links would clash with it.
     pub fn check_host_addresses(&self) -> Result<(), NetworkError> {
-        for (ifname, addr) in host_addresses() {
-            if self.contains(addr) && !is_zone_tap(&ifname) {
-                return Err(NetworkError::Overlap { pool: self.to_string(), ifname, addr });
-            }
-        }
-        Ok(())
+        refuse_host_addresses(self, |a| matches!(a, std::net::IpAddr::V4(a) if self.contains(a)))
     }
 
     /// Link `k`'s host and zone addresses.
@@ -210,14 +214,76 @@ impl std::fmt::Display for Pool {
     }
 }
 
+/// The IPv6 pool, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool6 {
+    base: u128,
+    prefix: u8,
+}
+
+/// Prefix length of an IPv6 link.
+pub const LINK6_PREFIX: u8 = 127;
+
+impl Pool6 {
+    /// Parses `prefix::/len`.
+    pub fn parse(s: &str) -> Result<Self, NetworkError> {
+        let bad = || NetworkError::Pool6(s.to_owned());
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let base = u128::from(addr);
+        if !(32..=126).contains(&prefix) || base & !(u128::MAX << (128 - u32::from(prefix))) != 0 || addr.is_multicast() || addr.is_unicast_link_local() {
+            return Err(bad());
+        }
+        Ok(Self { base, prefix })
+    }
+
+    /// How many /127 links it holds (at most `u32::MAX`).
+    pub fn links(&self) -> u32 {
+        u32::try_from(1u128 << (127 - u32::from(self.prefix))).unwrap_or(u32::MAX)
+    }
+
+    /// Whether `addr` lies in the pool.
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) & (u128::MAX << (128 - u32::from(self.prefix))) == self.base
+    }
+
+    /// Link `k`'s host and zone addresses.
+    pub fn link(&self, k: u32) -> (Ipv6Addr, Ipv6Addr) {
+        let host = self.base + 2 * u128::from(k);
+        (Ipv6Addr::from(host), Ipv6Addr::from(host + 1))
+    }
+
+    /// Refuses a pool that holds an address of a host interface (other
+    /// than the zones' own TAPs).
+    pub fn check_host_addresses(&self) -> Result<(), NetworkError> {
+        refuse_host_addresses(self, |a| matches!(a, std::net::IpAddr::V6(a) if self.contains(a)))
+    }
+}
+
+impl std::fmt::Display for Pool6 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv6Addr::from(self.base), self.prefix)
+    }
+}
+
+/// The first address of a host interface other than a zone's TAP that
+/// `pool` `holds`, as an error.
+fn refuse_host_addresses(pool: &dyn std::fmt::Display, holds: impl Fn(std::net::IpAddr) -> bool) -> Result<(), NetworkError> {
+    match host_addresses().into_iter().find(|(ifname, addr)| holds(*addr) && !is_zone_tap(ifname)) {
+        Some((ifname, addr)) => Err(NetworkError::Overlap { pool: pool.to_string(), ifname, addr }),
+        None => Ok(()),
+    }
+}
+
 /// Whether `ifname` is a zone's TAP (`zn<k>`).
 fn is_zone_tap(ifname: &str) -> bool {
     ifname.strip_prefix("zn").is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Every IPv4 address of the host's interfaces (getifaddrs(3)); none when
-/// they cannot be listed.
-fn host_addresses() -> Vec<(String, Ipv4Addr)> {
+/// Every IPv4 and IPv6 address of the host's interfaces (getifaddrs(3));
+/// none when they cannot be listed.
+fn host_addresses() -> Vec<(String, std::net::IpAddr)> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head to `list`, freed below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -228,13 +294,18 @@ fn host_addresses() -> Vec<(String, Ipv4Addr)> {
     while !cur.is_null() {
         // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
         let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null()
-            // SAFETY: ifa_addr points to a sockaddr of at least sa_family's size.
-            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET
-        {
-            // SAFETY: an AF_INET address is a sockaddr_in; ifa_name is a C string.
-            let (sin, name) = unsafe { (&*ifa.ifa_addr.cast::<libc::sockaddr_in>(), std::ffi::CStr::from_ptr(ifa.ifa_name)) };
-            out.push((name.to_string_lossy().into_owned(), Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+        // SAFETY: ifa_addr, when set, points to a sockaddr of at least sa_family's size.
+        let family = (!ifa.ifa_addr.is_null()).then(|| i32::from(unsafe { (*ifa.ifa_addr).sa_family }));
+        // SAFETY: ifa_name is a C string.
+        let name = || unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        if family == Some(libc::AF_INET) {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            out.push((name(), Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into()));
+        } else if family == Some(libc::AF_INET6) {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+            out.push((name(), Ipv6Addr::from(sin6.sin6_addr.s6_addr).into()));
         }
         cur = ifa.ifa_next;
     }
@@ -244,7 +315,12 @@ fn host_addresses() -> Vec<(String, Ipv4Addr)> {
 }
 
 impl NetworkConfig {
-    /// Checks the pool, the nameservers and the MTU.
+    /// The IPv6 pool, checked (`None` without one).
+    pub fn pool6(&self) -> Result<Option<Pool6>, NetworkError> {
+        self.pool6.as_deref().map(Pool6::parse).transpose()
+    }
+
+    /// Checks the pools, the nameservers and the MTU.
     pub fn validate(&self) -> Result<Pool, NetworkError> {
         if self.nameservers.len() > attestation_proto::zone::MAX_NAMESERVERS {
             return Err(NetworkError::Config(format!(
@@ -278,6 +354,9 @@ impl NetworkConfig {
         }
         let pool = Pool::parse(&self.pool)?;
         pool.check_host_addresses()?;
+        if let Some(p) = self.pool6()? {
+            p.check_host_addresses()?;
+        }
         Ok(pool)
     }
 
@@ -304,6 +383,9 @@ pub struct NetAssignment {
     pub prefix: u8,
     /// The host side: the zone's gateway.
     pub gateway: Ipv4Addr,
+    /// The IPv6 link (`[network] pool6`), a /127.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Link6>,
     /// Nameservers for the zone.
     pub nameservers: Vec<Ipv4Addr>,
     /// The MTU.
@@ -321,6 +403,16 @@ pub struct NetAssignment {
     /// On a CNI network (`[cni]`): which, and what its plugins set up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniLink>,
+}
+
+/// A zone's IPv6 link: a /127 of `[network] pool6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link6 {
+    /// The zone's address.
+    pub address: Ipv6Addr,
+    /// The host side: the zone's gateway.
+    pub gateway: Ipv6Addr,
 }
 
 /// A zone's attachment to a CNI network.
@@ -372,15 +464,19 @@ impl NetAssignment {
             prefix: self.prefix,
             gateway: self.gateway,
             nameservers: self.nameservers.clone(),
+            v6: self.ipv6.map(|l| attestation_proto::zone::Net6 { address: l.address, prefix: LINK6_PREFIX, gateway: l.gateway }),
         }
     }
 
-    /// The same with the longest addresses a CNI result can give, for
-    /// checking the command line's length before the plugins ran.
+    /// The same with the longest addresses a link or a CNI result can
+    /// have, for checking the command line's length before they are known.
     pub fn longest(mut self) -> Self {
         let widest = Ipv4Addr::new(255, 255, 255, 254);
         (self.address, self.gateway, self.prefix) = (widest, Ipv4Addr::new(255, 255, 255, 253), 24);
         self.nameservers = vec![widest; attestation_proto::zone::MAX_NAMESERVERS];
+        if let Some(l) = self.ipv6.as_mut() {
+            (l.address, l.gateway) = (Ipv6Addr::from(u128::MAX - 1), Ipv6Addr::from(u128::MAX - 2));
+        }
         self
     }
 
@@ -388,8 +484,9 @@ impl NetAssignment {
     pub fn device(&self) -> String {
         let published: String = self.publish.iter().map(|p| format!(":publish={}->{}", p.host, p.zone_port)).collect();
         let network = self.cni.as_ref().map(|c| format!("cni={}:", c.network)).unwrap_or_default();
+        let v6 = self.ipv6.map(|l| format!(":ip6=[{}]/{LINK6_PREFIX}:gw6=[{}]", l.address, l.gateway)).unwrap_or_default();
         format!(
-            "virtio-net:{network}mac={}:ip={}/{}:gw={}:mtu={}{}{published}{}",
+            "virtio-net:{network}mac={}:ip={}/{}:gw={}{v6}:mtu={}{}{published}{}",
             self.mac,
             self.address,
             self.prefix,
@@ -404,11 +501,18 @@ impl NetAssignment {
 /// The lowest link not in `used`, with its TAP name, MAC and addresses.
 pub fn assign(config: &NetworkConfig, used: &[u32]) -> Result<NetAssignment, NetworkError> {
     let pool = config.validate()?;
-    let link = (0..pool.links()).find(|k| !used.contains(k)).ok_or_else(|| NetworkError::Exhausted {
-        pool: config.pool.clone(),
-        links: pool.links(),
-    })?;
+    let pool6 = config.pool6()?;
+    // Link k is the k-th /31 and the k-th /127: the smaller pool bounds both.
+    let (links, named) = match pool6 {
+        Some(p6) if p6.links() < pool.links() => (p6.links(), format!("pool6 {p6}")),
+        _ => (pool.links(), config.pool.clone()),
+    };
+    let link = (0..links).find(|k| !used.contains(k)).ok_or(NetworkError::Exhausted { pool: named, links })?;
     let (gateway, address) = pool.link(link);
+    let ipv6 = pool6.map(|p| {
+        let (gateway, address) = p.link(link);
+        Link6 { address, gateway }
+    });
     let o = address.octets();
     // Locally administered, unicast; unique per zone address.
     let mac = format!("02:5a:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
@@ -419,6 +523,7 @@ pub fn assign(config: &NetworkConfig, used: &[u32]) -> Result<NetAssignment, Net
         address,
         prefix: LINK_PREFIX,
         gateway,
+        ipv6,
         nameservers: config.nameservers.clone(),
         mtu: config.mtu,
         limits: config.limits,
@@ -439,6 +544,7 @@ pub fn assign_cni(config: &crate::cni::CniConfig, list: &crate::cni::NetworkList
         address: Ipv4Addr::UNSPECIFIED,
         prefix: 24,
         gateway: Ipv4Addr::UNSPECIFIED,
+        ipv6: None,
         nameservers: config.nameservers.clone(),
         mtu: DEFAULT_CNI_MTU,
         limits: config.limits,
@@ -536,24 +642,33 @@ fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
 
 /// Creates the zone's TAP and configures the host side of its link: the
 /// gateway address on a /31, the MTU, strict reverse-path filtering (a zone
-/// cannot send from another address), no IPv6, forwarding if the policy
-/// routes zones' packets (`forwards`), up.
+/// cannot send from another address), forwarding if the policy routes zones'
+/// packets (`forwards`), up; with an IPv6 link, its gateway on a /127 (no
+/// router advertisements taken, no autoconfiguration, no duplicate address
+/// detection to wait for), else no IPv6.
 pub fn create_tap(a: &NetAssignment, forwards: bool) -> Result<Tap, NetworkError> {
     let tap = Tap::open(&a.tap)?;
     let host = |step| {
         let tap = a.tap.clone();
         move |source| NetworkError::Host { tap, step, source }
     };
-    let mut sysctls = vec![(format!("ipv6/conf/{}/disable_ipv6", a.tap), "1"), (format!("ipv4/conf/{}/rp_filter", a.tap), "1")];
+    // (key, value, what it is if it fails: None where IPv6 may be compiled out).
+    let mut sysctls: Vec<(String, &str, Option<&'static str>)> = vec![(format!("ipv4/conf/{}/rp_filter", a.tap), "1", Some("rp_filter"))];
     if forwards {
-        sysctls.push((format!("ipv4/conf/{}/forwarding", a.tap), "1"));
+        sysctls.push((format!("ipv4/conf/{}/forwarding", a.tap), "1", Some("forwarding")));
     }
-    for (key, value) in sysctls {
+    if a.ipv6.is_some() {
+        for key in ["accept_ra", "autoconf", "accept_dad"] {
+            sysctls.push((format!("ipv6/conf/{}/{key}", a.tap), "0", Some("IPv6 settings (is IPv6 enabled in the host kernel?)")));
+        }
+        sysctls.push((format!("ipv6/conf/{}/disable_ipv6", a.tap), "0", Some("IPv6 settings (is IPv6 enabled in the host kernel?)")));
+    } else {
+        sysctls.push((format!("ipv6/conf/{}/disable_ipv6", a.tap), "1", None));
+    }
+    for (key, value, step) in sysctls {
         let path = format!("/proc/sys/net/{key}");
-        // IPv6 may be compiled out; strict reverse-path filtering may not.
-        match std::fs::write(&path, value) {
-            Err(e) if key.starts_with("ipv4") => return Err(host(if key.ends_with("forwarding") { "forwarding" } else { "rp_filter" })(e)),
-            _ => {}
+        if let (Err(e), Some(step)) = (std::fs::write(&path, value), step) {
+            return Err(host(step)(e));
         }
     }
     // SAFETY: socket(2) with constant arguments; the result is checked.
@@ -584,7 +699,35 @@ pub fn create_tap(a: &NetAssignment, forwards: bool) -> Result<Tap, NetworkError
     // SAFETY: the kernel filled the flags member of the union above.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     ioctl(libc::SIOCSIFFLAGS, &mut req, "up")?;
+    if let Some(l) = a.ipv6 {
+        let mut req = ifreq(&a.tap);
+        ioctl(libc::SIOCGIFINDEX, &mut req, "index")?;
+        // SAFETY: the kernel filled the index member of the union above.
+        let index = unsafe { req.ifr_ifru.ifru_ifindex };
+        add_address6(index, l.gateway, LINK6_PREFIX).map_err(host("IPv6 address"))?;
+    }
     Ok(tap)
+}
+
+/// Adds `addr/prefix` to interface `index` (SIOCSIFADDR on an IPv6 socket).
+pub(crate) fn add_address6(index: libc::c_int, addr: Ipv6Addr, prefix: u8) -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = libc::in6_ifreq {
+        ifr6_addr: libc::in6_addr { s6_addr: addr.octets() },
+        ifr6_prefixlen: u32::from(prefix),
+        ifr6_ifindex: index,
+    };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket reads an in6_ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, std::ptr::from_mut(&mut req)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -594,6 +737,7 @@ mod tests {
     fn config(pool: &str) -> NetworkConfig {
         NetworkConfig {
             pool: pool.into(),
+            pool6: None,
             nameservers: vec![],
             mtu: 1500,
             limits: Limits::default(),
@@ -616,6 +760,34 @@ mod tests {
         let e = assign(&c, &[0, 1, 2, 3]).unwrap_err();
         assert!(e.to_string().contains("exhausted (4 links"), "{e}");
         assert!(b.device().starts_with("virtio-net:mac=02:5a:0a:d5:00:03:ip=10.213.0.3/31:gw=10.213.0.2"), "{}", b.device());
+    }
+
+    #[test]
+    fn an_ipv6_pool_gives_link_k_its_kth_127_and_bounds_the_links() {
+        let mut c = config("10.213.0.0/24");
+        c.pool6 = Some("fd5a:0:0:1::/125".into());
+        let a = assign(&c, &[]).unwrap();
+        assert_eq!(a.ipv6, Some(Link6 { address: "fd5a:0:0:1::1".parse().unwrap(), gateway: "fd5a:0:0:1::".parse().unwrap() }));
+        let b = assign(&c, &[0, 1]).unwrap();
+        assert_eq!((b.link, b.address, b.ipv6.map(|l| l.address)), (2, Ipv4Addr::new(10, 213, 0, 5), Some("fd5a:0:0:1::5".parse().unwrap())));
+        assert_eq!(b.params().param(), "zone.net=10.213.0.5/31,10.213.0.4,fd5a:0:0:1::5/127,fd5a:0:0:1::4");
+        assert!(b.device().starts_with("virtio-net:mac=02:5a:0a:d5:00:05:ip=10.213.0.5/31:gw=10.213.0.4:ip6=[fd5a:0:0:1::5]/127:gw6=[fd5a:0:0:1::4]:mtu=1500"), "{}", b.device());
+        // Four /127s in the /125: the IPv6 pool runs out first, and the error names it.
+        let e = assign(&c, &[0, 1, 2, 3]).unwrap_err();
+        assert!(e.to_string().contains("pool6 fd5a:0:0:1::/125 is exhausted (4 links"), "{e}");
+        // The widest line a link of the pool can give.
+        assert!(b.longest().params().param().len() >= "zone.net=255.255.255.254/24,255.255.255.253".len() + 2 * 40 + 5);
+        for bad in ["fd5a::", "fd5a::1/64", "fd5a::/127", "fd5a::/16", "fe80::/64", "ff02::/64", "10.0.0.0/24", "x/64"] {
+            c.pool6 = Some(bad.into());
+            assert!(matches!(c.validate(), Err(NetworkError::Pool6(_))), "{bad}");
+        }
+        // The loopback address is the host's: a pool holding it is refused.
+        c.pool6 = Some("::/120".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("holds ::1, an address of the host's interface lo"), "{e}");
+        // A record from before IPv6 has none.
+        let old = r#"{"link":1,"tap":"zn1","mac":"02:5a:0a:d5:00:03","address":"10.213.0.3","gateway":"10.213.0.2","nameservers":[],"mtu":1500}"#;
+        assert_eq!(serde_json::from_str::<NetAssignment>(old).unwrap().ipv6, None);
     }
 
     #[test]

@@ -343,8 +343,14 @@ fn tcp_connect(addr: &str) -> io::Result<std::net::TcpStream> {
     }
 }
 
+/// A listener on every address: IPv6 and IPv4 (one dual-stack socket), or
+/// IPv4 alone where the kernel has no IPv6.
+fn listen_any(port: u16) -> io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(("::", port)).or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)))
+}
+
 fn tcp_sink(port: u32, count: u32) -> i32 {
-    let l = match std::net::TcpListener::bind(("0.0.0.0", port as u16)) {
+    let l = match listen_any(port as u16) {
         Ok(l) => l,
         Err(e) => {
             out("tcp_sink_error", e);
@@ -396,7 +402,7 @@ fn tcp_send(addr: &str, mib: u64) -> i32 {
 }
 
 fn tcp_echo(port: u32) -> i32 {
-    let l = match std::net::TcpListener::bind(("0.0.0.0", port as u16)) {
+    let l = match listen_any(port as u16) {
         Ok(l) => l,
         Err(e) => {
             out("tcp_echo_error", e);
@@ -446,7 +452,7 @@ fn tcp_rr(addr: &str, count: u32) -> i32 {
 }
 
 fn tcp_serve(port: u32, message: &str) -> i32 {
-    let l = match std::net::TcpListener::bind(("0.0.0.0", port as u16)) {
+    let l = match listen_any(port as u16) {
         Ok(l) => l,
         Err(e) => {
             out("tcp_serve_error", e);

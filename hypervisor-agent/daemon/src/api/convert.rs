@@ -49,6 +49,8 @@ pub fn zone(r: &ZoneRecord) -> pb::Zone {
                 cni_network: n.cni.as_ref().map(|c| c.network.clone()).unwrap_or_default(),
                 netns: n.cni.as_ref().map(|c| c.netns.clone()).unwrap_or_default(),
                 gateway: n.gateway.to_string(),
+                address6: n.ipv6.map(|l| format!("{}/{}", l.address, crate::network::LINK6_PREFIX)).unwrap_or_default(),
+                gateway6: n.ipv6.map(|l| l.gateway.to_string()).unwrap_or_default(),
                 mac: n.mac.clone(),
                 tap: n.tap.clone(),
                 nameservers: n.nameservers.iter().map(ToString::to_string).collect(),

@@ -42,6 +42,8 @@ pub fn json(z: &Zone) -> serde_json::Value {
         "network": spec.network.as_ref().map(|n| serde_json::json!({
             "address": n.address,
             "gateway": n.gateway,
+            "address6": (!n.address6.is_empty()).then_some(&n.address6),
+            "gateway6": (!n.gateway6.is_empty()).then_some(&n.gateway6),
             "mac": n.mac,
             "tap": n.tap,
             "cni_network": (!n.cni_network.is_empty()).then_some(&n.cni_network),

@@ -72,6 +72,7 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<i32> {
                     "cmdline_sha256": v.record.cmdline_sha256,
                     "policy_cmdline_sha256": v.record.policy_cmdline_sha256(),
                     "network": v.record.net().and_then(Result::ok).map(|n| format!("{}/{}", n.address, n.prefix)),
+                    "network6": v.record.net().and_then(Result::ok).and_then(|n| n.v6).map(|l| format!("{}/{}", l.address, l.prefix)),
                     "image_sha256": v.record.image_sha256(),
                     "rootfs_verity": v.record.rootfs_verity(),
                     "ak_sha256": v.ak_sha256,
@@ -89,7 +90,8 @@ pub fn run(g: &GlobalArgs, args: VerifyArgs) -> anyhow::Result<i32> {
                     println!("  cmdline sha256:{}", v.record.cmdline_sha256);
                     if let Some(Ok(n)) = v.record.net() {
                         // What policies and selectors name: the line with its zone.net= value elided.
-                        println!("  network {}/{} (cmdline sha256:{} with zone.net= elided)", n.address, n.prefix, v.record.policy_cmdline_sha256());
+                        let v6 = n.v6.map(|l| format!(" {}/{}", l.address, l.prefix)).unwrap_or_default();
+                        println!("  network {}/{}{v6} (cmdline sha256:{} with zone.net= elided)", n.address, n.prefix, v.record.policy_cmdline_sha256());
                     }
                     if let Some(fs) = &v.record.rootfs {
                         println!("  image   {} ({}, verity root {})", fs.image, fs.format, fs.verity.root);
