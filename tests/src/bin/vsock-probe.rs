@@ -32,7 +32,7 @@
 //! vsock-probe tcp-rr ADDR:PORT COUNT   connect (retrying for 60 s), COUNT one-byte round trips
 //!                                      with TCP_NODELAY; tcp_rr_us_p50, tcp_rr_us_p90
 //! vsock-probe tcp-serve PORT MESSAGE   answer every connection with MESSAGE\n and close (forever);
-//!                                      MESSAGE @peer: the connecting address
+//!                                      MESSAGE @peer: the connecting address (IPv4 as IPv4)
 //! vsock-probe tcp-get ADDR:PORT        connect (retrying for 60 s), read to EOF; tcp_got=<first line>
 //! vsock-probe tcp-try ADDR:PORT        one connect (10 s at most), read to EOF;
 //!                                      tcp_got=<first line> or tcp_refused / tcp_timeout / tcp_error=<e>
@@ -462,7 +462,7 @@ fn tcp_serve(port: u32, message: &str) -> i32 {
     for s in l.incoming() {
         if let Ok(mut s) = s {
             let _ = match (message, s.peer_addr()) {
-                ("@peer", Ok(peer)) => writeln!(s, "{}", peer.ip()),
+                ("@peer", Ok(peer)) => writeln!(s, "{}", peer.ip().to_canonical()),
                 _ => writeln!(s, "{message}"),
             };
         }
