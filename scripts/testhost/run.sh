@@ -34,6 +34,16 @@
 #                      placeholder) and keeps it in the test host cache
 #   TESTHOST_KEEP=1    keep the run directory (logs, initrd) and print its path
 #   TESTHOST_CONSOLE=1 copy the test host console log to stderr afterwards
+#   TESTHOST_KVM_HOLD=0  do not keep a KVM VM for the whole run. By default,
+#                      before SCRIPT, the test host starts `vsock-probe
+#                      kvm-hold` (from the payload): one VM with an irqchip
+#                      and a vCPU that never runs, so that the test host
+#                      kernel's KVM static keys (preempt notifiers, APIC state)
+#                      stay on instead of being patched into its text (int3
+#                      breakpoints and cross-CPU syncs) at every first VM and
+#                      out at every last: hung two-vCPU test hosts were found
+#                      with one vCPU looping on an int3 in __schedule and the
+#                      other spinning on a lock (README, "Why one test-host vCPU")
 #   ZONE_CACHE_DIR, TESTHOST_*: passed on to build.sh
 set -euo pipefail
 
@@ -134,7 +144,16 @@ for p in "$@"; do
 done
 if ((!interactive)); then
 	mkdir "$run/runroot"
-	cp "$script" "$run/runroot/run-script.sh"
+	{
+		# A first line "#!..." stays first.
+		if head -n 1 "$script" | grep -q '^#!'; then head -n 1 "$script"; fi
+		if [[ ${TESTHOST_KVM_HOLD:-1} != 0 ]]; then
+			# Not a job of SCRIPT's shell (a bare `wait` there must not wait for it).
+			# shellcheck disable=SC2016 # expanded in the test host
+			printf '%s\n' 'if [ -c /dev/kvm ] && [ -x /opt/zone/bin/vsock-probe ]; then (/opt/zone/bin/vsock-probe kvm-hold > /tmp/kvm-hold.out 2>&1 < /dev/null &); for i in $(seq 50); do grep -q kvm_hold /tmp/kvm-hold.out 2> /dev/null && break; sleep 0.1; done; fi'
+		fi
+		if head -n 1 "$script" | grep -q '^#!'; then tail -n +2 "$script"; else cat "$script"; fi
+	} >"$run/runroot/run-script.sh"
 	chmod 0755 "$run/runroot/run-script.sh"
 	append_cpio "$run/runroot"
 fi

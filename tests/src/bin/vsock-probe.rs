@@ -38,6 +38,11 @@
 //!                                      tcp_got=<first line> or tcp_refused / tcp_timeout / tcp_error=<e>
 //! vsock-probe udp-flood ADDR:PORT SECS send 1400-byte datagrams as fast as the socket takes them for
 //!                                      SECS; udp_flood=started, then udp_sent=<datagrams>
+//! vsock-probe kvm-hold                 create a KVM VM with an in-kernel irqchip and one vCPU that
+//!                                      never runs, say kvm_hold=ready, and keep them (forever): the
+//!                                      host kernel's KVM static keys (preempt notifiers, APIC
+//!                                      state) then stay on while zones come and go, instead of being
+//!                                      patched into its code at each first VM and out at each last
 //! ```
 //!
 //! Addresses are numeric: the zones have no resolver (and a static glibc's
@@ -349,6 +354,30 @@ fn listen_any(port: u16) -> io::Result<std::net::TcpListener> {
     std::net::TcpListener::bind(("::", port)).or_else(|_| std::net::TcpListener::bind(("0.0.0.0", port)))
 }
 
+fn kvm_hold() -> i32 {
+    const KVM_CREATE_VM: libc::Ioctl = 0xae01;
+    const KVM_CREATE_VCPU: libc::Ioctl = 0xae41;
+    const KVM_CREATE_IRQCHIP: libc::Ioctl = 0xae60;
+    let kvm = match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(f) => f,
+        Err(e) => {
+            out("kvm_hold_error", e);
+            return 1;
+        }
+    };
+    // SAFETY: KVM_CREATE_VM takes a machine type (0) and returns a new descriptor, which stays open until exit.
+    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
+    // SAFETY: KVM_CREATE_IRQCHIP takes no argument; KVM_CREATE_VCPU takes the vCPU id (0) and returns a descriptor.
+    if vm < 0 || unsafe { libc::ioctl(vm, KVM_CREATE_IRQCHIP, 0) } < 0 || unsafe { libc::ioctl(vm, KVM_CREATE_VCPU, 0) } < 0 {
+        out("kvm_hold_error", io::Error::last_os_error());
+        return 1;
+    }
+    out("kvm_hold", "ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 fn tcp_sink(port: u32, count: u32) -> i32 {
     let l = match listen_any(port as u16) {
         Ok(l) => l,
@@ -566,6 +595,7 @@ fn main() {
         ["tcp-try", addr] => tcp_try(addr),
         ["udp-flood", addr, secs] if num(secs).is_some() => udp_flood(addr, num(secs).unwrap_or(0)),
         ["uds-echo", path] => uds_echo(path),
+        ["kvm-hold"] => kvm_hold(),
         ["uds-hold", path, pid, secs] if port(pid).is_some() && num(secs).is_some() => {
             uds_hold(path, port(pid).unwrap_or(0), num(secs).unwrap_or(0))
         }
